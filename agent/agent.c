@@ -1,0 +1,558 @@
+/*
+ * agent.c: the state document, its index, its journal records, and start-up
+ * reconciliation with the kernel. See agent.h for the threads.
+ *
+ * Every change is: take agent.lock, apply it in memory, append one journal
+ * record (fsync'ed) with index + 1, rebuild the cached snapshot, release the
+ * lock, notify the listeners (long-poll, SSE) with the new index. Listeners
+ * are called without the lock so they may take their own locks and call
+ * MHD_resume_connection freely.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "journal.h"
+#include "luofleet/log.h"
+#include "luofleet/macro.h"
+#include "luofleet/util.h"
+
+static const char *const action_names[_OP_ACTION_MAX] = {
+        [OP_PREPARE] = "prepare", [OP_CANCEL] = "cancel", [OP_REBOOT] = "reboot",
+        [OP_FINISH] = "finish",   [OP_STAGE] = "stage",   [OP_UNSTAGE] = "unstage",
+};
+
+const char *op_action_to_string(enum op_action a)
+{
+        return (unsigned)a < _OP_ACTION_MAX ? action_names[a] : NULL;
+}
+
+int op_action_from_string(const char *s)
+{
+        for (int i = 0; s && i < _OP_ACTION_MAX; i++)
+                if (strcmp(action_names[i], s) == 0)
+                        return i;
+        return -EINVAL;
+}
+
+void agent_lock(struct agent *a)
+{
+        pthread_mutex_lock(&a->lock);
+}
+
+void agent_unlock(struct agent *a)
+{
+        pthread_mutex_unlock(&a->lock);
+}
+
+int agent_new(const struct agent_config *cfg, struct backend *b, struct journal *j, int state_dir_fd,
+              struct agent **ret)
+{
+        struct agent *a = calloc(1, sizeof(*a));
+        int r;
+
+        if (!a)
+                return -ENOMEM;
+        pthread_mutex_init(&a->lock, NULL);
+        a->cfg = cfg;
+        a->backend = b;
+        a->journal = j;
+        a->state_dir_fd = state_dir_fd;
+        a->ops = json_object();
+        a->ops_order = json_array();
+        if (!a->ops || !a->ops_order) {
+                agent_free(a);
+                return -ENOMEM;
+        }
+        if (cfg && cfg->hostname[0])
+                snprintf(a->hostname, sizeof(a->hostname), "%s", cfg->hostname);
+        else if (gethostname(a->hostname, sizeof(a->hostname) - 1) < 0)
+                snprintf(a->hostname, sizeof(a->hostname), "localhost");
+        r = b->ops->get_info(b, &a->info);
+        if (r < 0) {
+                agent_free(a);
+                return r;
+        }
+        *ret = a;
+        return 0;
+}
+
+struct agent *agent_free(struct agent *a)
+{
+        if (!a)
+                return NULL;
+        json_decref(a->staged);
+        json_decref(a->operation);
+        json_decref(a->ops);
+        json_decref(a->ops_order);
+        doc_snapshot_unref(a->snap);
+        pthread_mutex_destroy(&a->lock);
+        free(a);
+        return NULL;
+}
+
+void agent_add_listener(struct agent *a, agent_listener_fn fn, void *userdata)
+{
+        if (a->n_listeners < ELEMENTSOF(a->listeners)) {
+                a->listeners[a->n_listeners] = fn;
+                a->listener_data[a->n_listeners] = userdata;
+                a->n_listeners++;
+        }
+}
+
+static void agent_notify(struct agent *a, uint64_t index)
+{
+        for (unsigned i = 0; i < a->n_listeners; i++)
+                a->listeners[i](a->listener_data[i], index);
+}
+
+void agent_notify_index(struct agent *a, uint64_t index);
+void agent_notify_index(struct agent *a, uint64_t index)
+{
+        agent_notify(a, index);
+}
+
+static json_t *time_json(uint64_t usec)
+{
+        char buf[RFC3339_MAX];
+        return json_string(format_rfc3339_ms(usec, buf));
+}
+
+json_t *agent_doc_locked(struct agent *a, json_t *op)
+{
+        return json_pack("{s:s, s:I, s:o, s:s, s:s, s:s, s:O, s:O, s:s, s:s}", "state",
+                         luo_state_to_string(a->state), "index", (json_int_t)a->index,
+                         "changed_at", time_json(a->changed_at), "boot_id", a->info.boot_id,
+                         "kernel", a->info.release, "backend", a->backend->ops->name, "staged",
+                         a->staged ? a->staged : json_null(), "operation",
+                         op ? op : json_null(), "hostname", a->hostname, "agent_version",
+                         LUOFLEET_VERSION);
+}
+
+static int agent_rebuild_snapshot_locked(struct agent *a)
+{
+        json_t *doc = agent_doc_locked(a, a->operation);
+        char *s;
+        struct doc_snapshot *snap;
+
+        if (!doc)
+                return -ENOMEM;
+        s = json_dumps(doc, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        json_decref(doc);
+        if (!s)
+                return -ENOMEM;
+        snap = doc_snapshot_new(a->index, a->state, s, strlen(s));
+        free(s);
+        if (!snap)
+                return -ENOMEM;
+        doc_snapshot_unref(a->snap);
+        a->snap = snap;
+        return 0;
+}
+
+struct doc_snapshot *agent_snapshot(struct agent *a)
+{
+        struct doc_snapshot *s;
+
+        agent_lock(a);
+        s = doc_snapshot_ref(a->snap);
+        agent_unlock(a);
+        return s;
+}
+
+uint64_t agent_index(struct agent *a)
+{
+        uint64_t i;
+
+        agent_lock(a);
+        i = a->index;
+        agent_unlock(a);
+        return i;
+}
+
+/*
+ * Append one record for a change already applied in memory. The index moves
+ * even when the journal cannot be written: the document must keep telling
+ * the kernel's truth; /readyz reports the journal failure.
+ */
+static int agent_record_locked(struct agent *a, const char *kind, json_t *fields)
+{
+        uint64_t now = now_real_usec();
+        int r;
+
+        json_t *rec;
+
+        a->index++;
+        a->changed_at = now;
+        /* The common members first, for people reading the journal with jq. */
+        rec = json_pack("{s:I, s:o, s:s, s:s, s:s}", "index", (json_int_t)a->index, "time",
+                        time_json(now), "boot_id", a->info.boot_id, "kind", kind, "state",
+                        luo_state_to_string(a->state));
+        if (rec && fields)
+                json_object_update(rec, fields);
+        json_decref(fields);
+        r = rec ? journal_append(a->journal, rec) : -ENOMEM;
+        json_decref(rec);
+        if (r < 0) {
+                if (a->journal_error == 0)
+                        log_error_errno(r, "Failed to append to the journal: %m");
+                a->journal_error = r;
+        } else
+                a->journal_error = 0;
+        if (agent_rebuild_snapshot_locked(a) < 0)
+                log_error("Out of memory rebuilding the state document");
+        return r;
+}
+
+static int agent_transition_locked(struct agent *a, enum luo_state to, const char *cause,
+                                   const char *op_id)
+{
+        enum luo_state from = a->state;
+        json_t *rec;
+
+        if (from == to)
+                return 0;
+        a->state = to;
+        a->transitions[from][to]++;
+        log_info("State %s -> %s (%s)", luo_state_to_string(from), luo_state_to_string(to), cause);
+        rec = json_pack("{s:s, s:s, s:s}", "from", luo_state_to_string(from), "to",
+                        luo_state_to_string(to), "cause", cause);
+        if (!rec)
+                return -ENOMEM;
+        if (op_id)
+                json_object_set_new(rec, "operation_id", json_string(op_id));
+        agent_record_locked(a, "transition", rec);
+        return 1;
+}
+
+void agent_kernel_changed(struct agent *a, enum luo_state s)
+{
+        uint64_t idx = 0;
+
+        agent_lock(a);
+        /* While an operation runs, the change the watcher sees is (almost surely) its own. */
+        const char *op_id = a->op_running ? json_string_value(json_object_get(a->operation, "id"))
+                                          : NULL;
+        if (agent_transition_locked(a, s, op_id ? "operation" : "external", op_id) > 0)
+                idx = a->index;
+        agent_unlock(a);
+        if (idx)
+                agent_notify(a, idx);
+}
+
+/* The operation table: bounded, oldest finished entries go first. */
+static void agent_ops_put_locked(struct agent *a, json_t *op, int http_status)
+{
+        const char *id = json_string_value(json_object_get(op, "id"));
+        json_t *e;
+
+        if (!id)
+                return;
+        if (!json_object_get(a->ops, id))
+                json_array_append_new(a->ops_order, json_string(id));
+        e = json_pack("{s:O, s:i}", "operation", op, "http_status", http_status);
+        if (e)
+                json_object_set_new(a->ops, id, e);
+        while (json_array_size(a->ops_order) > OPS_TABLE_MAX) {
+                const char *old = json_string_value(json_array_get(a->ops_order, 0));
+                json_object_del(a->ops, old);
+                json_array_remove(a->ops_order, 0);
+        }
+}
+
+/* Shared with ops.c. */
+int agent_record_op_locked(struct agent *a, json_t *op, int http_status);
+int agent_transition_op_locked(struct agent *a, enum luo_state to, const char *op_id);
+int agent_record_staging_locked(struct agent *a, json_t *staged);
+
+int agent_record_op_locked(struct agent *a, json_t *op, int http_status)
+{
+        json_t *rec = json_pack("{s:O, s:i}", "operation", op, "http_status", http_status);
+
+        agent_ops_put_locked(a, op, http_status);
+        if (!rec)
+                return -ENOMEM;
+        return agent_record_locked(a, "operation", rec);
+}
+
+int agent_transition_op_locked(struct agent *a, enum luo_state to, const char *op_id)
+{
+        return agent_transition_locked(a, to, "operation", op_id);
+}
+
+int agent_record_staging_locked(struct agent *a, json_t *staged)
+{
+        return agent_record_locked(a, "staging",
+                                   json_pack("{s:O}", "staged", staged ? staged : json_null()));
+}
+
+json_t *agent_allowed_actions(enum luo_state s)
+{
+        json_t *arr = json_array();
+
+        switch (s) {
+        case LUO_STATE_NORMAL:
+                json_array_append_new(arr, json_string("prepare"));
+                break;
+        case LUO_STATE_PREPARED:
+                json_array_append_new(arr, json_string("reboot"));
+                json_array_append_new(arr, json_string("cancel"));
+                break;
+        case LUO_STATE_FROZEN:
+                json_array_append_new(arr, json_string("reboot"));
+                json_array_append_new(arr, json_string("cancel"));
+                break;
+        case LUO_STATE_UPDATED:
+                json_array_append_new(arr, json_string("finish"));
+                break;
+        default:
+                break;
+        }
+        return arr;
+}
+
+int agent_journal_status(struct agent *a)
+{
+        int r;
+
+        agent_lock(a);
+        r = a->journal_error;
+        agent_unlock(a);
+        return r;
+}
+
+void agent_set_shutting_down(struct agent *a)
+{
+        agent_lock(a);
+        a->shutting_down = true;
+        agent_unlock(a);
+}
+
+/* ---- reconciliation ----------------------------------------------------- */
+
+static void op_finish_json(json_t *op, const char *status, const char *code, const char *detail,
+                           const char *errno_str, uint64_t when)
+{
+        json_object_set_new(op, "status", json_string(status));
+        if (code)
+                json_object_set_new(op, "error",
+                                    json_pack("{s:s, s:s, s:o}", "code", code, "detail", detail,
+                                              "errno", errno_str ? json_string(errno_str)
+                                                                 : json_null()));
+        else
+                json_object_set_new(op, "error", json_null());
+        json_object_set_new(op, "finished_at", time_json(when));
+}
+
+/* Rebuild the in-memory model from the journal records. */
+static void agent_load_journal_locked(struct agent *a, char *ret_last_boot, size_t boot_size,
+                                      enum luo_state *ret_last_state, uint64_t *ret_last_time,
+                                      json_t **ret_last_start)
+{
+        size_t n = journal_count(a->journal);
+
+        for (size_t i = 0; i < n; i++) {
+                const struct journal_rec *jr = journal_get(a->journal, i);
+                json_t *rec = json_loadb(jr->json, jr->len, 0, NULL);
+                const char *kind, *s;
+
+                if (!rec)
+                        continue;
+                kind = json_string_value(json_object_get(rec, "kind"));
+                if ((s = json_string_value(json_object_get(rec, "boot_id"))))
+                        snprintf(ret_last_boot, boot_size, "%s", s);
+                if ((s = json_string_value(json_object_get(rec, "state"))) &&
+                    luo_state_from_string(s) >= 0)
+                        *ret_last_state = (enum luo_state)luo_state_from_string(s);
+                if ((s = json_string_value(json_object_get(rec, "time"))))
+                        (void)parse_rfc3339(s, ret_last_time);
+                if (kind && strcmp(kind, "operation") == 0) {
+                        json_t *op = json_object_get(rec, "operation");
+                        int st = (int)json_integer_value(json_object_get(rec, "http_status"));
+                        if (op) {
+                                agent_ops_put_locked(a, op, st);
+                                json_decref(a->operation);
+                                a->operation = json_deep_copy(op);
+                        }
+                } else if (kind && strcmp(kind, "staging") == 0) {
+                        json_t *st = json_object_get(rec, "staged");
+                        json_decref(a->staged);
+                        a->staged = json_is_object(st) ? json_deep_copy(st) : NULL;
+                } else if (kind && strcmp(kind, "reboot") == 0) {
+                        json_decref(a->staged);
+                        a->staged = NULL;
+                } else if (kind && strcmp(kind, "snapshot") == 0) {
+                        json_t *ops = json_object_get(rec, "operations"), *e, *st;
+                        size_t k;
+                        json_array_foreach(ops, k, e)
+                        {
+                                json_t *op = json_object_get(e, "operation");
+                                if (op)
+                                        agent_ops_put_locked(
+                                                a, op,
+                                                (int)json_integer_value(
+                                                        json_object_get(e, "http_status")));
+                        }
+                        st = json_object_get(rec, "staged");
+                        json_decref(a->staged);
+                        a->staged = json_is_object(st) ? json_deep_copy(st) : NULL;
+                        if (json_is_object(json_object_get(rec, "last_operation"))) {
+                                json_decref(a->operation);
+                                a->operation =
+                                        json_deep_copy(json_object_get(rec, "last_operation"));
+                        }
+                } else if (kind && strcmp(kind, "start") == 0) {
+                        json_decref(*ret_last_start);
+                        *ret_last_start = json_incref(rec);
+                }
+                json_decref(rec);
+        }
+        a->index = journal_last_index(a->journal);
+}
+
+/*
+ * The journal's snapshot function: what compaction must keep of the records
+ * it drops, so idempotency and the staged kernel survive.
+ */
+static json_t *agent_snapshot_fn(const struct journal_rec *const *dropped, size_t n, void *userdata)
+{
+        struct agent *a = userdata;
+        json_t *ops = json_array();
+        const char *id;
+        json_t *e;
+
+        /* Called with agent.lock held (from journal_append). */
+        json_object_foreach(a->ops, id, e) json_array_append(ops, e);
+        (void)dropped;
+        (void)n;
+        return json_pack("{s:o, s:O, s:O}", "operations", ops, "staged",
+                         a->staged ? a->staged : json_null(), "last_operation",
+                         a->operation ? a->operation : json_null());
+}
+
+static bool same_str(json_t *obj, const char *key, const char *v)
+{
+        const char *s = json_string_value(json_object_get(obj, key));
+        return s && v && strcmp(s, v) == 0;
+}
+
+int agent_reconcile(struct agent *a)
+{
+        char last_boot[40] = "";
+        enum luo_state last_state = LUO_STATE_UNDEFINED, kstate;
+        uint64_t last_time = 0, now = now_real_usec(), idx;
+        json_t *last_start = NULL;
+        bool fresh, kexec_loaded = false;
+        int r;
+
+        r = a->backend->ops->get_state(a->backend, &kstate);
+        if (r < 0)
+                return log_error_errno(r, "Failed to read the kernel's live-update state: %m");
+        (void)a->backend->ops->kexec_loaded(a->backend, &kexec_loaded);
+
+        agent_lock(a);
+        journal_set_snapshot_fn(a->journal, agent_snapshot_fn, a);
+        agent_load_journal_locked(a, last_boot, sizeof(last_boot), &last_state, &last_time,
+                                  &last_start);
+        fresh = journal_count(a->journal) == 0;
+        a->state = fresh ? kstate : last_state;
+        a->changed_at = last_time ? last_time : now;
+
+        bool rebooted = !fresh && strcmp(last_boot, a->info.boot_id) != 0;
+        json_t *op = a->operation;
+        bool op_was_running = op && same_str(op, "status", "running");
+
+        if (rebooted) {
+                bool planned = op_was_running && same_str(op, "action", "reboot");
+                uint64_t blackout_ms = now > last_time ? (now - last_time) / 1000 : 0;
+                json_t *rec = json_pack("{s:s, s:s, s:I, s:b}", "from_boot_id", last_boot,
+                                        "to_boot_id", a->info.boot_id, "blackout_ms",
+                                        (json_int_t)blackout_ms, "planned", planned);
+                if (planned)
+                        json_object_set_new(rec, "operation_id",
+                                            json_incref(json_object_get(op, "id")));
+                json_decref(a->staged);
+                a->staged = NULL;
+                a->last_blackout_ms = blackout_ms;
+                /* The record carries the new boot's state; a transition follows. */
+                agent_record_locked(a, "reboot", rec);
+                log_notice("Rebooted from boot %s to %s, blackout %llu ms (%s)", last_boot,
+                           a->info.boot_id, (unsigned long long)blackout_ms,
+                           planned ? "planned" : "unplanned");
+                if (op_was_running) {
+                        if (planned) {
+                                op_finish_json(op, "succeeded", NULL, NULL, NULL, now);
+                                agent_record_op_locked(a, op, 202);
+                        } else {
+                                op_finish_json(op, "failed", "kernel-error",
+                                               "interrupted by an unplanned reboot", NULL, now);
+                                agent_record_op_locked(a, op, 500);
+                        }
+                        op_was_running = false;
+                }
+        }
+
+        agent_transition_locked(a, kstate, "reconcile", NULL);
+
+        if (op_was_running) {
+                /* The agent died during an operation: judge it by the kernel, never redo it. */
+                const char *act = json_string_value(json_object_get(op, "action"));
+                bool ok = false;
+                if (strcmp(act, "prepare") == 0)
+                        ok = kstate == LUO_STATE_PREPARED;
+                else if (strcmp(act, "cancel") == 0 || strcmp(act, "finish") == 0)
+                        ok = kstate == LUO_STATE_NORMAL;
+                else if (strcmp(act, "unstage") == 0)
+                        ok = !kexec_loaded;
+                /* reboot in the same boot, stage: the outcome is unknown: failed. */
+                if (ok) {
+                        op_finish_json(op, "succeeded", NULL, NULL, NULL, now);
+                        agent_record_op_locked(a, op, 200);
+                } else {
+                        op_finish_json(op, "failed", "kernel-error",
+                                       "the agent stopped during the operation; "
+                                       "the kernel state shows it did not complete",
+                                       NULL, now);
+                        agent_record_op_locked(a, op, 500);
+                }
+                if (strcmp(act, "unstage") == 0 && ok && a->staged) {
+                        json_decref(a->staged);
+                        a->staged = NULL;
+                        agent_record_locked(a, "staging", json_pack("{s:n}", "staged"));
+                }
+        }
+
+        /* Staged, but the kernel lost the image (or never had it after a crash). */
+        if (a->staged) {
+                bool was = json_is_true(json_object_get(a->staged, "loaded"));
+                if (was != kexec_loaded) {
+                        json_object_set_new(a->staged, "loaded", json_boolean(kexec_loaded));
+                        agent_record_locked(a, "staging", json_pack("{s:O}", "staged", a->staged));
+                }
+        }
+
+        if (fresh || !last_start || !same_str(last_start, "kernel", a->info.release) ||
+            !same_str(last_start, "agent_version", LUOFLEET_VERSION) ||
+            !same_str(last_start, "backend", a->backend->ops->name)) {
+                agent_record_locked(a, "start",
+                                    json_pack("{s:s, s:s, s:s}", "agent_version",
+                                              LUOFLEET_VERSION, "kernel", a->info.release,
+                                              "backend", a->backend->ops->name));
+        }
+        if (!a->snap)
+                agent_rebuild_snapshot_locked(a);
+        if (a->state == LUO_STATE_PREPARED && !fresh)
+                log_warning("Started while the kernel is prepared: the preserved resources of "
+                            "the previous agent were released with its device handle; the host "
+                            "stays prepared until a cancel or reboot (docs/operations.md)");
+        idx = a->index;
+        json_decref(last_start);
+        agent_unlock(a);
+        log_info("Reconciled: state %s, index %llu, boot %s", luo_state_to_string(kstate),
+                 (unsigned long long)idx, a->info.boot_id);
+        return 0;
+}

@@ -1,0 +1,138 @@
+/*
+ * agent.h: the host's live-update model: the state document, its index, the
+ * journal that makes both durable, the table of operations (idempotency),
+ * and start-up reconciliation with the kernel.
+ *
+ * Threads: agent_kernel_changed() from the loop thread, operation begin from
+ * MHD's thread, operation execution on the worker thread, everything under
+ * agent.lock. Listeners (longpoll, sse) are notified after the lock is
+ * released, with the new index.
+ */
+#pragma once
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "luofleet/backend.h"
+#include "snapshot.h"
+
+struct journal;
+struct http_reply;
+
+enum op_action {
+        OP_PREPARE,
+        OP_CANCEL,
+        OP_REBOOT,
+        OP_FINISH,
+        OP_STAGE,
+        OP_UNSTAGE,
+        _OP_ACTION_MAX,
+};
+
+const char *op_action_to_string(enum op_action a);
+int op_action_from_string(const char *s);
+
+#define OP_ID_MAX 64
+#define OP_REASON_MAX 256
+#define OPS_TABLE_MAX 1024
+
+/* A validated action request (from h_actions.c / h_kernel.c). */
+struct op_request {
+        enum op_action action;
+        char id[OP_ID_MAX + 1]; /* "" = generate */
+        char reason[OP_REASON_MAX + 1];
+        bool has_reason;
+        const char *if_match; /* raw header or NULL */
+        char requested_by[96];
+        /* stage only */
+        char kernel_path[4096];
+        char kernel_sha256[65];
+        char initrd_path[4096]; /* "" = none */
+        char initrd_sha256[65];
+        char cmdline[2048];
+};
+
+typedef void (*agent_listener_fn)(void *userdata, uint64_t index);
+
+struct agent {
+        pthread_mutex_t lock;
+        const struct agent_config *cfg;
+        struct backend *backend;
+        struct journal *journal;
+        int state_dir_fd;
+
+        /* the state document */
+        enum luo_state state;
+        uint64_t index;
+        uint64_t changed_at; /* realtime usec */
+        struct backend_info info;
+        char hostname[256];
+        json_t *staged;    /* NULL = nothing staged */
+        json_t *operation; /* current or last operation, NULL = none yet */
+        bool op_running;
+        struct doc_snapshot *snap;
+
+        /* operation id -> {"operation": {...}, "http_status": N} */
+        json_t *ops;
+        json_t *ops_order; /* ids, oldest first, for the bound */
+
+        int journal_error; /* last append error, 0 = writable */
+        bool shutting_down;
+        uint64_t transitions[_LUO_STATE_MAX][_LUO_STATE_MAX];
+        uint64_t ops_done[_OP_ACTION_MAX][2]; /* [action][0 ok, 1 failed] */
+        uint64_t last_blackout_ms;
+
+        agent_listener_fn listeners[4];
+        void *listener_data[4];
+        unsigned n_listeners;
+
+        /* called on the worker thread after a successful simulated reboot */
+        void (*sim_jump)(void *userdata);
+        void *sim_jump_data;
+};
+
+int agent_new(const struct agent_config *cfg, struct backend *b, struct journal *j, int state_dir_fd,
+              struct agent **ret);
+struct agent *agent_free(struct agent *a);
+void agent_add_listener(struct agent *a, agent_listener_fn fn, void *userdata);
+
+/* Reconcile the journal with the kernel; writes the records that says. */
+int agent_reconcile(struct agent *a);
+
+/* A new reference to the current serialized document. */
+struct doc_snapshot *agent_snapshot(struct agent *a);
+uint64_t agent_index(struct agent *a);
+
+/* The watcher saw the kernel state (a re-read: may be unchanged). */
+void agent_kernel_changed(struct agent *a, enum luo_state s);
+
+/*
+ * Begin an operation: idempotent replay, If-Match, in-progress and
+ * transition checks. Returns 1 with *ret_job when the operation was accepted
+ * (the "running" record is durable), 0 when rep holds the answer already
+ * (refusal or replay), -errno on internal failure.
+ */
+int agent_op_begin(struct agent *a, const struct op_request *rq, struct http_reply *rep,
+                   struct op_job **ret_job);
+
+/* Run the job's kernel calls and record the end (worker thread). */
+void agent_op_execute(struct op_job *job);
+
+/* Allowed actions from a state (for invalid-transition answers). */
+json_t *agent_allowed_actions(enum luo_state s);
+
+/* Build the document as JSON (lock held), with op in place of the operation. */
+json_t *agent_doc_locked(struct agent *a, json_t *op);
+
+/* Helpers for handlers that read the journal (history, events). */
+void agent_lock(struct agent *a);
+void agent_unlock(struct agent *a);
+
+/* Journal check for /readyz. */
+int agent_journal_status(struct agent *a);
+
+/* Mark shutting down: new operations are refused. */
+void agent_set_shutting_down(struct agent *a);

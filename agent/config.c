@@ -1,0 +1,307 @@
+/*
+ * config.c: command-line parsing for luofleet-agent. Main thread, before any
+ * other thread exists. Every flag has a default; every bad value is named.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "luofleet/log.h"
+#include "luofleet/util.h"
+
+static void usage(FILE *f)
+{
+        fputs("Usage: luofleet-agent [OPTIONS]\n"
+              "\n"
+              "Serve a host's Linux live-update (LUO) state over HTTP and drive prepare,\n"
+              "reboot, finish and cancel against the kernel, safely and idempotently.\n"
+              "\n"
+              "Kernel backend:\n"
+              "  --backend=KIND          luo-v3 (the kernel's v3 interface), sim (a simulated\n"
+              "                          kernel, no root needed) or auto (default: luo-v3 when\n"
+              "                          /sys/kernel/liveupdate/state exists)\n"
+              "  --root=DIR              resolve /sys, /dev and /proc under DIR (default /)\n"
+              "  --state-dir=DIR         journal and simulator state (default /var/lib/luofleet)\n"
+              "\n"
+              "HTTP:\n"
+              "  --listen=ADDR:PORT      TCP address (default 127.0.0.1:8421; [::1]:8421 for\n"
+              "                          IPv6; port 0 picks a free port); repeatable\n"
+              "  --listen=unix:PATH      a Unix socket instead or as well\n"
+              "  --max-wait=DURATION     longest long-poll wait (default 10m; units ms, s, m)\n"
+              "  --max-waiters=N         suspended long-polls before 503 (default 10000)\n"
+              "  --max-streams=N         event-stream clients before 503 (default 1000)\n"
+              "  --max-connections=N     connections per listener (default 16384)\n"
+              "  --sse-heartbeat=DURATION  comment line on idle streams (default 15s)\n"
+              "  --reboot-delay=DURATION time between the 202 leaving and the kexec (100ms)\n"
+              "\n"
+              "Journal:\n"
+              "  --journal-max-bytes=N   compact the journal above N bytes (default 8388608)\n"
+              "\n"
+              "Simulator (--backend=sim):\n"
+              "  --sim-fault=OP=ERRNO[:DELAYms]  make OP fail with ERRNO (and/or stall):\n"
+              "                          OP is prepare, freeze, finish, cancel, reboot or\n"
+              "                          kexec-load; e.g. --sim-fault=prepare=EBUSY,\n"
+              "                          --sim-fault=finish=250ms; repeatable\n"
+              "  --sim-release=STRING    kernel release the simulator reports\n"
+              "  --sim-reboot=exec|exit  after a simulated kexec, re-execute the agent\n"
+              "                          (default) or exit 0 for a supervisor to restart it\n"
+              "\n"
+              "Other:\n"
+              "  --hostname=NAME         hostname reported in /v1/state\n"
+              "  --log-level=LEVEL       error, warning, notice, info (default), debug\n"
+              "  -h, --help              show this help\n"
+              "  --version               show the version\n"
+              "\n"
+              "Exit status: 0 stopped cleanly, 1 runtime failure, 2 usage error, 3 no kernel\n"
+              "backend, 4 another agent holds /dev/liveupdate or the state directory.\n",
+              f);
+}
+
+int config_parse_listen(const char *spec, struct listen_addr *ret)
+{
+        struct listen_addr la = { 0 };
+        const char *colon;
+        uint64_t port;
+
+        if (strncmp(spec, "unix:", 5) == 0) {
+                const char *p = spec + 5;
+                if (p[0] != '/' || strlen(p) >= sizeof(la.path))
+                        return -EINVAL;
+                la.is_unix = true;
+                snprintf(la.path, sizeof(la.path), "%s", p);
+                *ret = la;
+                return 0;
+        }
+        if (spec[0] == '[') {
+                const char *end = strchr(spec, ']');
+                if (!end || end[1] != ':' || (size_t)(end - spec - 1) >= sizeof(la.host))
+                        return -EINVAL;
+                memcpy(la.host, spec + 1, (size_t)(end - spec - 1));
+                colon = end + 1;
+        } else {
+                colon = strrchr(spec, ':');
+                if (!colon || (size_t)(colon - spec) >= sizeof(la.host))
+                        return -EINVAL;
+                memcpy(la.host, spec, (size_t)(colon - spec));
+                if (!la.host[0])
+                        snprintf(la.host, sizeof(la.host), "0.0.0.0");
+        }
+        if (parse_u64(colon + 1, 65535, &port) < 0)
+                return -EINVAL;
+        snprintf(la.port, sizeof(la.port), "%u", (unsigned)port);
+        *ret = la;
+        return 0;
+}
+
+enum {
+        ARG_BACKEND = 0x100,
+        ARG_ROOT,
+        ARG_STATE_DIR,
+        ARG_LISTEN,
+        ARG_MAX_WAIT,
+        ARG_MAX_WAITERS,
+        ARG_MAX_STREAMS,
+        ARG_MAX_CONNECTIONS,
+        ARG_SSE_HEARTBEAT,
+        ARG_REBOOT_DELAY,
+        ARG_JOURNAL_MAX,
+        ARG_SIM_FAULT,
+        ARG_SIM_RELEASE,
+        ARG_SIM_REBOOT,
+        ARG_HOSTNAME,
+        ARG_LOG_LEVEL,
+        ARG_VERSION,
+};
+
+static int bad(const char *flag, const char *value, const char *want)
+{
+        fprintf(stderr, "luofleet-agent: invalid %s=%s: %s\n", flag, value, want);
+        return -EINVAL;
+}
+
+static int parse_count(const char *flag, const char *v, uint64_t min, uint64_t max, unsigned *ret)
+{
+        uint64_t n;
+        if (parse_u64(v, max, &n) < 0 || n < min) {
+                char want[96];
+                snprintf(want, sizeof(want), "expected an integer from %llu to %llu",
+                         (unsigned long long)min, (unsigned long long)max);
+                return bad(flag, v, want);
+        }
+        *ret = (unsigned)n;
+        return 0;
+}
+
+int config_parse(struct agent_config *cfg, int argc, char **argv)
+{
+        static const struct option opts[] = {
+                { "backend", required_argument, NULL, ARG_BACKEND },
+                { "root", required_argument, NULL, ARG_ROOT },
+                { "state-dir", required_argument, NULL, ARG_STATE_DIR },
+                { "listen", required_argument, NULL, ARG_LISTEN },
+                { "max-wait", required_argument, NULL, ARG_MAX_WAIT },
+                { "max-waiters", required_argument, NULL, ARG_MAX_WAITERS },
+                { "max-streams", required_argument, NULL, ARG_MAX_STREAMS },
+                { "max-connections", required_argument, NULL, ARG_MAX_CONNECTIONS },
+                { "sse-heartbeat", required_argument, NULL, ARG_SSE_HEARTBEAT },
+                { "reboot-delay", required_argument, NULL, ARG_REBOOT_DELAY },
+                { "journal-max-bytes", required_argument, NULL, ARG_JOURNAL_MAX },
+                { "sim-fault", required_argument, NULL, ARG_SIM_FAULT },
+                { "sim-release", required_argument, NULL, ARG_SIM_RELEASE },
+                { "sim-reboot", required_argument, NULL, ARG_SIM_REBOOT },
+                { "hostname", required_argument, NULL, ARG_HOSTNAME },
+                { "log-level", required_argument, NULL, ARG_LOG_LEVEL },
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, ARG_VERSION },
+                {},
+        };
+        uint64_t v;
+        int c, r;
+
+        *cfg = (struct agent_config){
+                .backend = { .kind = BACKEND_AUTO, .root = "/" },
+                .max_wait_ms = 10 * 60 * 1000,
+                .max_waiters = 10000,
+                .max_streams = 1000,
+                .max_connections = 16384,
+                .sse_heartbeat_ms = 15000,
+                .journal_max_bytes = 8 * 1024 * 1024,
+                .reboot_delay_ms = 100,
+                .sim_reboot = SIM_REBOOT_EXEC,
+                .log_level = LOG_LEVEL_INFO,
+                .argv = argv,
+        };
+        cfg->state_dir = strdup("/var/lib/luofleet");
+        if (!cfg->state_dir)
+                return -ENOMEM;
+
+        optind = 1;
+        while ((c = getopt_long(argc, argv, "h", opts, NULL)) >= 0) {
+                switch (c) {
+                case 'h':
+                        usage(stdout);
+                        return 1;
+                case ARG_VERSION:
+                        printf("luofleet-agent %s\n", LUOFLEET_VERSION);
+                        return 1;
+                case ARG_BACKEND:
+                        r = backend_kind_from_string(optarg);
+                        if (r < 0)
+                                return bad("--backend", optarg, "expected luo-v3, sim or auto");
+                        cfg->backend.kind = r;
+                        break;
+                case ARG_ROOT:
+                        if (optarg[0] != '/')
+                                return bad("--root", optarg, "expected an absolute directory");
+                        cfg->backend.root = optarg;
+                        break;
+                case ARG_STATE_DIR:
+                        if (optarg[0] != '/' && optarg[0] != '.')
+                                return bad("--state-dir", optarg, "expected a directory path");
+                        free(cfg->state_dir);
+                        cfg->state_dir = strdup(optarg);
+                        if (!cfg->state_dir)
+                                return -ENOMEM;
+                        break;
+                case ARG_LISTEN:
+                        if (cfg->n_listen >= CONFIG_MAX_LISTEN)
+                                return bad("--listen", optarg, "too many listen addresses");
+                        if (config_parse_listen(optarg, &cfg->listen[cfg->n_listen]) < 0)
+                                return bad("--listen", optarg,
+                                           "expected ADDR:PORT, [IPv6]:PORT or unix:/PATH");
+                        cfg->n_listen++;
+                        break;
+                case ARG_MAX_WAIT:
+                        if (parse_duration_ms(optarg, 24ull * 3600 * 1000, &v) < 0 || v == 0)
+                                return bad("--max-wait", optarg,
+                                           "expected a duration like 30s or 10m, at most 24h");
+                        cfg->max_wait_ms = v;
+                        break;
+                case ARG_MAX_WAITERS:
+                        if (parse_count("--max-waiters", optarg, 1, 1000000, &cfg->max_waiters) < 0)
+                                return -EINVAL;
+                        break;
+                case ARG_MAX_STREAMS:
+                        if (parse_count("--max-streams", optarg, 1, 100000, &cfg->max_streams) < 0)
+                                return -EINVAL;
+                        break;
+                case ARG_MAX_CONNECTIONS:
+                        if (parse_count("--max-connections", optarg, 4, 1000000,
+                                        &cfg->max_connections) < 0)
+                                return -EINVAL;
+                        break;
+                case ARG_SSE_HEARTBEAT:
+                        if (parse_duration_ms(optarg, 3600 * 1000, &v) < 0 || v < 100)
+                                return bad("--sse-heartbeat", optarg,
+                                           "expected a duration from 100ms to 1h");
+                        cfg->sse_heartbeat_ms = v;
+                        break;
+                case ARG_REBOOT_DELAY:
+                        if (parse_duration_ms(optarg, 60 * 1000, &v) < 0)
+                                return bad("--reboot-delay", optarg,
+                                           "expected a duration of at most 60s");
+                        cfg->reboot_delay_ms = v;
+                        break;
+                case ARG_JOURNAL_MAX:
+                        if (parse_u64(optarg, 1ull << 40, &v) < 0 || v < 65536)
+                                return bad("--journal-max-bytes", optarg,
+                                           "expected a byte count of at least 65536");
+                        cfg->journal_max_bytes = v;
+                        break;
+                case ARG_SIM_FAULT:
+                        if (backend_config_add_fault(&cfg->backend, optarg) < 0)
+                                return bad("--sim-fault", optarg,
+                                           "expected OP=ERRNO[:DELAYms] or OP=DELAYms, OP one of "
+                                           "prepare, freeze, finish, cancel, reboot, kexec-load");
+                        break;
+                case ARG_SIM_RELEASE:
+                        if (!optarg[0] || strlen(optarg) >= 128)
+                                return bad("--sim-release", optarg, "expected 1 to 127 characters");
+                        cfg->backend.sim_release = optarg;
+                        break;
+                case ARG_SIM_REBOOT:
+                        if (strcmp(optarg, "exec") == 0)
+                                cfg->sim_reboot = SIM_REBOOT_EXEC;
+                        else if (strcmp(optarg, "exit") == 0)
+                                cfg->sim_reboot = SIM_REBOOT_EXIT;
+                        else
+                                return bad("--sim-reboot", optarg, "expected exec or exit");
+                        break;
+                case ARG_HOSTNAME:
+                        if (!optarg[0] || strlen(optarg) >= sizeof(cfg->hostname))
+                                return bad("--hostname", optarg, "expected 1 to 255 characters");
+                        snprintf(cfg->hostname, sizeof(cfg->hostname), "%s", optarg);
+                        break;
+                case ARG_LOG_LEVEL:
+                        r = log_level_from_string(optarg);
+                        if (r < 0)
+                                return bad("--log-level", optarg,
+                                           "expected error, warning, notice, info or debug");
+                        cfg->log_level = r;
+                        break;
+                default:
+                        fprintf(stderr, "Try 'luofleet-agent --help'.\n");
+                        return -EINVAL;
+                }
+        }
+        if (optind < argc) {
+                fprintf(stderr, "luofleet-agent: unexpected argument '%s'\nTry 'luofleet-agent --help'.\n",
+                        argv[optind]);
+                return -EINVAL;
+        }
+        if (cfg->n_listen == 0) {
+                (void)config_parse_listen("127.0.0.1:8421", &cfg->listen[0]);
+                cfg->n_listen = 1;
+        }
+        cfg->backend.state_dir = cfg->state_dir;
+        return 0;
+}
+
+void config_done(struct agent_config *cfg)
+{
+        free(cfg->state_dir);
+        cfg->state_dir = NULL;
+}

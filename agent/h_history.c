@@ -1,0 +1,140 @@
+/*
+ * h_history.c: GET /v1/history (the journal, oldest first) and
+ * GET /v1/events (the journal as a live Server-Sent Events stream; the
+ * streaming itself is sse.c). MHD thread; the agent lock is held only while
+ * records are copied.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "agent.h"
+#include "http.h"
+#include "journal.h"
+#include "luofleet/util.h"
+#include "router.h"
+
+#define HISTORY_DEFAULT_LIMIT 100
+#define HISTORY_MAX_LIMIT 1000
+
+/* kind filter: "a,b,c"; NULL matches everything. */
+static bool kind_matches(const char *filter, const char *kind)
+{
+        size_t n = strlen(kind);
+
+        if (!filter)
+                return true;
+        for (const char *p = filter; *p;) {
+                const char *e = strchr(p, ',');
+                size_t len = e ? (size_t)(e - p) : strlen(p);
+                if (len == n && strncmp(p, kind, n) == 0)
+                        return true;
+                p += len + (e ? 1 : 0);
+        }
+        return false;
+}
+
+static bool kind_filter_valid(const char *f)
+{
+        if (!*f || strlen(f) > 256)
+                return false;
+        for (const char *p = f; *p; p++)
+                if (!((*p >= 'a' && *p <= 'z') || *p == '-' || *p == ','))
+                        return false;
+        return true;
+}
+
+int h_history_get(struct http_req *req, struct http_reply *rep)
+{
+        bool dup1 = false, dup2 = false, dup3 = false;
+        const char *since_s = http_req_arg(req, "since", &dup1);
+        const char *limit_s = http_req_arg(req, "limit", &dup2);
+        const char *kind = http_req_arg(req, "kind", &dup3);
+        uint64_t since = 0, limit = HISTORY_DEFAULT_LIMIT;
+        struct agent *a = req->agent;
+        json_t *records, *out;
+        bool more = false;
+
+        if (dup1 || dup2 || dup3)
+                return http_reply_problem(rep, 400, "invalid-query",
+                                          "since, limit and kind may be given once each");
+        if (since_s && parse_u64(since_s, INT64_MAX, &since) < 0)
+                return http_reply_problem(rep, 400, "invalid-query",
+                                          "since must be an integer between 0 and %lld",
+                                          (long long)INT64_MAX);
+        if (limit_s && (parse_u64(limit_s, HISTORY_MAX_LIMIT, &limit) < 0 || limit == 0))
+                return http_reply_problem(rep, 400, "invalid-query",
+                                          "limit must be an integer between 1 and %d",
+                                          HISTORY_MAX_LIMIT);
+        if (kind && !kind_filter_valid(kind))
+                return http_reply_problem(rep, 400, "invalid-query",
+                                          "kind must be a comma-separated list of record kinds");
+
+        records = json_array();
+        if (!records)
+                return -ENOMEM;
+        agent_lock(a);
+        size_t n = journal_count(a->journal), pos, end;
+        if (since_s) {
+                /* Paging forward: the oldest `limit` records after since. */
+                for (pos = journal_find_after(a->journal, since); pos < n; pos++) {
+                        const struct journal_rec *r = journal_get(a->journal, pos);
+                        if (!kind_matches(kind, r->kind))
+                                continue;
+                        if (json_array_size(records) == limit) {
+                                more = true;
+                                break;
+                        }
+                        json_array_append_new(records, json_loadb(r->json, r->len, 0, NULL));
+                }
+        } else {
+                /* The newest `limit` records, oldest first. */
+                size_t take = 0;
+                for (pos = n; pos > 0 && take < limit; pos--)
+                        if (kind_matches(kind, journal_get(a->journal, pos - 1)->kind))
+                                take++;
+                for (size_t p = pos; p > 0; p--)
+                        if (kind_matches(kind, journal_get(a->journal, p - 1)->kind)) {
+                                more = true;
+                                break;
+                        }
+                for (end = n; pos < end; pos++) {
+                        const struct journal_rec *r = journal_get(a->journal, pos);
+                        if (kind_matches(kind, r->kind))
+                                json_array_append_new(records,
+                                                      json_loadb(r->json, r->len, 0, NULL));
+                }
+        }
+        out = json_pack("{s:o, s:I, s:I, s:b}", "records", records, "first_index",
+                        (json_int_t)journal_first_index(a->journal), "last_index",
+                        (json_int_t)journal_last_index(a->journal), "more", more);
+        agent_unlock(a);
+        if (!out)
+                return -ENOMEM;
+        return http_reply_json(rep, 200, out);
+}
+
+int h_events_get(struct http_req *req, struct http_reply *rep)
+{
+        bool dup = false;
+        const char *q = http_req_arg(req, "last_event_id", &dup);
+        const char *id = req->last_event_id ? req->last_event_id : q;
+        uint64_t after;
+
+        if (dup)
+                return http_reply_problem(rep, 400, "invalid-query",
+                                          "last_event_id given more than once");
+        if (id) {
+                if (parse_u64(id, INT64_MAX, &after) < 0)
+                        return http_reply_problem(rep, 400, "invalid-query",
+                                                  "Last-Event-ID must be an event id (an index)");
+                rep->sse_after = after;
+                rep->sse_initial_state = false;
+        } else {
+                /* New subscribers get the current document first, then changes. */
+                rep->sse_after = agent_index(req->agent);
+                rep->sse_initial_state = true;
+        }
+        rep->status = 200;
+        rep->defer = DEFER_SSE;
+        return 0;
+}

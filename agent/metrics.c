@@ -1,0 +1,171 @@
+/*
+ * metrics.c: HTTP request counters by route, method and status, and latency
+ * histograms by route (answers given at once; long-poll and stream answers
+ * are counted, not timed, since their duration is the client's choice).
+ * Atomics only; any thread.
+ */
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "luofleet/macro.h"
+#include "metrics.h"
+
+const double metrics_buckets[METRICS_N_BUCKETS] = { 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                                                     0.005,  0.01,    0.025,  0.05,  0.1,
+                                                     0.25,   0.5,     1,      5 };
+
+static const int codes[] = { 200, 202, 304, 400, 401, 403, 404, 405,
+                             409, 412, 413, 415, 422, 500, 503, 504 };
+#define N_CODES ELEMENTSOF(codes)
+static const char *const methods[] = { "GET", "HEAD", "POST", "PUT", "DELETE", "OTHER" };
+#define N_METHODS ELEMENTSOF(methods)
+
+struct route_metrics {
+        const char *name;
+        atomic_uint_fast64_t count[N_METHODS][N_CODES + 1]; /* +1: other codes */
+        atomic_uint_fast64_t bucket[METRICS_N_BUCKETS + 1];
+        atomic_uint_fast64_t sum_usec;
+        atomic_uint_fast64_t n_timed;
+};
+
+static struct route_metrics routes[METRICS_MAX_ROUTES + 1]; /* last: unmatched */
+static int n_routes;
+
+int metrics_route_register(const char *name)
+{
+        for (int i = 0; i < n_routes; i++)
+                if (strcmp(routes[i].name, name) == 0)
+                        return i;
+        if (n_routes >= METRICS_MAX_ROUTES)
+                return -1;
+        routes[n_routes].name = name;
+        return n_routes++;
+}
+
+const char *metrics_route_name(int id)
+{
+        return id >= 0 && id < n_routes ? routes[id].name : "unmatched";
+}
+
+int metrics_n_routes(void)
+{
+        return n_routes;
+}
+
+void metrics_request(int route, const char *method, int status, uint64_t usec, int timed)
+{
+        struct route_metrics *m = route >= 0 && route < n_routes ? &routes[route]
+                                                                  : &routes[METRICS_MAX_ROUTES];
+        size_t mi = N_METHODS - 1, ci = N_CODES;
+
+        for (size_t i = 0; i < N_METHODS; i++)
+                if (method && strcmp(method, methods[i]) == 0)
+                        mi = i;
+        for (size_t i = 0; i < N_CODES; i++)
+                if (codes[i] == status)
+                        ci = i;
+        atomic_fetch_add_explicit(&m->count[mi][ci], 1, memory_order_relaxed);
+        if (!timed)
+                return;
+        double sec = (double)usec / 1e6;
+        size_t b = METRICS_N_BUCKETS;
+        for (size_t i = 0; i < METRICS_N_BUCKETS; i++)
+                if (sec <= metrics_buckets[i]) {
+                        b = i;
+                        break;
+                }
+        atomic_fetch_add_explicit(&m->bucket[b], 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&m->sum_usec, usec, memory_order_relaxed);
+        atomic_fetch_add_explicit(&m->n_timed, 1, memory_order_relaxed);
+}
+
+void strbuf_printf(struct strbuf *sb, const char *fmt, ...)
+{
+        va_list ap;
+        int n;
+
+        if (sb->oom)
+                return;
+        for (;;) {
+                size_t avail = sb->cap - sb->len;
+                va_start(ap, fmt);
+                n = vsnprintf(sb->s ? sb->s + sb->len : NULL, avail, fmt, ap);
+                va_end(ap);
+                if (n < 0) {
+                        sb->oom = 1;
+                        return;
+                }
+                if ((size_t)n < avail) {
+                        sb->len += (size_t)n;
+                        return;
+                }
+                size_t cap = sb->cap ? sb->cap * 2 : 4096;
+                while (cap < sb->len + (size_t)n + 1)
+                        cap *= 2;
+                char *ns = realloc(sb->s, cap);
+                if (!ns) {
+                        sb->oom = 1;
+                        return;
+                }
+                sb->s = ns;
+                sb->cap = cap;
+        }
+}
+
+void strbuf_free(struct strbuf *sb)
+{
+        free(sb->s);
+        *sb = (struct strbuf){ 0 };
+}
+
+void metrics_render_requests(struct strbuf *sb)
+{
+        strbuf_printf(sb, "# HELP luofleet_http_requests_total HTTP requests answered, by route, "
+                          "method and status code.\n"
+                          "# TYPE luofleet_http_requests_total counter\n");
+        for (int r = 0; r <= n_routes; r++) {
+                struct route_metrics *m = r < n_routes ? &routes[r] : &routes[METRICS_MAX_ROUTES];
+                const char *name = r < n_routes ? m->name : "unmatched";
+                for (size_t mi = 0; mi < N_METHODS; mi++)
+                        for (size_t ci = 0; ci <= N_CODES; ci++) {
+                                uint64_t v = atomic_load(&m->count[mi][ci]);
+                                if (!v)
+                                        continue;
+                                char code[8];
+                                if (ci < N_CODES)
+                                        snprintf(code, sizeof(code), "%d", codes[ci]);
+                                else
+                                        snprintf(code, sizeof(code), "other");
+                                strbuf_printf(sb,
+                                              "luofleet_http_requests_total{route=\"%s\",method=\"%s\","
+                                              "code=\"%s\"} %llu\n",
+                                              name, methods[mi], code, (unsigned long long)v);
+                        }
+        }
+        strbuf_printf(sb, "# HELP luofleet_http_request_duration_seconds Time to answer requests "
+                          "answered at once (long-polls and streams excluded), by route.\n"
+                          "# TYPE luofleet_http_request_duration_seconds histogram\n");
+        for (int r = 0; r < n_routes; r++) {
+                struct route_metrics *m = &routes[r];
+                uint64_t cum = 0;
+                for (size_t b = 0; b < METRICS_N_BUCKETS; b++) {
+                        cum += atomic_load(&m->bucket[b]);
+                        strbuf_printf(sb,
+                                      "luofleet_http_request_duration_seconds_bucket{route=\"%s\","
+                                      "le=\"%g\"} %llu\n",
+                                      m->name, metrics_buckets[b], (unsigned long long)cum);
+                }
+                cum += atomic_load(&m->bucket[METRICS_N_BUCKETS]);
+                strbuf_printf(sb,
+                              "luofleet_http_request_duration_seconds_bucket{route=\"%s\",le=\"+Inf\"} "
+                              "%llu\n"
+                              "luofleet_http_request_duration_seconds_sum{route=\"%s\"} %.6f\n"
+                              "luofleet_http_request_duration_seconds_count{route=\"%s\"} %llu\n",
+                              m->name, (unsigned long long)cum, m->name,
+                              (double)atomic_load(&m->sum_usec) / 1e6, m->name,
+                              (unsigned long long)atomic_load(&m->n_timed));
+        }
+}

@@ -1,0 +1,671 @@
+/*
+ * server.c: libmicrohttpd glue. One daemon per listen address, each with its
+ * own internal epoll thread, sharing one agent, long-poll registry, SSE hub,
+ * worker and loop. Owns the request contexts: allocated on the first call of
+ * the access handler, freed only in the completion callback.
+ *
+ * A request's life: headers -> body (capped) -> route -> handler ->
+ *   - answer now, or
+ *   - DEFER_LONGPOLL: suspend, register a waiter; the waiter's resume calls
+ *     MHD_resume_connection and the handler runs again with req.resumed;
+ *   - DEFER_WORKER: suspend, queue the job; its done() stores the result and
+ *     resumes;
+ *   - DEFER_AFTER: answer now, queue the job when the answer has been sent;
+ *   - DEFER_SSE: answer with the streaming response of sse.c.
+ * Suspend always comes before the registration, so a wake-up can never find
+ * a connection that is not suspended yet.
+ *
+ * The state document's MHD response is cached per listener (only that
+ * listener's thread touches its cache) and shared by every answer until the
+ * index moves: the hot path builds nothing.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "agent.h"
+#include "config.h"
+#include "http.h"
+#include "loop.h"
+#include "luofleet/log.h"
+#include "luofleet/macro.h"
+#include "luofleet/util.h"
+#include "metrics.h"
+#include "ops.h"
+#include "router.h"
+#include "server.h"
+#include "worker.h"
+
+struct server_listener {
+        struct server *srv;
+        struct MHD_Daemon *daemon;
+        int fd;
+        struct listen_addr addr;
+        char url[160];
+        /* The cached state document response: this listener's thread only. */
+        uint64_t cache_index;
+        struct MHD_Response *cache;
+};
+
+enum req_phase {
+        PH_HEADERS,
+        PH_BODY,
+        PH_SUSPENDED,
+        PH_RESUMED,
+        PH_ANSWERED,
+};
+
+struct req_ctx {
+        struct server_listener *lis;
+        struct MHD_Connection *conn;
+        enum req_phase phase;
+        enum http_defer deferred;
+        struct http_req req;
+        struct http_reply rep;
+        char *body;
+        size_t body_len;
+        bool body_too_large;
+        int route;
+        int status;
+        uint64_t started;
+        bool timed;
+        struct lp_waiter waiter;
+        struct op_job *after_job; /* DEFER_AFTER: runs once the answer left */
+};
+
+static uint64_t agent_index_cb(void *ud)
+{
+        return agent_index(ud);
+}
+
+/* ---- responses ---------------------------------------------------------- */
+
+static void snap_free_cb(void *cls)
+{
+        doc_snapshot_unref(cls);
+}
+
+static struct MHD_Response *snapshot_response(struct server_listener *lis, struct doc_snapshot *snap)
+{
+        struct MHD_Response *r;
+        char etag[32];
+
+        if (lis->cache && lis->cache_index == snap->index)
+                return lis->cache;
+        r = MHD_create_response_from_buffer_with_free_callback_cls(
+                snap->len, snap->json, snap_free_cb, doc_snapshot_ref(snap));
+        if (!r) {
+                doc_snapshot_unref(snap);
+                return NULL;
+        }
+        snprintf(etag, sizeof(etag), "\"%llu\"", (unsigned long long)snap->index);
+        MHD_add_response_header(r, "Content-Type", "application/json");
+        MHD_add_response_header(r, "Cache-Control", "no-store");
+        MHD_add_response_header(r, "ETag", etag);
+        if (lis->cache)
+                MHD_destroy_response(lis->cache);
+        lis->cache = r;
+        lis->cache_index = snap->index;
+        return r;
+}
+
+static enum MHD_Result queue_reply(struct req_ctx *ctx)
+{
+        struct http_reply *rep = &ctx->rep;
+        struct MHD_Response *r = NULL;
+        bool shared = false;
+        enum MHD_Result ret;
+        char buf[32];
+
+        ctx->status = rep->status;
+        if (rep->snap && rep->status == 200) {
+                r = snapshot_response(ctx->lis, rep->snap);
+                shared = true;
+        } else if (rep->json) {
+                char *s = json_dumps(rep->json, JSON_COMPACT | JSON_PRESERVE_ORDER);
+                if (s)
+                        r = MHD_create_response_from_buffer(strlen(s), s, MHD_RESPMEM_MUST_FREE);
+                if (r) {
+                        MHD_add_response_header(r, "Content-Type",
+                                                rep->problem ? "application/problem+json"
+                                                             : "application/json");
+                        MHD_add_response_header(r, "Cache-Control", "no-store");
+                        json_t *idx = json_object_get(rep->json, "index");
+                        if (!rep->problem && json_is_integer(idx) &&
+                            json_object_get(rep->json, "boot_id")) {
+                                snprintf(buf, sizeof(buf), "\"%lld\"",
+                                         (long long)json_integer_value(idx));
+                                MHD_add_response_header(r, "ETag", buf);
+                        }
+                } else
+                        free(s);
+        } else if (rep->text) {
+                r = MHD_create_response_from_buffer(rep->text_len, rep->text,
+                                                    MHD_RESPMEM_MUST_FREE);
+                if (r) {
+                        rep->text = NULL; /* MHD owns it now */
+                        MHD_add_response_header(r, "Content-Type", rep->content_type);
+                        MHD_add_response_header(r, "Cache-Control", "no-store");
+                }
+        } else {
+                r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+                if (r && rep->snap && rep->etag_from_snap) {
+                        snprintf(buf, sizeof(buf), "\"%llu\"",
+                                 (unsigned long long)rep->snap->index);
+                        MHD_add_response_header(r, "ETag", buf);
+                        MHD_add_response_header(r, "Cache-Control", "no-store");
+                }
+        }
+        if (!r)
+                return MHD_NO; /* out of memory: drop the connection */
+        if (!shared) {
+                if (rep->allow[0])
+                        MHD_add_response_header(r, "Allow", rep->allow);
+                if (rep->retry_after) {
+                        snprintf(buf, sizeof(buf), "%u", rep->retry_after);
+                        MHD_add_response_header(r, "Retry-After", buf);
+                }
+                if (rep->close)
+                        MHD_add_response_header(r, "Connection", "close");
+        }
+        ret = MHD_queue_response(ctx->conn, (unsigned)rep->status, r);
+        if (!shared)
+                MHD_destroy_response(r);
+        ctx->phase = PH_ANSWERED;
+        return ret;
+}
+
+/* ---- deferral ----------------------------------------------------------- */
+
+static void waiter_resume(struct lp_waiter *w)
+{
+        struct req_ctx *ctx = (struct req_ctx *)((char *)w - offsetof(struct req_ctx, waiter));
+        ctx->phase = PH_RESUMED;
+        MHD_resume_connection(ctx->conn);
+}
+
+static void job_done(struct op_job *job, void *userdata)
+{
+        struct req_ctx *ctx = userdata;
+
+        http_reply_clear(&ctx->rep);
+        ctx->rep.status = job->status;
+        ctx->rep.json = job->body;
+        ctx->rep.problem = job->problem;
+        job->body = NULL;
+        op_job_free(job);
+        ctx->phase = PH_RESUMED;
+        MHD_resume_connection(ctx->conn);
+}
+
+static enum MHD_Result defer(struct req_ctx *ctx)
+{
+        struct server *srv = ctx->lis->srv;
+        struct http_reply *rep = &ctx->rep;
+        enum http_defer d = rep->defer;
+        int r;
+
+        ctx->deferred = d;
+        rep->defer = DEFER_NONE;
+        switch (d) {
+        case DEFER_LONGPOLL:
+                ctx->waiter = (struct lp_waiter){ .index = rep->wait_index,
+                                                  .deadline = rep->wait_deadline,
+                                                  .queued_at = now_mono_usec(),
+                                                  .resume = waiter_resume };
+                ctx->phase = PH_SUSPENDED;
+                MHD_suspend_connection(ctx->conn);
+                r = lp_add(&srv->lp, &ctx->waiter, agent_index_cb, srv->agent);
+                if (r != 0) {
+                        /* changed meanwhile (1) or over the cap: answer now */
+                        if (r < 0) {
+                                http_reply_clear(rep);
+                                http_reply_problem(rep, 503, "too-many-waiters",
+                                                   "%u long-poll requests are waiting already",
+                                                   srv->lp.max);
+                                json_object_set_new(rep->json, "retry_after_ms",
+                                                    json_integer(1000));
+                                rep->retry_after = 1;
+                                ctx->deferred = DEFER_NONE;
+                        }
+                        ctx->phase = PH_RESUMED;
+                        MHD_resume_connection(ctx->conn);
+                }
+                return MHD_YES;
+        case DEFER_WORKER: {
+                struct op_job *job = TAKE_PTR(rep->job);
+                job->done = job_done;
+                job->done_data = ctx;
+                ctx->phase = PH_SUSPENDED;
+                MHD_suspend_connection(ctx->conn);
+                r = worker_submit(srv->worker, job);
+                if (r < 0) {
+                        /* cannot happen before shutdown; answer rather than hang */
+                        op_job_free(job);
+                        http_reply_clear(rep);
+                        http_reply_problem(rep, 503, "shutting-down", "the agent is stopping");
+                        ctx->phase = PH_RESUMED;
+                        MHD_resume_connection(ctx->conn);
+                }
+                return MHD_YES;
+        }
+        case DEFER_AFTER:
+                ctx->after_job = TAKE_PTR(rep->job);
+                return queue_reply(ctx);
+        case DEFER_SSE: {
+                struct MHD_Response *resp =
+                        sse_response_new(&srv->sse, ctx->conn, rep->sse_after,
+                                         rep->sse_initial_state, &r);
+                if (!resp) {
+                        http_reply_clear(rep);
+                        if (r == -EBUSY) {
+                                http_reply_problem(rep, 503, "too-many-streams",
+                                                   "%u event streams are open already",
+                                                   srv->sse.max);
+                                rep->retry_after = 5;
+                        } else
+                                http_reply_problem(rep, 500, "internal-error", "out of memory");
+                        return queue_reply(ctx);
+                }
+                ctx->status = 200;
+                ctx->phase = PH_ANSWERED;
+                enum MHD_Result ret = MHD_queue_response(ctx->conn, MHD_HTTP_OK, resp);
+                MHD_destroy_response(resp);
+                return ret;
+        }
+        default:
+                return queue_reply(ctx);
+        }
+}
+
+/* ---- the access handler ------------------------------------------------- */
+
+static enum MHD_Result collect_arg(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   const char *value)
+{
+        struct http_req *req = cls;
+
+        (void)kind;
+        if (req->n_args >= HTTP_MAX_ARGS) {
+                req->too_many_args = true;
+                return MHD_NO;
+        }
+        req->args[req->n_args].key = key ? key : "";
+        req->args[req->n_args].value = value;
+        req->n_args++;
+        return MHD_YES;
+}
+
+static void peer_string(struct MHD_Connection *conn, char *buf, size_t size)
+{
+        const union MHD_ConnectionInfo *ci =
+                MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        char host[64], port[16];
+
+        snprintf(buf, size, "unix");
+        if (!ci || !ci->client_addr)
+                return;
+        socklen_t len = ci->client_addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                        : ci->client_addr->sa_family == AF_INET ? sizeof(struct sockaddr_in)
+                                                                : 0;
+        if (len && getnameinfo(ci->client_addr, len, host, sizeof(host), port, sizeof(port),
+                               NI_NUMERICHOST | NI_NUMERICSERV) == 0)
+                snprintf(buf, size, "%s", host);
+}
+
+static void fill_request(struct req_ctx *ctx, const char *url, const char *method)
+{
+        struct http_req *req = &ctx->req;
+        struct server *srv = ctx->lis->srv;
+
+        req->method = http_method_from_string(method);
+        req->path = url;
+        req->agent = srv->agent;
+        req->server = srv;
+        req->max_wait_ms = srv->cfg->max_wait_ms;
+        req->n_args = 0;
+        req->too_many_args = false;
+        MHD_get_connection_values(ctx->conn, MHD_GET_ARGUMENT_KIND, collect_arg, req);
+        req->content_type = MHD_lookup_connection_value(ctx->conn, MHD_HEADER_KIND,
+                                                        MHD_HTTP_HEADER_CONTENT_TYPE);
+        req->if_match = MHD_lookup_connection_value(ctx->conn, MHD_HEADER_KIND, "If-Match");
+        req->if_none_match =
+                MHD_lookup_connection_value(ctx->conn, MHD_HEADER_KIND, "If-None-Match");
+        req->last_event_id =
+                MHD_lookup_connection_value(ctx->conn, MHD_HEADER_KIND, "Last-Event-ID");
+        req->body = ctx->body;
+        req->body_len = ctx->body_len;
+        peer_string(ctx->conn, req->peer, sizeof(req->peer));
+}
+
+static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, const char *url,
+                                      const char *method, const char *version,
+                                      const char *upload_data, size_t *upload_data_size,
+                                      void **con_cls)
+{
+        struct server_listener *lis = cls;
+        struct req_ctx *ctx = *con_cls;
+
+        (void)version;
+        if (!ctx) {
+                ctx = calloc(1, sizeof(*ctx));
+                if (!ctx)
+                        return MHD_NO;
+                ctx->lis = lis;
+                ctx->conn = conn;
+                ctx->route = -1;
+                ctx->started = now_mono_usec();
+                ctx->timed = true;
+                *con_cls = ctx;
+                /* Refuse an announced oversized body before reading it. */
+                const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                             MHD_HTTP_HEADER_CONTENT_LENGTH);
+                uint64_t n;
+                if (cl && (parse_u64(cl, UINT64_MAX, &n) < 0 || n > SERVER_MAX_BODY)) {
+                        http_reply_problem(&ctx->rep, 413, "body-too-large",
+                                           "the request body exceeds %d bytes", SERVER_MAX_BODY);
+                        ctx->rep.close = true;
+                        return queue_reply(ctx);
+                }
+                return MHD_YES;
+        }
+
+        if (ctx->phase == PH_ANSWERED) {
+                /* Answered early (413): swallow what the client still sends. */
+                *upload_data_size = 0;
+                return MHD_YES;
+        }
+
+        if (*upload_data_size) {
+                size_t n = *upload_data_size;
+                if (ctx->body_too_large || ctx->body_len + n > SERVER_MAX_BODY) {
+                        ctx->body_too_large = true;
+                        free(ctx->body);
+                        ctx->body = NULL;
+                        ctx->body_len = 0;
+                        http_reply_problem(&ctx->rep, 413, "body-too-large",
+                                           "the request body exceeds %d bytes", SERVER_MAX_BODY);
+                        ctx->rep.close = true;
+                        *upload_data_size = 0;
+                        return queue_reply(ctx);
+                }
+                char *nb = realloc(ctx->body, ctx->body_len + n + 1);
+                if (!nb)
+                        return MHD_NO;
+                memcpy(nb + ctx->body_len, upload_data, n);
+                ctx->body = nb;
+                ctx->body_len += n;
+                ctx->body[ctx->body_len] = 0;
+                *upload_data_size = 0;
+                return MHD_YES;
+        }
+
+        if (ctx->phase == PH_RESUMED) {
+                if (ctx->deferred == DEFER_LONGPOLL) {
+                        http_reply_clear(&ctx->rep);
+                        ctx->req.resumed = true;
+                        ctx->req.agent = lis->srv->agent;
+                        int r = h_state_get(&ctx->req, &ctx->rep);
+                        if (r < 0) {
+                                http_reply_clear(&ctx->rep);
+                                http_reply_problem(&ctx->rep, 500, "internal-error",
+                                                   "out of memory");
+                        }
+                }
+                ctx->timed = false;
+                return queue_reply(ctx);
+        }
+        if (ctx->phase == PH_SUSPENDED)
+                return MHD_YES; /* spurious call; the wake-up will come */
+
+        /* The whole request is here. */
+        fill_request(ctx, url, method);
+        if (ctx->req.too_many_args) {
+                http_reply_problem(&ctx->rep, 400, "invalid-query",
+                                   "at most %d query parameters are accepted", HTTP_MAX_ARGS);
+                return queue_reply(ctx);
+        }
+        ctx->route = router_dispatch(&ctx->req, &ctx->rep);
+        if (ctx->rep.defer != DEFER_NONE) {
+                if (ctx->rep.defer != DEFER_AFTER)
+                        ctx->timed = false;
+                return defer(ctx);
+        }
+        return queue_reply(ctx);
+}
+
+static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                      enum MHD_RequestTerminationCode toe)
+{
+        struct server_listener *lis = cls;
+        struct req_ctx *ctx = *con_cls;
+
+        (void)conn;
+        if (!ctx)
+                return;
+        *con_cls = NULL;
+        metrics_request(ctx->route, http_method_to_string(ctx->req.method), ctx->status,
+                        now_mono_usec() - ctx->started, ctx->timed);
+        if (ctx->after_job) {
+                /* The 202 has left (or the client is gone): the accepted jump happens now. */
+                if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+                        log_warning("Reboot answer not fully delivered (code %d); rebooting as "
+                                    "accepted",
+                                    (int)toe);
+                if (worker_submit(lis->srv->worker, ctx->after_job) < 0) {
+                        log_warning("Agent stopping: the accepted reboot is not carried out");
+                        op_job_free(ctx->after_job);
+                }
+                ctx->after_job = NULL;
+        }
+        if (ctx->waiter.linked)
+                log_error("BUG: request completed with a linked long-poll waiter");
+        http_reply_clear(&ctx->rep);
+        free(ctx->body);
+        free(ctx);
+}
+
+static void mhd_logger(void *cls, const char *fmt, va_list ap)
+{
+        char buf[512];
+
+        (void)cls;
+        vsnprintf(buf, sizeof(buf), fmt, ap);
+        strip_trailing(buf);
+        log_debug("libmicrohttpd: %s", buf);
+}
+
+/* ---- listeners ---------------------------------------------------------- */
+
+static int listen_socket(const struct listen_addr *la, char *url, size_t url_size)
+{
+        _cleanup_close_ int fd = -1;
+        int one = 1;
+
+        if (la->is_unix) {
+                struct sockaddr_un sun = { .sun_family = AF_UNIX };
+                struct stat st;
+
+                if (strlen(la->path) >= sizeof(sun.sun_path))
+                        return -ENAMETOOLONG;
+                memcpy(sun.sun_path, la->path, strlen(la->path) + 1);
+                fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                if (fd < 0)
+                        return negative_errno();
+                /* A stale socket from a previous run; never remove anything else. */
+                if (lstat(la->path, &st) == 0 && S_ISSOCK(st.st_mode))
+                        (void)unlink(la->path);
+                if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0)
+                        return negative_errno();
+                (void)chmod(la->path, 0660);
+                snprintf(url, url_size, "unix:%s", la->path);
+        } else {
+                struct addrinfo hints = { .ai_family = AF_UNSPEC,
+                                          .ai_socktype = SOCK_STREAM,
+                                          .ai_flags = AI_PASSIVE | AI_NUMERICSERV },
+                                *ai = NULL;
+                struct sockaddr_storage ss;
+                socklen_t sl = sizeof(ss);
+                char host[64], port[16];
+                int r = getaddrinfo(la->host, la->port, &hints, &ai);
+                if (r != 0)
+                        return -EADDRNOTAVAIL;
+                fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+                if (fd < 0) {
+                        r = negative_errno();
+                        freeaddrinfo(ai);
+                        return r;
+                }
+                (void)setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+                if (ai->ai_family == AF_INET6)
+                        (void)setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+                if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
+                        r = negative_errno();
+                        freeaddrinfo(ai);
+                        return r;
+                }
+                freeaddrinfo(ai);
+                if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0 ||
+                    getnameinfo((struct sockaddr *)&ss, sl, host, sizeof(host), port, sizeof(port),
+                                NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+                        return -EIO;
+                if (ss.ss_family == AF_INET6)
+                        snprintf(url, url_size, "http://[%s]:%s", host, port);
+                else
+                        snprintf(url, url_size, "http://%s:%s", host, port);
+        }
+        if (listen(fd, 1024) < 0)
+                return negative_errno();
+        return TAKE_FD(fd);
+}
+
+int server_new(struct agent *a, const struct agent_config *cfg, struct server **ret)
+{
+        struct server *s = calloc(1, sizeof(*s));
+        int r;
+
+        if (!s)
+                return -ENOMEM;
+        s->agent = a;
+        s->cfg = cfg;
+        lp_init(&s->lp, cfg->max_waiters);
+        sse_init(&s->sse, a, cfg->max_streams, cfg->sse_heartbeat_ms);
+        router_init();
+        r = worker_new(&s->worker);
+        if (r >= 0)
+                r = loop_new(a, &s->loop);
+        if (r < 0) {
+                server_free(s);
+                return r;
+        }
+        lp_set_loop(&s->lp, s->loop);
+        sse_set_loop(&s->sse, s->loop);
+        loop_add_timer_client(s->loop, &(struct loop_timer_client){ lp_next_deadline, lp_fire,
+                                                                     &s->lp });
+        loop_add_timer_client(s->loop, &(struct loop_timer_client){ sse_next_deadline, sse_fire,
+                                                                     &s->sse });
+        agent_add_listener(a, lp_notify, &s->lp);
+        agent_add_listener(a, sse_notify, &s->sse);
+        *ret = s;
+        return 0;
+}
+
+int server_start(struct server *s)
+{
+        int r;
+
+        s->started_mono = now_mono_usec();
+        r = loop_start(s->loop);
+        if (r < 0)
+                return log_error_errno(r, "Failed to start the event loop: %m");
+        for (unsigned i = 0; i < s->cfg->n_listen && i < ELEMENTSOF(s->listeners); i++) {
+                struct server_listener *lis = calloc(1, sizeof(*lis));
+                if (!lis)
+                        return log_oom();
+                lis->srv = s;
+                lis->addr = s->cfg->listen[i];
+                lis->fd = -1;
+                s->listeners[s->n_listeners++] = lis;
+                r = listen_socket(&lis->addr, lis->url, sizeof(lis->url));
+                if (r < 0)
+                        return log_error_errno(r, "Failed to listen on %s%s%s: %m",
+                                               lis->addr.is_unix ? lis->addr.path : lis->addr.host,
+                                               lis->addr.is_unix ? "" : ":",
+                                               lis->addr.is_unix ? "" : lis->addr.port);
+                lis->fd = r;
+                lis->daemon = MHD_start_daemon(
+                        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
+                                MHD_USE_ERROR_LOG | MHD_USE_ITC,
+                        0, NULL, NULL, access_handler, lis, MHD_OPTION_LISTEN_SOCKET, lis->fd,
+                        MHD_OPTION_NOTIFY_COMPLETED, completed, lis, MHD_OPTION_CONNECTION_LIMIT,
+                        s->cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
+                        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(64 * 1024),
+                        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+                        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL, MHD_OPTION_END);
+                if (!lis->daemon)
+                        return log_error_errno(EIO, "Failed to start the HTTP server on %s",
+                                               lis->url);
+                /* MHD owns the socket now and closes it at stop. */
+                printf("luofleet-agent: listening on %s\n", lis->url);
+                fflush(stdout);
+        }
+        return 0;
+}
+
+void server_stop(struct server *s)
+{
+        if (s->stopped)
+                return;
+        s->stopped = true;
+        agent_set_shutting_down(s->agent);
+        for (unsigned i = 0; i < s->n_listeners; i++)
+                if (s->listeners[i]->daemon) {
+                        int fd = MHD_quiesce_daemon(s->listeners[i]->daemon);
+                        if (fd >= 0)
+                                close(fd); /* quiesced: the listen socket is ours again */
+                }
+        lp_close(&s->lp);
+        sse_close_all(&s->sse);
+        /* The running operation finishes and its client is answered. */
+        if (s->worker)
+                worker_stop(s->worker);
+        /* No more kernel notifications or timers: nothing will resume anything. */
+        s->loop = loop_free(s->loop);
+        for (unsigned i = 0; i < s->n_listeners; i++) {
+                struct server_listener *lis = s->listeners[i];
+                if (lis->daemon)
+                        MHD_stop_daemon(lis->daemon);
+                lis->daemon = NULL;
+                if (lis->cache)
+                        MHD_destroy_response(lis->cache);
+                lis->cache = NULL;
+        }
+        s->worker = worker_free(s->worker);
+}
+
+struct server *server_free(struct server *s)
+{
+        if (!s)
+                return NULL;
+        server_stop(s);
+        for (unsigned i = 0; i < s->n_listeners; i++) {
+                struct server_listener *lis = s->listeners[i];
+                if (lis->addr.is_unix && lis->fd >= 0)
+                        (void)unlink(lis->addr.path);
+                free(lis);
+        }
+        lp_done(&s->lp);
+        sse_done(&s->sse);
+        free(s);
+        return NULL;
+}

@@ -1,0 +1,43 @@
+/*
+ * server.h: the HTTP side of the agent: libmicrohttpd daemons (one per
+ * listen address), the request context, long-poll and SSE registries, the
+ * worker and the event loop they share. Created and destroyed by main.
+ *
+ * Threads: one MHD thread per listener runs the access handler and the
+ * completion callback; see longpoll.h, sse.h, worker.h, loop.h for the rest.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "longpoll.h"
+#include "sse.h"
+
+struct agent;
+struct worker;
+struct loop;
+struct server_listener;
+
+#define SERVER_MAX_BODY (64 * 1024)
+
+struct server {
+        struct agent *agent;
+        const struct agent_config *cfg;
+        struct longpoll lp;
+        struct sse sse;
+        struct worker *worker;
+        struct loop *loop;
+        struct server_listener *listeners[8];
+        unsigned n_listeners;
+        uint64_t started_mono;
+        bool stopped;
+};
+
+int server_new(struct agent *a, const struct agent_config *cfg, struct server **ret);
+/* Bind and start every listener; prints "listening on ..." lines to stdout. */
+int server_start(struct server *s);
+/* Orderly stop: refuse new operations, finish the running one, wake and
+ * answer waiters, end streams, stop the daemons. */
+void server_stop(struct server *s);
+struct server *server_free(struct server *s);

@@ -1,0 +1,301 @@
+/*
+ * util.c: checked parsing, clocks, RFC 3339, small-file I/O and atomic
+ * writes. Non-logging, thread-safe, no state.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/rand.h>
+
+#include "luofleet/macro.h"
+#include "luofleet/util.h"
+
+int parse_u64(const char *s, uint64_t max, uint64_t *ret)
+{
+        uint64_t v = 0;
+
+        if (!s || !*s)
+                return -EINVAL;
+        for (const char *p = s; *p; p++) {
+                if (*p < '0' || *p > '9')
+                        return -EINVAL;
+                unsigned d = (unsigned)(*p - '0');
+                if (v > (UINT64_MAX - d) / 10)
+                        return -ERANGE;
+                v = v * 10 + d;
+        }
+        if (v > max)
+                return -ERANGE;
+        *ret = v;
+        return 0;
+}
+
+int parse_duration_ms(const char *s, uint64_t max_ms, uint64_t *ret_ms)
+{
+        char num[24];
+        size_t n = 0;
+        uint64_t v, mult;
+        int r;
+
+        if (!s)
+                return -EINVAL;
+        while (s[n] >= '0' && s[n] <= '9')
+                n++;
+        if (n == 0 || n >= sizeof(num))
+                return n == 0 ? -EINVAL : -ERANGE;
+        memcpy(num, s, n);
+        num[n] = 0;
+        const char *unit = s + n;
+        if (*unit == 0 || strcmp(unit, "s") == 0)
+                mult = 1000;
+        else if (strcmp(unit, "ms") == 0)
+                mult = 1;
+        else if (strcmp(unit, "m") == 0)
+                mult = 60000;
+        else
+                return -EINVAL;
+        r = parse_u64(num, UINT64_MAX / mult, &v);
+        if (r < 0)
+                return r;
+        v *= mult;
+        if (v > max_ms)
+                return -ERANGE;
+        *ret_ms = v;
+        return 0;
+}
+
+static uint64_t now_usec(clockid_t c)
+{
+        struct timespec ts;
+        clock_gettime(c, &ts);
+        return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+uint64_t now_mono_usec(void)
+{
+        return now_usec(CLOCK_MONOTONIC);
+}
+
+uint64_t now_real_usec(void)
+{
+        return now_usec(CLOCK_REALTIME);
+}
+
+char *format_rfc3339_ms(uint64_t real_usec, char buf[static RFC3339_MAX])
+{
+        time_t sec = (time_t)(real_usec / 1000000u);
+        unsigned ms = (unsigned)((real_usec / 1000u) % 1000u);
+        struct tm tm;
+
+        if (!gmtime_r(&sec, &tm) ||
+            snprintf(buf, RFC3339_MAX, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900,
+                     tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     ms) >= RFC3339_MAX)
+                snprintf(buf, RFC3339_MAX, "1970-01-01T00:00:00.000Z");
+        return buf;
+}
+
+int parse_rfc3339(const char *s, uint64_t *ret_real_usec)
+{
+        struct tm tm = { 0 };
+        unsigned ms = 0;
+        const char *p;
+
+        if (!s)
+                return -EINVAL;
+        p = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+        if (!p)
+                return -EINVAL;
+        if (*p == '.') {
+                int digits = 0;
+                p++;
+                while (*p >= '0' && *p <= '9') {
+                        if (digits < 3)
+                                ms = ms * 10 + (unsigned)(*p - '0');
+                        digits++;
+                        p++;
+                }
+                if (digits == 0)
+                        return -EINVAL;
+                for (; digits < 3; digits++)
+                        ms *= 10;
+        }
+        if (strcmp(p, "Z") != 0)
+                return -EINVAL;
+        time_t t = timegm(&tm);
+        if (t < 0)
+                return -EINVAL;
+        *ret_real_usec = (uint64_t)t * 1000000u + (uint64_t)ms * 1000u;
+        return 0;
+}
+
+ssize_t read_small_file_at(int dirfd, const char *path, char *buf, size_t size)
+{
+        _cleanup_close_ int fd = -1;
+        ssize_t n;
+
+        if (size == 0)
+                return -EINVAL;
+        fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        if (fd < 0)
+                return negative_errno();
+        /* One read at offset 0: enough for sysfs and /proc attributes. */
+        do
+                n = read(fd, buf, size);
+        while (n < 0 && errno == EINTR);
+        if (n < 0)
+                return negative_errno();
+        if ((size_t)n >= size)
+                return -EFBIG;
+        buf[n] = 0;
+        return n;
+}
+
+char *strip_trailing(char *s)
+{
+        size_t n = strlen(s);
+        while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
+                s[--n] = 0;
+        return s;
+}
+
+int write_all(int fd, const void *data, size_t len)
+{
+        const char *p = data;
+        while (len > 0) {
+                ssize_t n = write(fd, p, len);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return negative_errno();
+                }
+                if (n == 0)
+                        return -EIO;
+                p += n;
+                len -= (size_t)n;
+        }
+        return 0;
+}
+
+int write_file_atomic_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode)
+{
+        char tmp[256];
+        _cleanup_close_ int fd = -1;
+        int r;
+
+        if (snprintf(tmp, sizeof(tmp), ".%s.tmp.%d", name, (int)getpid()) >= (int)sizeof(tmp))
+                return -ENAMETOOLONG;
+        fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode);
+        if (fd < 0)
+                return negative_errno();
+        r = write_all(fd, data, len);
+        if (r >= 0 && fsync(fd) < 0)
+                r = negative_errno();
+        if (r >= 0 && close(TAKE_FD(fd)) < 0)
+                r = negative_errno();
+        if (r >= 0 && renameat(dirfd, tmp, dirfd, name) < 0)
+                r = negative_errno();
+        if (r < 0) {
+                (void)unlinkat(dirfd, tmp, 0);
+                return r;
+        }
+        if (fsync(dirfd) < 0)
+                return negative_errno();
+        return 0;
+}
+
+const char *errno_name(int err, char buf[static 16])
+{
+        if (err < 0)
+                err = -err;
+        const char *n = strerrorname_np(err);
+        if (n)
+                return n;
+        snprintf(buf, 16, "E%d", err);
+        return buf;
+}
+
+int errno_from_name(const char *s)
+{
+        uint64_t v;
+
+        if (!s || !*s)
+                return -EINVAL;
+        if (parse_u64(s, 4095, &v) == 0)
+                return v > 0 ? (int)v : -EINVAL;
+        for (int e = 1; e < 4096; e++) {
+                const char *n = strerrorname_np(e);
+                if (n && strcmp(n, s) == 0)
+                        return e;
+        }
+        return -EINVAL;
+}
+
+void hex_encode(const uint8_t *in, size_t len, char *out)
+{
+        static const char digits[] = "0123456789abcdef";
+        for (size_t i = 0; i < len; i++) {
+                out[2 * i] = digits[in[i] >> 4];
+                out[2 * i + 1] = digits[in[i] & 15];
+        }
+        out[2 * len] = 0;
+}
+
+int uuid_v4(char buf[static 37])
+{
+        uint8_t b[16];
+
+        if (RAND_bytes(b, sizeof(b)) != 1)
+                return -EIO;
+        b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
+        b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
+        snprintf(buf, 37,
+                 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
+                 b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
+                 b[14], b[15]);
+        return 0;
+}
+
+bool uuid_valid(const char *s)
+{
+        if (!s || strlen(s) != 36)
+                return false;
+        for (int i = 0; i < 36; i++) {
+                char c = s[i];
+                if (i == 8 || i == 13 || i == 18 || i == 23) {
+                        if (c != '-')
+                                return false;
+                } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') ||
+                             (c >= 'A' && c <= 'F')))
+                        return false;
+        }
+        return true;
+}
+
+int mkdir_p(const char *path, mode_t mode)
+{
+        char buf[4096];
+        size_t n = strlen(path);
+
+        if (n == 0 || n >= sizeof(buf))
+                return -EINVAL;
+        memcpy(buf, path, n + 1);
+        for (char *p = buf + 1; *p; p++) {
+                if (*p != '/')
+                        continue;
+                *p = 0;
+                if (mkdir(buf, mode) < 0 && errno != EEXIST)
+                        return negative_errno();
+                *p = '/';
+        }
+        if (mkdir(buf, mode) < 0 && errno != EEXIST)
+                return negative_errno();
+        return 0;
+}

@@ -1,0 +1,193 @@
+/*
+ * backend.h: the kernel-orchestrator backend interface, one ops table behind
+ * which the real kernel (luo-v3) and the simulated one (sim) live, in the
+ * manner of Redis' ae.c: the agent never knows which one it talks to.
+ *
+ * Threads: backend_open()/backend_free() on the main thread; the watch
+ * functions on the agent's event-loop thread; everything else (set_event,
+ * kexec_load, kexec_unload, reboot) on the agent's single worker thread, one
+ * call at a time. get_state()/kexec_loaded() may be called from either of
+ * those two threads; implementations make them safe for that.
+ *
+ * Non-logging: every function returns >= 0 or -errno and leaves the words to
+ * the caller, except that backend_open() may fill a message buffer with a
+ * sentence for the operator (for example who holds /dev/liveupdate).
+ *
+ * Paths are resolved under a root directory (cfg->root, default "/"), so the
+ * real backend can be pointed at a fake sysfs/dev tree by the tests.
+ */
+#pragma once
+
+#include <poll.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "luofleet/luo_state.h"
+
+/* The v3 ioctl ABI (kernel-abi.md section A): type 0xBA, _IO(0xBA, nr). */
+#define LUO_IOC_TYPE 0xBA
+#define LUO_IOC(nr) ((unsigned long)((LUO_IOC_TYPE << 8) | (nr)))
+#define LUO_IOC_FD_PRESERVE LUO_IOC(0x00)
+#define LUO_IOC_FD_UNPRESERVE LUO_IOC(0x01)
+#define LUO_IOC_FD_RESTORE LUO_IOC(0x02)
+#define LUO_IOC_GET_STATE LUO_IOC(0x03)
+#define LUO_IOC_SET_EVENT LUO_IOC(0x04)
+#define LUO_IOC_GET_FD_STATE LUO_IOC(0x05)
+#define LUO_IOC_SET_FD_EVENT LUO_IOC(0x06)
+
+struct luo_ioc_get_state {
+        uint32_t size; /* = 8 */
+        uint32_t state;
+};
+
+struct luo_ioc_set_event {
+        uint32_t size; /* = 8 */
+        uint32_t event;
+};
+
+struct luo_ioc_fd_preserve {
+        uint32_t size; /* = 16 */
+        int32_t fd;
+        uint64_t token;
+};
+
+struct luo_ioc_fd_unpreserve {
+        uint32_t size; /* = 16 */
+        uint32_t pad;
+        uint64_t token;
+};
+
+struct luo_ioc_fd_restore {
+        uint32_t size; /* = 16 */
+        int32_t fd;
+        uint64_t token;
+};
+
+/*
+ * The system calls the real backend makes, behind a table so that unit tests
+ * can inject a fake kernel. NULL members (or a NULL table) mean the real
+ * system call. Each returns like the libc wrapper: -1 and errno on failure.
+ */
+struct luo_sys {
+        int (*ioctl)(int fd, unsigned long request, void *arg);
+        int (*poll)(struct pollfd *fds, nfds_t nfds, int timeout);
+        long (*kexec_file_load)(int kernel_fd, int initrd_fd, unsigned long cmdline_len,
+                                const char *cmdline, unsigned long flags);
+        int (*reboot)(int cmd);
+        /* Every open of the real backend (the root dir, sysfs, /dev/liveupdate, /proc). */
+        int (*openat)(int dirfd, const char *path, int flags, mode_t mode);
+        void *userdata;
+};
+
+enum backend_kind {
+        BACKEND_LUO_V3,
+        BACKEND_SIM,
+        BACKEND_AUTO,
+        _BACKEND_KIND_MAX,
+};
+
+const char *backend_kind_to_string(enum backend_kind k);
+int backend_kind_from_string(const char *s);
+
+/* Simulator fault injection: make one event (or the reboot) fail or stall. */
+enum sim_fault_op {
+        SIM_FAULT_PREPARE = LUO_EVENT_PREPARE,
+        SIM_FAULT_FREEZE = LUO_EVENT_FREEZE,
+        SIM_FAULT_FINISH = LUO_EVENT_FINISH,
+        SIM_FAULT_CANCEL = LUO_EVENT_CANCEL,
+        SIM_FAULT_REBOOT,
+        SIM_FAULT_KEXEC_LOAD,
+        _SIM_FAULT_OP_MAX,
+};
+
+struct sim_fault {
+        int error;         /* positive errno to fail with, 0 = succeed */
+        unsigned delay_ms; /* stall this long before answering */
+};
+
+struct backend_config {
+        enum backend_kind kind;
+        const char *root;      /* resolve kernel paths under this dir; NULL = "/" */
+        const char *state_dir; /* sim: where its state survives a simulated reboot */
+        const struct luo_sys *sys; /* luo-v3: injected system calls, NULL = real */
+        /* sim only: */
+        struct sim_fault faults[_SIM_FAULT_OP_MAX];
+        const char *sim_release; /* kernel release the sim reports; NULL = uname */
+};
+
+/*
+ * Parse a fault spec "OP=ERRNO[:DELAYms]" or "OP=DELAYms" (OP: prepare, freeze,
+ * finish, cancel, reboot, kexec-load; ERRNO: a name like EIO or a number) into
+ * cfg->faults. Returns 0 or -EINVAL.
+ */
+int backend_config_add_fault(struct backend_config *cfg, const char *spec);
+
+struct backend_ops;
+
+struct backend {
+        const struct backend_ops *ops;
+};
+
+struct backend_info {
+        char boot_id[40];  /* 36 chars of a UUID */
+        char release[128]; /* kernel release ("uname -r") */
+};
+
+struct backend_ops {
+        const char *name; /* "luo-v3", "sim": the `backend` field of /v1/state */
+        void (*free)(struct backend *b);
+
+        /* Authoritative state read (GET_STATE ioctl on luo-v3). */
+        int (*get_state)(struct backend *b, enum luo_state *ret);
+
+        /*
+         * Change notification. watch_fd() is polled for watch_events() by the
+         * event loop; when it fires, watch_read() consumes the notification
+         * and returns the current state (a re-read: wake-ups coalesce).
+         */
+        int (*watch_fd)(struct backend *b);
+        short (*watch_events)(struct backend *b);
+        int (*watch_read)(struct backend *b, enum luo_state *ret);
+
+        /* SET_EVENT; blocking; the kernel's errno as -errno. */
+        int (*set_event)(struct backend *b, enum luo_event ev);
+
+        /* kexec_file_load(kernel_fd, initrd_fd or -1, cmdline); blocking. */
+        int (*kexec_load)(struct backend *b, int kernel_fd, int initrd_fd, const char *cmdline);
+        int (*kexec_unload)(struct backend *b);
+        /* /sys/kernel/kexec_loaded == 1 */
+        int (*kexec_loaded)(struct backend *b, bool *ret);
+
+        /*
+         * reboot(LINUX_REBOOT_CMD_KEXEC). On the real kernel it does not return
+         * on success. On the simulator it returns 0 after moving to frozen and
+         * persisting "reboot pending": the caller then ends the process (or
+         * re-executes itself), which is the simulated jump.
+         */
+        int (*reboot)(struct backend *b);
+
+        /* boot id and kernel release of the running (possibly simulated) boot. */
+        int (*get_info)(struct backend *b, struct backend_info *ret);
+
+        /*
+         * Start-up consistency check: luo-v3 compares GET_STATE with sysfs.
+         * Returns 0 when consistent, -EPROTO with both values in *ret_ioctl, *ret_sysfs
+         * when not.
+         */
+        int (*self_check)(struct backend *b, enum luo_state *ret_ioctl, enum luo_state *ret_sysfs);
+};
+
+/*
+ * Open the backend cfg->kind names (BACKEND_AUTO: luo-v3 when
+ * <root>/sys/kernel/liveupdate/state exists). On failure returns -errno and
+ * writes an operator-facing sentence into msg (e.g. -EBUSY: "another
+ * live-update agent holds /dev/liveupdate").
+ */
+int backend_open(const struct backend_config *cfg, struct backend **ret, char *msg, size_t msg_size);
+struct backend *backend_free(struct backend *b);
+
+/* Implementations (kernel/luo_v3.c, kernel/sim.c). */
+int luo_v3_open(const struct backend_config *cfg, struct backend **ret, char *msg, size_t msg_size);
+int sim_open(const struct backend_config *cfg, struct backend **ret, char *msg, size_t msg_size);

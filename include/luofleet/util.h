@@ -1,0 +1,69 @@
+/*
+ * util.h: small non-logging helpers shared by every program: checked number
+ * and duration parsing, clocks and RFC 3339 time, file reads and atomic
+ * writes relative to a directory fd, errno names. Thread-safe, no state.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/*
+ * Parse an unsigned decimal integer: no sign, no spaces, no trailing garbage,
+ * at most max. Returns 0, -EINVAL (syntax) or -ERANGE (> max).
+ */
+int parse_u64(const char *s, uint64_t max, uint64_t *ret);
+
+/*
+ * Parse a duration "250ms", "30s", "5m" (a bare number means seconds) into
+ * milliseconds; at most max_ms. Returns 0, -EINVAL or -ERANGE.
+ */
+int parse_duration_ms(const char *s, uint64_t max_ms, uint64_t *ret_ms);
+
+/* Clocks in microseconds. */
+uint64_t now_mono_usec(void);
+uint64_t now_real_usec(void);
+
+/* "2026-11-25T14:28:22.123Z" (UTC, milliseconds); buf at least 32 bytes. */
+#define RFC3339_MAX 32
+char *format_rfc3339_ms(uint64_t real_usec, char buf[static RFC3339_MAX]);
+/* Parse what format_rfc3339_ms() writes (and second precision). -EINVAL. */
+int parse_rfc3339(const char *s, uint64_t *ret_real_usec);
+
+/*
+ * Read a small file (at most size-1 bytes) relative to dirfd into buf,
+ * NUL-terminated. Returns the length or -errno (-EFBIG if it does not fit).
+ */
+ssize_t read_small_file_at(int dirfd, const char *path, char *buf, size_t size);
+
+/* Strip trailing whitespace/newlines in place; returns s. */
+char *strip_trailing(char *s);
+
+/*
+ * Write data to dirfd/name atomically: a temporary file in the same
+ * directory, fsync, rename, fsync the directory. Returns 0 or -errno; on
+ * failure the old file is untouched and no temporary file is left.
+ */
+int write_file_atomic_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode);
+
+/* write() the whole buffer, looping on EINTR and short counts. */
+int write_all(int fd, const void *data, size_t len);
+
+/* "EINVAL" for 22; "E<n>" for numbers without a name (buf >= 16). */
+const char *errno_name(int err, char buf[static 16]);
+/* "EINVAL" or "22" -> 22. Returns the errno (> 0) or -EINVAL. */
+int errno_from_name(const char *s);
+
+/* A random RFC 4122 version 4 UUID string (37 bytes with NUL). */
+int uuid_v4(char buf[static 37]);
+
+/* Is s a syntactically valid UUID (36 chars, hex and dashes)? */
+bool uuid_valid(const char *s);
+
+/* Lower-case hex of len bytes; out must hold 2*len+1. */
+void hex_encode(const uint8_t *in, size_t len, char *out);
+
+/* Make dir (and parents) with mode; ok if it exists. Returns 0 or -errno. */
+int mkdir_p(const char *path, mode_t mode);
