@@ -1,0 +1,34 @@
+# The two README commands, and a few conveniences. The build itself is CMake.
+#   make run    install dependencies, build, run the agent on the simulated kernel
+#   make test   install dependencies, build (plain and ASan+UBSan), run every default suite
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+LISTEN ?= 127.0.0.1:8421
+
+.PHONY: all deps build run test test-vm bench format clean
+
+all: build
+
+deps:
+	scripts/install-deps
+
+build: deps
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake --build build -j $(JOBS)
+
+run: build
+	exec build/bin/luofleet-agent --backend=sim --state-dir=$(CURDIR)/run-state --listen=$(LISTEN)
+
+test:
+	scripts/test
+
+test-vm:
+	scripts/test --vm
+
+bench: build
+	bench/run
+
+format:
+	scripts/check-source --fix
+
+clean:
+	rm -rf build build-asan build-tsan
