@@ -52,6 +52,8 @@ int h_readyz_get(struct http_req *req, struct http_reply *rep)
         else
                 snprintf(detail, sizeof(detail), "writable");
         check(checks, "journal", jerr == 0, detail, &all);
+        check(checks, "kernel-consistent", a->self_check[0] == 0,
+              a->self_check[0] ? a->self_check : "GET_STATE and sysfs agreed at start-up", &all);
         check(checks, "accepting", !shutting, shutting ? "shutting down" : "accepting operations",
               &all);
         return http_reply_json(rep, all ? 200 : 503,

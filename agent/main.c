@@ -129,9 +129,7 @@ static int run(void)
                         log_error_errno(r, "backend_open: %m");
                 return r == -EBUSY ? EXIT_BUSY : EXIT_NO_BACKEND;
         }
-        if (backend->ops->self_check(backend, &ks_ioctl, &ks_sysfs) == -EPROTO)
-                log_error("Kernel state mismatch at start-up: GET_STATE says %s, sysfs says %s",
-                          luo_state_to_string(ks_ioctl), luo_state_to_string(ks_sysfs));
+        int self = backend->ops->self_check(backend, &ks_ioctl, &ks_sysfs);
 
         r = journal_open(dir_fd, "journal", cfg.journal_max_bytes, &journal, &rep);
         if (r < 0) {
@@ -150,6 +148,12 @@ static int run(void)
                 goto out;
         }
         agent->sim_jump = sim_jump;
+        if (self == -EPROTO) {
+                snprintf(agent->self_check, sizeof(agent->self_check),
+                         "GET_STATE says %s, sysfs says %s", luo_state_to_string(ks_ioctl),
+                         luo_state_to_string(ks_sysfs));
+                log_error("Kernel state mismatch at start-up: %s", agent->self_check);
+        }
         r = agent_reconcile(agent);
         if (r < 0)
                 goto out;
