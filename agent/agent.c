@@ -229,11 +229,21 @@ static int agent_transition_locked(struct agent *a, enum luo_state to, const cha
         return 1;
 }
 
-void agent_kernel_changed(struct agent *a, enum luo_state s)
+uint64_t agent_read_ticket(struct agent *a)
+{
+        return atomic_fetch_add(&a->read_ticket, 1) + 1;
+}
+
+int agent_kernel_observed(struct agent *a, uint64_t ticket, enum luo_state s)
 {
         uint64_t idx = 0;
 
         agent_lock(a);
+        if (ticket < a->applied_ticket) {
+                agent_unlock(a);
+                return -ESTALE;
+        }
+        a->applied_ticket = ticket;
         /* While an operation runs, the change the watcher sees is (almost surely) its own. */
         const char *op_id = a->op_running ? json_string_value(json_object_get(a->operation, "id"))
                                           : NULL;
@@ -242,6 +252,7 @@ void agent_kernel_changed(struct agent *a, enum luo_state s)
         agent_unlock(a);
         if (idx)
                 agent_notify(a, idx);
+        return 0;
 }
 
 /* The operation table: bounded, oldest finished entries go first. */
@@ -383,8 +394,16 @@ static void agent_load_journal_locked(struct agent *a, char *ret_last_boot, size
                         json_decref(a->staged);
                         a->staged = json_is_object(st) ? json_deep_copy(st) : NULL;
                 } else if (kind && strcmp(kind, "reboot") == 0) {
+                        json_t *op = json_object_get(rec, "operation");
                         json_decref(a->staged);
                         a->staged = NULL;
+                        if (json_is_object(op)) {
+                                agent_ops_put_locked(
+                                        a, op,
+                                        (int)json_integer_value(json_object_get(rec, "http_status")));
+                                json_decref(a->operation);
+                                a->operation = json_deep_copy(op);
+                        }
                 } else if (kind && strcmp(kind, "snapshot") == 0) {
                         json_t *ops = json_object_get(rec, "operations"), *e, *st;
                         size_t k;
@@ -400,6 +419,10 @@ static void agent_load_journal_locked(struct agent *a, char *ret_last_boot, size
                         st = json_object_get(rec, "staged");
                         json_decref(a->staged);
                         a->staged = json_is_object(st) ? json_deep_copy(st) : NULL;
+                        if (json_is_object(json_object_get(rec, "last_start"))) {
+                                json_decref(*ret_last_start);
+                                *ret_last_start = json_incref(json_object_get(rec, "last_start"));
+                        }
                         if (json_is_object(json_object_get(rec, "last_operation"))) {
                                 json_decref(a->operation);
                                 a->operation =
@@ -429,9 +452,11 @@ static json_t *agent_snapshot_fn(const struct journal_rec *const *dropped, size_
         json_object_foreach(a->ops, id, e) json_array_append(ops, e);
         (void)dropped;
         (void)n;
-        return json_pack("{s:o, s:O, s:O}", "operations", ops, "staged",
+        return json_pack("{s:o, s:O, s:O, s:{s:s, s:s, s:s}}", "operations", ops, "staged",
                          a->staged ? a->staged : json_null(), "last_operation",
-                         a->operation ? a->operation : json_null());
+                         a->operation ? a->operation : json_null(), "last_start",
+                         "agent_version", LUOFLEET_VERSION, "kernel", a->info.release, "backend",
+                         a->backend->ops->name);
 }
 
 static bool same_str(json_t *obj, const char *key, const char *v)
@@ -467,33 +492,48 @@ int agent_reconcile(struct agent *a)
         bool op_was_running = op && same_str(op, "status", "running");
 
         if (rebooted) {
+                /*
+                 * One record tells the whole jump: the boot change, the state change
+                 * across it, and the end of the reboot operation. One append is atomic,
+                 * so a crash cannot leave a half-told reboot behind (the next start
+                 * would otherwise see the new boot id, take the same-boot path and
+                 * judge the reboot as failed).
+                 */
                 bool planned = op_was_running && same_str(op, "action", "reboot");
                 uint64_t blackout_ms = now > last_time ? (now - last_time) / 1000 : 0;
-                json_t *rec = json_pack("{s:s, s:s, s:I, s:b}", "from_boot_id", last_boot,
-                                        "to_boot_id", a->info.boot_id, "blackout_ms",
+                enum luo_state from = a->state;
+                json_t *rec = json_pack("{s:s, s:s, s:s, s:I, s:b}", "from_boot_id", last_boot,
+                                        "to_boot_id", a->info.boot_id, "from_state",
+                                        luo_state_to_string(from), "blackout_ms",
                                         (json_int_t)blackout_ms, "planned", planned);
+                int http_status = 0;
                 if (planned)
                         json_object_set_new(rec, "operation_id",
                                             json_incref(json_object_get(op, "id")));
+                if (op_was_running) {
+                        if (planned)
+                                op_finish_json(op, "succeeded", NULL, NULL, NULL, now);
+                        else
+                                op_finish_json(op, "failed", "kernel-error",
+                                               "interrupted by an unplanned reboot", NULL, now);
+                        http_status = planned ? 202 : 500;
+                        a->op_running = false;
+                        agent_ops_put_locked(a, op, http_status);
+                        json_object_set(rec, "operation", op);
+                        json_object_set_new(rec, "http_status", json_integer(http_status));
+                        op_was_running = false;
+                }
                 json_decref(a->staged);
                 a->staged = NULL;
                 a->last_blackout_ms = blackout_ms;
-                /* The record carries the new boot's state; a transition follows. */
+                a->state = kstate;
+                if (from != kstate)
+                        a->transitions[from][kstate]++;
                 agent_record_locked(a, "reboot", rec);
-                log_notice("Rebooted from boot %s to %s, blackout %llu ms (%s)", last_boot,
-                           a->info.boot_id, (unsigned long long)blackout_ms,
-                           planned ? "planned" : "unplanned");
-                if (op_was_running) {
-                        if (planned) {
-                                op_finish_json(op, "succeeded", NULL, NULL, NULL, now);
-                                agent_record_op_locked(a, op, 202);
-                        } else {
-                                op_finish_json(op, "failed", "kernel-error",
-                                               "interrupted by an unplanned reboot", NULL, now);
-                                agent_record_op_locked(a, op, 500);
-                        }
-                        op_was_running = false;
-                }
+                log_notice("Rebooted from boot %s to %s, blackout %llu ms (%s), state %s -> %s",
+                           last_boot, a->info.boot_id, (unsigned long long)blackout_ms,
+                           planned ? "planned" : "unplanned", luo_state_to_string(from),
+                           luo_state_to_string(kstate));
         }
 
         agent_transition_locked(a, kstate, "reconcile", NULL);

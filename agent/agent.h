@@ -12,6 +12,7 @@
 
 #include <jansson.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -79,6 +80,15 @@ struct agent {
         json_t *ops;
         json_t *ops_order; /* ids, oldest first, for the bound */
 
+        /*
+         * Kernel reads race: the watcher and the worker each read the state
+         * without the lock and apply it under the lock. A ticket taken before
+         * each read orders them; a read older than the last applied one is
+         * stale and is not applied (the watcher reads again).
+         */
+        atomic_uint_fast64_t read_ticket;
+        uint64_t applied_ticket;
+
         int journal_error; /* last append error, 0 = writable */
         bool shutting_down;
         uint64_t transitions[_LUO_STATE_MAX][_LUO_STATE_MAX];
@@ -107,8 +117,14 @@ int agent_reconcile(struct agent *a);
 struct doc_snapshot *agent_snapshot(struct agent *a);
 uint64_t agent_index(struct agent *a);
 
-/* The watcher saw the kernel state (a re-read: may be unchanged). */
-void agent_kernel_changed(struct agent *a, enum luo_state s);
+/* Take a ticket just before reading the kernel's state. */
+uint64_t agent_read_ticket(struct agent *a);
+/*
+ * The watcher read state s with ticket t (a re-read: may be unchanged).
+ * Returns 0 when applied, -ESTALE when a newer read was applied meanwhile
+ * (read again).
+ */
+int agent_kernel_observed(struct agent *a, uint64_t ticket, enum luo_state s);
 
 /*
  * Begin an operation: idempotent replay, If-Match, in-progress and

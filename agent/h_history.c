@@ -129,6 +129,12 @@ int h_events_get(struct http_req *req, struct http_reply *rep)
                                                   "Last-Event-ID must be an event id (an index)");
                 rep->sse_after = after;
                 rep->sse_initial_state = false;
+                if (after > agent_index(req->agent)) {
+                        /* The client saw a future this agent does not have (state reset):
+                         * start it over, as a long-poll would. */
+                        rep->sse_after = agent_index(req->agent);
+                        rep->sse_initial_state = true;
+                }
         } else {
                 /* New subscribers get the current document first, then changes. */
                 rep->sse_after = agent_index(req->agent);

@@ -41,6 +41,7 @@ struct http_arg {
 
 struct http_req {
         enum http_method method;
+        const char *method_raw; /* as the client sent it */
         const char *path;
         struct agent *agent;
         struct server *server; /* NULL in handler unit tests */

@@ -88,15 +88,20 @@ static void loop_watch(struct loop *l)
         enum luo_state s;
         int r;
 
-        r = b->ops->watch_read(b, &s);
         atomic_fetch_add(&l->wakeups, 1);
-        if (r < 0) {
-                /* Fall back on the authoritative read. */
-                log_warning_errno(r, "Failed to re-read the live-update state: %m");
-                if (b->ops->get_state(b, &s) < 0)
+        for (int tries = 0; tries < 8; tries++) {
+                uint64_t ticket = agent_read_ticket(l->agent);
+                /* The first read consumes the notification; later ones only re-read. */
+                r = tries == 0 ? b->ops->watch_read(b, &s) : b->ops->get_state(b, &s);
+                if (r < 0) {
+                        /* Fall back on the authoritative read. */
+                        log_warning_errno(r, "Failed to re-read the live-update state: %m");
+                        if (b->ops->get_state(b, &s) < 0)
+                                return;
+                }
+                if (agent_kernel_observed(l->agent, ticket, s) != -ESTALE)
                         return;
         }
-        agent_kernel_changed(l->agent, s);
 }
 
 static void *loop_main(void *userdata)

@@ -33,17 +33,42 @@ enum {
 };
 
 static struct agent_config cfg;
+static struct server *the_server;
 
-/* The simulated kexec (worker thread): the process ends like a kernel would. */
+/*
+ * The simulated kexec (worker thread): the process ends like a kernel would.
+ * The new image gets the same flags, with every --listen replaced by the
+ * address actually bound, so a port chosen by the kernel (port 0) survives.
+ */
 static void sim_jump(void *userdata)
 {
+        static char specs[CONFIG_MAX_LISTEN][160], flags[CONFIG_MAX_LISTEN][200];
+        static char *argv[512];
+        size_t n = 0;
+
         (void)userdata;
         if (cfg.sim_reboot == SIM_REBOOT_EXIT) {
                 log_notice("Simulated kexec: exiting for the supervisor to start the new boot");
                 _exit(0);
         }
+        for (char **p = cfg.argv; *p && n < ELEMENTSOF(argv) - CONFIG_MAX_LISTEN - 1; p++) {
+                if (p != cfg.argv && strcmp(*p, "--listen") == 0 && p[1]) {
+                        p++;
+                        continue;
+                }
+                if (p != cfg.argv && strncmp(*p, "--listen=", 9) == 0)
+                        continue;
+                argv[n++] = *p;
+        }
+        for (unsigned i = 0; the_server && i < CONFIG_MAX_LISTEN; i++) {
+                if (server_listen_spec(the_server, i, specs[i], sizeof(specs[i])) < 0)
+                        break;
+                snprintf(flags[i], sizeof(flags[i]), "--listen=%.159s", specs[i]);
+                argv[n++] = flags[i];
+        }
+        argv[n] = NULL;
         log_notice("Simulated kexec: re-executing the agent");
-        execv("/proc/self/exe", cfg.argv);
+        execv("/proc/self/exe", argv);
         log_error_errno(errno, "Failed to re-execute /proc/self/exe: %m; exiting instead");
         _exit(0);
 }
@@ -163,6 +188,7 @@ static int run(void)
                 log_error_errno(r, "Failed to set up the HTTP server: %m");
                 goto out;
         }
+        the_server = server;
         r = server_start(server);
         if (r < 0)
                 goto out;
@@ -187,6 +213,7 @@ static int run(void)
         }
         ret = 0;
 out:
+        the_server = NULL;
         server = server_free(server);
         agent = agent_free(agent);
         journal = journal_free(journal);

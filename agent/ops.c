@@ -306,11 +306,14 @@ void agent_op_execute(struct op_job *job)
         }
 
         /* After any kernel call, success or not, the kernel is re-read: it is the truth. */
+        uint64_t ticket = agent_read_ticket(a);
         int rs = b->ops->get_state(b, &ks);
 
         agent_lock(a);
-        if (rs >= 0)
+        if (rs >= 0 && ticket >= a->applied_ticket) {
+                a->applied_ticket = ticket;
                 agent_transition_op_locked(a, ks, job->rq.id);
+        }
         json_t *op = a->operation;
         json_decref(job->body);
         job->body = NULL;

@@ -74,8 +74,9 @@ int router_dispatch(struct http_req *req, struct http_reply *rep)
                 http_reply_problem(rep, 404, "not-found", "no resource at %s", req->path);
                 return -1;
         }
-        http_reply_problem(rep, 405, "method-not-allowed", "%s is not allowed on %s (allowed: %s)",
-                           http_method_to_string(req->method), req->path, allow);
+        http_reply_problem(rep, 405, "method-not-allowed", "%.32s is not allowed on %s (allowed: %s)",
+                           req->method_raw ? req->method_raw : http_method_to_string(req->method),
+                           req->path, allow);
         snprintf(rep->allow, sizeof(rep->allow), "%s", allow);
         return id;
 }

@@ -28,9 +28,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -81,6 +83,7 @@ struct req_ctx {
         bool timed;
         struct lp_waiter waiter;
         struct op_job *after_job; /* DEFER_AFTER: runs once the answer left */
+        bool counted;             /* in server.deferred until completed */
 };
 
 static uint64_t agent_index_cb(void *ud)
@@ -217,6 +220,10 @@ static enum MHD_Result defer(struct req_ctx *ctx)
 
         ctx->deferred = d;
         rep->defer = DEFER_NONE;
+        if (d != DEFER_AFTER) {
+                ctx->counted = true;
+                atomic_fetch_add(&srv->deferred, 1);
+        }
         switch (d) {
         case DEFER_LONGPOLL:
                 ctx->waiter = (struct lp_waiter){ .index = rep->wait_index,
@@ -329,6 +336,12 @@ static void fill_request(struct req_ctx *ctx, const char *url, const char *metho
         struct server *srv = ctx->lis->srv;
 
         req->method = http_method_from_string(method);
+        req->method_raw = method;
+        /* An absolute-form target (RFC 9112 3.2.2) names the same resource. */
+        if (strncasecmp(url, "http://", 7) == 0 || strncasecmp(url, "https://", 8) == 0) {
+                const char *p = strchr(strstr(url, "//") + 2, '/');
+                url = p ? p : "/";
+        }
         req->path = url;
         req->agent = srv->agent;
         req->server = srv;
@@ -389,15 +402,17 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
         if (*upload_data_size) {
                 size_t n = *upload_data_size;
                 if (ctx->body_too_large || ctx->body_len + n > SERVER_MAX_BODY) {
+                        /*
+                         * MHD (0.9.75) cannot queue an answer in the middle of an upload:
+                         * discard the rest and answer 413 once the request is complete.
+                         * Memory stays bounded; the connection closes after the answer.
+                         */
                         ctx->body_too_large = true;
                         free(ctx->body);
                         ctx->body = NULL;
                         ctx->body_len = 0;
-                        http_reply_problem(&ctx->rep, 413, "body-too-large",
-                                           "the request body exceeds %d bytes", SERVER_MAX_BODY);
-                        ctx->rep.close = true;
                         *upload_data_size = 0;
-                        return queue_reply(ctx);
+                        return MHD_YES;
                 }
                 char *nb = realloc(ctx->body, ctx->body_len + n + 1);
                 if (!nb)
@@ -429,6 +444,12 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
                 return MHD_YES; /* spurious call; the wake-up will come */
 
         /* The whole request is here. */
+        if (ctx->body_too_large) {
+                http_reply_problem(&ctx->rep, 413, "body-too-large",
+                                   "the request body exceeds %d bytes", SERVER_MAX_BODY);
+                ctx->rep.close = true;
+                return queue_reply(ctx);
+        }
         fill_request(ctx, url, method);
         if (ctx->req.too_many_args) {
                 http_reply_problem(&ctx->rep, 400, "invalid-query",
@@ -470,6 +491,8 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         }
         if (ctx->waiter.linked)
                 log_error("BUG: request completed with a linked long-poll waiter");
+        if (ctx->counted)
+                atomic_fetch_sub(&lis->srv->deferred, 1);
         http_reply_clear(&ctx->rep);
         free(ctx->body);
         free(ctx);
@@ -641,6 +664,18 @@ void server_stop(struct server *s)
                 worker_stop(s->worker);
         /* No more kernel notifications or timers: nothing will resume anything. */
         s->loop = loop_free(s->loop);
+        /*
+         * The requests just resumed (long-polls, the finished operation, ended
+         * streams) still have to be written by MHD's threads: give them a bounded
+         * moment before the daemons close every connection.
+         */
+        for (int i = 0; i < 200 && atomic_load(&s->deferred) > 0; i++) {
+                struct timespec ts = { 0, 10 * 1000 * 1000 };
+                nanosleep(&ts, NULL);
+        }
+        if (atomic_load(&s->deferred) > 0)
+                log_warning("Stopping with %u answers not yet delivered",
+                            (unsigned)atomic_load(&s->deferred));
         for (unsigned i = 0; i < s->n_listeners; i++) {
                 struct server_listener *lis = s->listeners[i];
                 if (lis->daemon)
@@ -651,6 +686,21 @@ void server_stop(struct server *s)
                 lis->cache = NULL;
         }
         s->worker = worker_free(s->worker);
+}
+
+int server_listen_spec(struct server *s, unsigned i, char *buf, size_t size)
+{
+        struct server_listener *lis;
+        int n;
+
+        if (i >= s->n_listeners)
+                return -ENOENT;
+        lis = s->listeners[i];
+        if (lis->addr.is_unix)
+                n = snprintf(buf, size, "unix:%s", lis->addr.path);
+        else /* url is http://HOST:PORT or http://[V6]:PORT */
+                n = snprintf(buf, size, "%s", lis->url + strlen("http://"));
+        return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
 }
 
 struct server *server_free(struct server *s)

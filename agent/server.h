@@ -8,6 +8,7 @@
  */
 #pragma once
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -32,6 +33,7 @@ struct server {
         unsigned n_listeners;
         uint64_t started_mono;
         bool stopped;
+        atomic_uint deferred; /* suspended or resumed requests not completed yet */
 };
 
 int server_new(struct agent *a, const struct agent_config *cfg, struct server **ret);
@@ -41,3 +43,10 @@ int server_start(struct server *s);
  * answer waiters, end streams, stop the daemons. */
 void server_stop(struct server *s);
 struct server *server_free(struct server *s);
+
+/*
+ * The --listen value that binds listener i again (with the port the kernel
+ * chose for port 0), for the simulated reboot's re-execution. -ENOENT past
+ * the last listener.
+ */
+int server_listen_spec(struct server *s, unsigned i, char *buf, size_t size);
