@@ -250,8 +250,8 @@ int agent_op_begin(struct agent *a, const struct op_request *rq, struct http_rep
         snprintf((*ret_job)->rq.id, sizeof((*ret_job)->rq.id), "%s", id);
         idx = a->index;
         agent_unlock(a);
-        log_info("Operation %s %s accepted (requested by %s)", action, id, rq->requested_by);
         agent_notify_index(a, idx);
+        log_info("Operation %s %s accepted (requested by %s)", action, id, rq->requested_by);
         return 1;
 
 refuse:
