@@ -36,6 +36,8 @@ static void usage(FILE *f)
               "  --max-connections=N     connections per listener (default 16384)\n"
               "  --sse-heartbeat=DURATION  comment line on idle streams (default 15s)\n"
               "  --reboot-delay=DURATION time between the 202 leaving and the kexec (100ms)\n"
+              "  --http-threads=N        HTTP threads per listener (default 1; more answer\n"
+              "                          large long-poll fan-outs on several cores)\n"
               "\n"
               "Journal:\n"
               "  --journal-max-bytes=N   compact the journal above N bytes (default 8388608)\n"
@@ -108,6 +110,7 @@ enum {
         ARG_SSE_HEARTBEAT,
         ARG_REBOOT_DELAY,
         ARG_JOURNAL_MAX,
+        ARG_HTTP_THREADS,
         ARG_SIM_FAULT,
         ARG_SIM_RELEASE,
         ARG_SIM_REBOOT,
@@ -149,6 +152,7 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 { "sse-heartbeat", required_argument, NULL, ARG_SSE_HEARTBEAT },
                 { "reboot-delay", required_argument, NULL, ARG_REBOOT_DELAY },
                 { "journal-max-bytes", required_argument, NULL, ARG_JOURNAL_MAX },
+                { "http-threads", required_argument, NULL, ARG_HTTP_THREADS },
                 { "sim-fault", required_argument, NULL, ARG_SIM_FAULT },
                 { "sim-release", required_argument, NULL, ARG_SIM_RELEASE },
                 { "sim-reboot", required_argument, NULL, ARG_SIM_REBOOT },
@@ -170,6 +174,7 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 .sse_heartbeat_ms = 15000,
                 .journal_max_bytes = 8 * 1024 * 1024,
                 .reboot_delay_ms = 100,
+                .http_threads = 1,
                 .sim_reboot = SIM_REBOOT_EXEC,
                 .log_level = LOG_LEVEL_INFO,
                 .argv = argv,
@@ -250,6 +255,10 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                                 return bad("--journal-max-bytes", optarg,
                                            "expected a byte count of at least 65536");
                         cfg->journal_max_bytes = v;
+                        break;
+                case ARG_HTTP_THREADS:
+                        if (parse_count("--http-threads", optarg, 1, 64, &cfg->http_threads) < 0)
+                                return -EINVAL;
                         break;
                 case ARG_SIM_FAULT:
                         if (backend_config_add_fault(&cfg->backend, optarg) < 0)

@@ -15,9 +15,11 @@
  * Suspend always comes before the registration, so a wake-up can never find
  * a connection that is not suspended yet.
  *
- * The state document's MHD response is cached per listener (only that
- * listener's thread touches its cache) and shared by every answer until the
- * index moves: the hot path builds nothing.
+ * The state document's MHD response is cached per listener and shared by
+ * every answer until the index moves: the hot path builds nothing. With
+ * --http-threads > 1 a listener has several MHD threads: cache_lock guards
+ * the cache and is held across MHD_queue_response, so a response is never
+ * destroyed between being picked and being queued.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -25,6 +27,7 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,7 +57,8 @@ struct server_listener {
         int fd;
         struct listen_addr addr;
         char url[160];
-        /* The cached state document response: this listener's thread only. */
+        /* The cached state document response (cache_lock). */
+        pthread_mutex_t cache_lock;
         uint64_t cache_index;
         struct MHD_Response *cache;
 };
@@ -132,8 +136,12 @@ static enum MHD_Result queue_reply(struct req_ctx *ctx)
 
         ctx->status = rep->status;
         if (rep->snap && rep->status == 200) {
+                pthread_mutex_lock(&ctx->lis->cache_lock);
                 r = snapshot_response(ctx->lis, rep->snap);
-                shared = true;
+                ret = r ? MHD_queue_response(ctx->conn, MHD_HTTP_OK, r) : MHD_NO;
+                pthread_mutex_unlock(&ctx->lis->cache_lock);
+                ctx->phase = PH_ANSWERED;
+                return ret;
         } else if (rep->json) {
                 char *s = json_dumps(rep->json, JSON_COMPACT | JSON_PRESERVE_ORDER);
                 if (s)
@@ -620,6 +628,7 @@ int server_start(struct server *s)
                 lis->srv = s;
                 lis->addr = s->cfg->listen[i];
                 lis->fd = -1;
+                pthread_mutex_init(&lis->cache_lock, NULL);
                 s->listeners[s->n_listeners++] = lis;
                 r = listen_socket(&lis->addr, lis->url, sizeof(lis->url));
                 if (r < 0)
@@ -631,7 +640,9 @@ int server_start(struct server *s)
                 lis->daemon = MHD_start_daemon(
                         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                                 MHD_USE_ERROR_LOG | MHD_USE_ITC,
-                        0, NULL, NULL, access_handler, lis, MHD_OPTION_LISTEN_SOCKET, lis->fd,
+                        0, NULL, NULL, access_handler, lis, MHD_OPTION_THREAD_POOL_SIZE,
+                        (unsigned)(s->cfg->http_threads > 1 ? s->cfg->http_threads : 0),
+                        MHD_OPTION_LISTEN_SOCKET, lis->fd,
                         MHD_OPTION_NOTIFY_COMPLETED, completed, lis, MHD_OPTION_CONNECTION_LIMIT,
                         s->cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
                         /* MHD zeroes the pool per request: 16 KiB holds any sane header
@@ -716,6 +727,7 @@ struct server *server_free(struct server *s)
                 struct server_listener *lis = s->listeners[i];
                 if (lis->addr.is_unix && lis->fd >= 0)
                         (void)unlink(lis->addr.path);
+                pthread_mutex_destroy(&lis->cache_lock);
                 free(lis);
         }
         lp_done(&s->lp);
