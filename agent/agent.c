@@ -49,8 +49,8 @@ void agent_unlock(struct agent *a)
         pthread_mutex_unlock(&a->lock);
 }
 
-int agent_new(const struct agent_config *cfg, struct backend *b, struct journal *j, int state_dir_fd,
-              struct agent **ret)
+int agent_new(const struct agent_config *cfg, struct backend *b, struct journal *j,
+              int state_dir_fd, struct agent **ret)
 {
         struct agent *a = calloc(1, sizeof(*a));
         int r;
@@ -125,12 +125,11 @@ static json_t *time_json(uint64_t usec)
 json_t *agent_doc_locked(struct agent *a, json_t *op)
 {
         return json_pack("{s:s, s:I, s:o, s:s, s:s, s:s, s:O, s:O, s:s, s:s}", "state",
-                         luo_state_to_string(a->state), "index", (json_int_t)a->index,
-                         "changed_at", time_json(a->changed_at), "boot_id", a->info.boot_id,
-                         "kernel", a->info.release, "backend", a->backend->ops->name, "staged",
-                         a->staged ? a->staged : json_null(), "operation",
-                         op ? op : json_null(), "hostname", a->hostname, "agent_version",
-                         LUOFLEET_VERSION);
+                         luo_state_to_string(a->state), "index", (json_int_t)a->index, "changed_at",
+                         time_json(a->changed_at), "boot_id", a->info.boot_id, "kernel",
+                         a->info.release, "backend", a->backend->ops->name, "staged",
+                         a->staged ? a->staged : json_null(), "operation", op ? op : json_null(),
+                         "hostname", a->hostname, "agent_version", LUOFLEET_VERSION);
 }
 
 static int agent_rebuild_snapshot_locked(struct agent *a)
@@ -245,8 +244,8 @@ int agent_kernel_observed(struct agent *a, uint64_t ticket, enum luo_state s)
         }
         a->applied_ticket = ticket;
         /* While an operation runs, the change the watcher sees is (almost surely) its own. */
-        const char *op_id = a->op_running ? json_string_value(json_object_get(a->operation, "id"))
-                                          : NULL;
+        const char *op_id =
+                a->op_running ? json_string_value(json_object_get(a->operation, "id")) : NULL;
         if (agent_transition_locked(a, s, op_id ? "operation" : "external", op_id) > 0)
                 idx = a->index;
         agent_unlock(a);
@@ -352,8 +351,8 @@ static void op_finish_json(json_t *op, const char *status, const char *code, con
         if (code)
                 json_object_set_new(op, "error",
                                     json_pack("{s:s, s:s, s:o}", "code", code, "detail", detail,
-                                              "errno", errno_str ? json_string(errno_str)
-                                                                 : json_null()));
+                                              "errno",
+                                              errno_str ? json_string(errno_str) : json_null()));
         else
                 json_object_set_new(op, "error", json_null());
         json_object_set_new(op, "finished_at", time_json(when));
@@ -398,17 +397,16 @@ static void agent_load_journal_locked(struct agent *a, char *ret_last_boot, size
                         json_decref(a->staged);
                         a->staged = NULL;
                         if (json_is_object(op)) {
-                                agent_ops_put_locked(
-                                        a, op,
-                                        (int)json_integer_value(json_object_get(rec, "http_status")));
+                                agent_ops_put_locked(a, op,
+                                                     (int)json_integer_value(
+                                                             json_object_get(rec, "http_status")));
                                 json_decref(a->operation);
                                 a->operation = json_deep_copy(op);
                         }
                 } else if (kind && strcmp(kind, "snapshot") == 0) {
                         json_t *ops = json_object_get(rec, "operations"), *e, *st;
                         size_t k;
-                        json_array_foreach(ops, k, e)
-                        {
+                        json_array_foreach (ops, k, e) {
                                 json_t *op = json_object_get(e, "operation");
                                 if (op)
                                         agent_ops_put_locked(
@@ -449,13 +447,14 @@ static json_t *agent_snapshot_fn(const struct journal_rec *const *dropped, size_
         json_t *e;
 
         /* Called with agent.lock held (from journal_append). */
-        json_object_foreach(a->ops, id, e) json_array_append(ops, e);
+        json_object_foreach (a->ops, id, e)
+                json_array_append(ops, e);
         (void)dropped;
         (void)n;
         return json_pack("{s:o, s:O, s:O, s:{s:s, s:s, s:s}}", "operations", ops, "staged",
                          a->staged ? a->staged : json_null(), "last_operation",
-                         a->operation ? a->operation : json_null(), "last_start",
-                         "agent_version", LUOFLEET_VERSION, "kernel", a->info.release, "backend",
+                         a->operation ? a->operation : json_null(), "last_start", "agent_version",
+                         LUOFLEET_VERSION, "kernel", a->info.release, "backend",
                          a->backend->ops->name);
 }
 
@@ -579,9 +578,9 @@ int agent_reconcile(struct agent *a)
             !same_str(last_start, "agent_version", LUOFLEET_VERSION) ||
             !same_str(last_start, "backend", a->backend->ops->name)) {
                 agent_record_locked(a, "start",
-                                    json_pack("{s:s, s:s, s:s}", "agent_version",
-                                              LUOFLEET_VERSION, "kernel", a->info.release,
-                                              "backend", a->backend->ops->name));
+                                    json_pack("{s:s, s:s, s:s}", "agent_version", LUOFLEET_VERSION,
+                                              "kernel", a->info.release, "backend",
+                                              a->backend->ops->name));
         }
         if (!a->snap)
                 agent_rebuild_snapshot_locked(a);

@@ -105,8 +105,8 @@ struct agent {
         void *sim_jump_data;
 };
 
-int agent_new(const struct agent_config *cfg, struct backend *b, struct journal *j, int state_dir_fd,
-              struct agent **ret);
+int agent_new(const struct agent_config *cfg, struct backend *b, struct journal *j,
+              int state_dir_fd, struct agent **ret);
 struct agent *agent_free(struct agent *a);
 void agent_add_listener(struct agent *a, agent_listener_fn fn, void *userdata);
 

@@ -47,8 +47,9 @@ int body_parse(struct http_req *req, struct http_reply *rep, bool required, json
         }
         j = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &err);
         if (!j) {
-                http_reply_problem(rep, 400, "malformed-json", "invalid JSON at line %d column %d: %s",
-                                   err.line, err.column, err.text);
+                http_reply_problem(rep, 400, "malformed-json",
+                                   "invalid JSON at line %d column %d: %s", err.line, err.column,
+                                   err.text);
                 return 0;
         }
         if (!json_is_object(j)) {
@@ -66,8 +67,7 @@ int body_only_fields(json_t *obj, const char *const *allowed, const char *where,
         const char *key;
         json_t *v;
 
-        json_object_foreach(obj, key, v)
-        {
+        json_object_foreach (obj, key, v) {
                 bool ok = false;
                 for (const char *const *a = allowed; *a; a++)
                         if (strcmp(*a, key) == 0)
@@ -76,7 +76,8 @@ int body_only_fields(json_t *obj, const char *const *allowed, const char *where,
                         /* Clip hostile keys in the message. */
                         http_reply_problem(rep, 400, "unknown-field", "unknown field %.64s%s%s",
                                            key, where ? " in " : "", where ? where : "");
-                        json_object_set_new(rep->json, "field", json_stringn(key, strnlen(key, 64)));
+                        json_object_set_new(rep->json, "field",
+                                            json_stringn(key, strnlen(key, 64)));
                         return 0;
                 }
         }

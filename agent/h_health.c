@@ -24,8 +24,8 @@ int h_healthz_get(struct http_req *req, struct http_reply *rep)
 
 static void check(json_t *arr, const char *name, bool ok, const char *detail, bool *all)
 {
-        json_array_append_new(arr, json_pack("{s:s, s:b, s:s}", "name", name, "ok", ok, "detail",
-                                             detail));
+        json_array_append_new(
+                arr, json_pack("{s:s, s:b, s:s}", "name", name, "ok", ok, "detail", detail));
         if (!ok)
                 *all = false;
 }
@@ -56,16 +56,16 @@ int h_readyz_get(struct http_req *req, struct http_reply *rep)
               a->self_check[0] ? a->self_check : "GET_STATE and sysfs agreed at start-up", &all);
         check(checks, "accepting", !shutting, shutting ? "shutting down" : "accepting operations",
               &all);
-        return http_reply_json(rep, all ? 200 : 503,
-                               json_pack("{s:s, s:o}", "status", all ? "ready" : "not-ready",
-                                         "checks", checks));
+        return http_reply_json(
+                rep, all ? 200 : 503,
+                json_pack("{s:s, s:o}", "status", all ? "ready" : "not-ready", "checks", checks));
 }
 
 int h_metrics_get(struct http_req *req, struct http_reply *rep)
 {
         struct agent *a = req->agent;
         struct server *srv = req->server;
-        struct strbuf sb = { 0 };
+        struct strbuf sb = {0};
 
         agent_lock(a);
         strbuf_printf(&sb,
@@ -108,8 +108,8 @@ int h_metrics_get(struct http_req *req, struct http_reply *rep)
                       "# TYPE luofleet_journal_records gauge\nluofleet_journal_records %zu\n"
                       "# HELP luofleet_journal_writable 0 when the last append failed.\n"
                       "# TYPE luofleet_journal_writable gauge\nluofleet_journal_writable %d\n",
-                      (unsigned long long)journal_size_bytes(a->journal),
-                      journal_count(a->journal), a->journal_error == 0);
+                      (unsigned long long)journal_size_bytes(a->journal), journal_count(a->journal),
+                      a->journal_error == 0);
         strbuf_printf(&sb,
                       "# HELP luofleet_last_blackout_seconds Blackout of the last reboot seen "
                       "at start-up.\n# TYPE luofleet_last_blackout_seconds gauge\n"

@@ -29,8 +29,7 @@ static bool etag_matches(const char *hdr, uint64_t index)
                         return true;
                 if (p[0] == 'W' && p[1] == '/')
                         p += 2;
-                if (strncmp(p, want, (size_t)n) == 0 &&
-                    (p[n] == 0 || p[n] == ',' || p[n] == ' '))
+                if (strncmp(p, want, (size_t)n) == 0 && (p[n] == 0 || p[n] == ',' || p[n] == ' '))
                         return true;
                 p = strchr(p, ',');
         }

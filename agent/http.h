@@ -59,8 +59,8 @@ struct http_req {
         const char *body; /* NUL-terminated copy, NULL when there is none */
         size_t body_len;
 
-        char peer[64];   /* "127.0.0.1:5555", "unix" */
-        bool resumed;    /* second call after a long-poll wake-up */
+        char peer[64]; /* "127.0.0.1:5555", "unix" */
+        bool resumed;  /* second call after a long-poll wake-up */
 };
 
 /* Value of query argument key; NULL when absent. *ret_dup tells duplicates. */
@@ -76,23 +76,23 @@ enum http_defer {
 
 struct http_reply {
         int status;
-        json_t *json;      /* owned body (application/json or problem+json) */
-        bool problem;      /* json is a problem document */
+        json_t *json;              /* owned body (application/json or problem+json) */
+        bool problem;              /* json is a problem document */
         struct doc_snapshot *snap; /* owned reference: the state document as body */
-        char *text;        /* owned raw body (metrics) */
+        char *text;                /* owned raw body (metrics) */
         size_t text_len;
         const char *content_type; /* for text */
-        char allow[64];     /* 405: the Allow header, "" = none */
-        unsigned retry_after; /* seconds, 0 = none */
-        bool etag_from_snap;  /* ETag: "<snap->index>" */
-        bool close;           /* Connection: close */
+        char allow[64];           /* 405: the Allow header, "" = none */
+        unsigned retry_after;     /* seconds, 0 = none */
+        bool etag_from_snap;      /* ETag: "<snap->index>" */
+        bool close;               /* Connection: close */
 
         enum http_defer defer;
-        uint64_t wait_index;     /* DEFER_LONGPOLL */
-        uint64_t wait_deadline;  /* DEFER_LONGPOLL: CLOCK_MONOTONIC usec */
-        uint64_t sse_after;      /* DEFER_SSE: replay records with index > this */
-        bool sse_initial_state;  /* DEFER_SSE: start with the current document */
-        struct op_job *job;      /* DEFER_WORKER / DEFER_AFTER: owned */
+        uint64_t wait_index;    /* DEFER_LONGPOLL */
+        uint64_t wait_deadline; /* DEFER_LONGPOLL: CLOCK_MONOTONIC usec */
+        uint64_t sse_after;     /* DEFER_SSE: replay records with index > this */
+        bool sse_initial_state; /* DEFER_SSE: start with the current document */
+        struct op_job *job;     /* DEFER_WORKER / DEFER_AFTER: owned */
 };
 
 void http_reply_clear(struct http_reply *rep);

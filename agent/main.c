@@ -100,9 +100,8 @@ static int open_state_dir(const char *path, int *ret_fd, int *ret_lock)
                 return log_error_errno(errno, "Failed to open %s/agent.lock: %m", path);
         if (flock(lfd, LOCK_EX | LOCK_NB) < 0) {
                 if (errno == EWOULDBLOCK)
-                        return log_error_errno(EBUSY,
-                                               "another luofleet-agent uses the state directory %s",
-                                               path);
+                        return log_error_errno(
+                                EBUSY, "another luofleet-agent uses the state directory %s", path);
                 return log_error_errno(errno, "Failed to lock %s/agent.lock: %m", path);
         }
         *ret_fd = TAKE_FD(dfd);
@@ -117,7 +116,7 @@ static int run(void)
         struct journal *journal = NULL;
         struct agent *agent = NULL;
         struct server *server = NULL;
-        struct journal_load_report rep = { 0 };
+        struct journal_load_report rep = {0};
         char msg[512] = "", abs_dir[PATH_MAX];
         enum luo_state ks_ioctl, ks_sysfs;
         sigset_t mask;

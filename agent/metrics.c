@@ -13,14 +13,13 @@
 #include "luofleet/macro.h"
 #include "metrics.h"
 
-const double metrics_buckets[METRICS_N_BUCKETS] = { 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
-                                                     0.005,  0.01,    0.025,  0.05,  0.1,
-                                                     0.25,   0.5,     1,      5 };
+const double metrics_buckets[METRICS_N_BUCKETS] = {
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5};
 
-static const int codes[] = { 200, 202, 304, 400, 401, 403, 404, 405,
-                             409, 412, 413, 415, 422, 500, 503, 504 };
+static const int codes[] = {200, 202, 304, 400, 401, 403, 404, 405,
+                            409, 412, 413, 415, 422, 500, 503, 504};
 #define N_CODES ELEMENTSOF(codes)
-static const char *const methods[] = { "GET", "HEAD", "POST", "PUT", "DELETE", "OTHER" };
+static const char *const methods[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OTHER"};
 #define N_METHODS ELEMENTSOF(methods)
 
 struct route_metrics {
@@ -57,8 +56,8 @@ int metrics_n_routes(void)
 
 void metrics_request(int route, const char *method, int status, uint64_t usec, int timed)
 {
-        struct route_metrics *m = route >= 0 && route < n_routes ? &routes[route]
-                                                                  : &routes[METRICS_MAX_ROUTES];
+        struct route_metrics *m =
+                route >= 0 && route < n_routes ? &routes[route] : &routes[METRICS_MAX_ROUTES];
         size_t mi = N_METHODS - 1, ci = N_CODES;
 
         for (size_t i = 0; i < N_METHODS; i++)
@@ -118,7 +117,7 @@ void strbuf_printf(struct strbuf *sb, const char *fmt, ...)
 void strbuf_free(struct strbuf *sb)
 {
         free(sb->s);
-        *sb = (struct strbuf){ 0 };
+        *sb = (struct strbuf){0};
 }
 
 void metrics_render_requests(struct strbuf *sb)
@@ -139,10 +138,11 @@ void metrics_render_requests(struct strbuf *sb)
                                         snprintf(code, sizeof(code), "%d", codes[ci]);
                                 else
                                         snprintf(code, sizeof(code), "other");
-                                strbuf_printf(sb,
-                                              "luofleet_http_requests_total{route=\"%s\",method=\"%s\","
-                                              "code=\"%s\"} %llu\n",
-                                              name, methods[mi], code, (unsigned long long)v);
+                                strbuf_printf(
+                                        sb,
+                                        "luofleet_http_requests_total{route=\"%s\",method=\"%s\","
+                                        "code=\"%s\"} %llu\n",
+                                        name, methods[mi], code, (unsigned long long)v);
                         }
         }
         strbuf_printf(sb, "# HELP luofleet_http_request_duration_seconds Time to answer requests "
@@ -159,13 +159,14 @@ void metrics_render_requests(struct strbuf *sb)
                                       m->name, metrics_buckets[b], (unsigned long long)cum);
                 }
                 cum += atomic_load(&m->bucket[METRICS_N_BUCKETS]);
-                strbuf_printf(sb,
-                              "luofleet_http_request_duration_seconds_bucket{route=\"%s\",le=\"+Inf\"} "
-                              "%llu\n"
-                              "luofleet_http_request_duration_seconds_sum{route=\"%s\"} %.6f\n"
-                              "luofleet_http_request_duration_seconds_count{route=\"%s\"} %llu\n",
-                              m->name, (unsigned long long)cum, m->name,
-                              (double)atomic_load(&m->sum_usec) / 1e6, m->name,
-                              (unsigned long long)atomic_load(&m->n_timed));
+                strbuf_printf(
+                        sb,
+                        "luofleet_http_request_duration_seconds_bucket{route=\"%s\",le=\"+Inf\"} "
+                        "%llu\n"
+                        "luofleet_http_request_duration_seconds_sum{route=\"%s\"} %.6f\n"
+                        "luofleet_http_request_duration_seconds_count{route=\"%s\"} %llu\n",
+                        m->name, (unsigned long long)cum, m->name,
+                        (double)atomic_load(&m->sum_usec) / 1e6, m->name,
+                        (unsigned long long)atomic_load(&m->n_timed));
         }
 }

@@ -163,8 +163,7 @@ int agent_op_begin(struct agent *a, const struct op_request *rq, struct http_rep
                                 http_reply_problem(rep, 409, "operation-id-conflict",
                                                    "operation_id %s was used for %s", rq->id,
                                                    was ? was : "another action");
-                                json_object_set_new(rep->json, "operation_id",
-                                                    json_string(rq->id));
+                                json_object_set_new(rep->json, "operation_id", json_string(rq->id));
                                 goto refuse;
                         }
                         op_replay_locked(a, e, rep);
@@ -229,8 +228,8 @@ int agent_op_begin(struct agent *a, const struct op_request *rq, struct http_rep
                 char eb[16];
                 json_object_set_new(op, "status", json_string("failed"));
                 json_object_set_new(op, "error",
-                                    json_pack("{s:s, s:s, s:s}", "code", "internal-error",
-                                              "detail", "the journal cannot be written", "errno",
+                                    json_pack("{s:s, s:s, s:s}", "code", "internal-error", "detail",
+                                              "the journal cannot be written", "errno",
                                               errno_name(r, eb)));
                 a->op_running = false;
                 agent_record_op_locked(a, op, 500);
@@ -261,7 +260,8 @@ refuse:
 
 static void sleep_ms(uint64_t ms)
 {
-        struct timespec ts = { .tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000 };
+        struct timespec ts = {.tv_sec = (time_t)(ms / 1000),
+                              .tv_nsec = (long)(ms % 1000) * 1000000};
         while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
                 ;
 }
@@ -271,7 +271,7 @@ void agent_op_execute(struct op_job *job)
         struct agent *a = job->agent;
         struct backend *b = a->backend;
         const char *action = op_action_to_string(job->rq.action);
-        struct stage_result sr = { 0 };
+        struct stage_result sr = {0};
         enum luo_state ks;
         char when[RFC3339_MAX], eb[16];
         int r = 0, status;
@@ -324,18 +324,18 @@ void agent_op_execute(struct op_job *job)
                 if (sr.extra)
                         json_object_update(job->body, sr.extra);
                 if (sr.err)
-                        json_object_set_new(job->body, "errno", json_string(errno_name(sr.err, eb)));
-                json_object_set_new(op, "error",
-                                    json_pack("{s:s, s:s, s:o}", "code", sr.code, "detail",
-                                              sr.detail, "errno",
-                                              sr.err ? json_string(errno_name(sr.err, eb))
-                                                     : json_null()));
+                        json_object_set_new(job->body, "errno",
+                                            json_string(errno_name(sr.err, eb)));
+                json_object_set_new(
+                        op, "error",
+                        json_pack("{s:s, s:s, s:o}", "code", sr.code, "detail", sr.detail, "errno",
+                                  sr.err ? json_string(errno_name(sr.err, eb)) : json_null()));
                 json_object_set_new(op, "status", json_string("failed"));
         } else if (r < 0) {
                 struct problem_errno_map m = problem_from_errno(r);
                 char detail[256];
                 if (job->rq.action == OP_REBOOT && r == -EINVAL)
-                        m = (struct problem_errno_map){ EINVAL, 500, "kernel-error" };
+                        m = (struct problem_errno_map){EINVAL, 500, "kernel-error"};
                 snprintf(detail, sizeof(detail), "the kernel refused %s: %s (%s)", action,
                          strerror(-r), errno_name(r, eb));
                 status = m.status;

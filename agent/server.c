@@ -102,7 +102,8 @@ static void snap_free_cb(void *cls)
         doc_snapshot_unref(cls);
 }
 
-static struct MHD_Response *snapshot_response(struct server_listener *lis, struct doc_snapshot *snap)
+static struct MHD_Response *snapshot_response(struct server_listener *lis,
+                                              struct doc_snapshot *snap)
 {
         struct MHD_Response *r;
         char etag[32];
@@ -234,10 +235,10 @@ static enum MHD_Result defer(struct req_ctx *ctx)
         }
         switch (d) {
         case DEFER_LONGPOLL:
-                ctx->waiter = (struct lp_waiter){ .index = rep->wait_index,
-                                                  .deadline = rep->wait_deadline,
-                                                  .queued_at = now_mono_usec(),
-                                                  .resume = waiter_resume };
+                ctx->waiter = (struct lp_waiter){.index = rep->wait_index,
+                                                 .deadline = rep->wait_deadline,
+                                                 .queued_at = now_mono_usec(),
+                                                 .resume = waiter_resume};
                 ctx->phase = PH_SUSPENDED;
                 MHD_suspend_connection(ctx->conn);
                 r = lp_add(&srv->lp, &ctx->waiter, agent_index_cb, srv->agent);
@@ -278,9 +279,8 @@ static enum MHD_Result defer(struct req_ctx *ctx)
                 ctx->after_job = TAKE_PTR(rep->job);
                 return queue_reply(ctx);
         case DEFER_SSE: {
-                struct MHD_Response *resp =
-                        sse_response_new(&srv->sse, ctx->conn, rep->sse_after,
-                                         rep->sse_initial_state, &r);
+                struct MHD_Response *resp = sse_response_new(&srv->sse, ctx->conn, rep->sse_after,
+                                                             rep->sse_initial_state, &r);
                 if (!resp) {
                         http_reply_clear(rep);
                         if (r == -EBUSY) {
@@ -330,7 +330,7 @@ static void peer_string(struct MHD_Connection *conn, char *buf, size_t size)
         snprintf(buf, size, "unix");
         if (!ci || !ci->client_addr)
                 return;
-        socklen_t len = ci->client_addr->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+        socklen_t len = ci->client_addr->sa_family == AF_INET6  ? sizeof(struct sockaddr_in6)
                         : ci->client_addr->sa_family == AF_INET ? sizeof(struct sockaddr_in)
                                                                 : 0;
         if (len && getnameinfo(ci->client_addr, len, host, sizeof(host), port, sizeof(port),
@@ -526,7 +526,7 @@ static int listen_socket(const struct listen_addr *la, char *url, size_t url_siz
         int one = 1;
 
         if (la->is_unix) {
-                struct sockaddr_un sun = { .sun_family = AF_UNIX };
+                struct sockaddr_un sun = {.sun_family = AF_UNIX};
                 struct stat st;
 
                 if (strlen(la->path) >= sizeof(sun.sun_path))
@@ -543,9 +543,9 @@ static int listen_socket(const struct listen_addr *la, char *url, size_t url_siz
                 (void)chmod(la->path, 0660);
                 snprintf(url, url_size, "unix:%s", la->path);
         } else {
-                struct addrinfo hints = { .ai_family = AF_UNSPEC,
-                                          .ai_socktype = SOCK_STREAM,
-                                          .ai_flags = AI_PASSIVE | AI_NUMERICSERV },
+                struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                                         .ai_socktype = SOCK_STREAM,
+                                         .ai_flags = AI_PASSIVE | AI_NUMERICSERV},
                                 *ai = NULL;
                 struct sockaddr_storage ss;
                 socklen_t sl = sizeof(ss);
@@ -603,10 +603,10 @@ int server_new(struct agent *a, const struct agent_config *cfg, struct server **
         }
         lp_set_loop(&s->lp, s->loop);
         sse_set_loop(&s->sse, s->loop);
-        loop_add_timer_client(s->loop, &(struct loop_timer_client){ lp_next_deadline, lp_fire,
-                                                                     &s->lp });
-        loop_add_timer_client(s->loop, &(struct loop_timer_client){ sse_next_deadline, sse_fire,
-                                                                     &s->sse });
+        loop_add_timer_client(s->loop,
+                              &(struct loop_timer_client){lp_next_deadline, lp_fire, &s->lp});
+        loop_add_timer_client(s->loop,
+                              &(struct loop_timer_client){sse_next_deadline, sse_fire, &s->sse});
         agent_add_listener(a, lp_notify, &s->lp);
         agent_add_listener(a, sse_notify, &s->sse);
         *ret = s;
@@ -642,14 +642,14 @@ int server_start(struct server *s)
                                 MHD_USE_ERROR_LOG | MHD_USE_ITC,
                         0, NULL, NULL, access_handler, lis, MHD_OPTION_THREAD_POOL_SIZE,
                         (unsigned)(s->cfg->http_threads > 1 ? s->cfg->http_threads : 0),
-                        MHD_OPTION_LISTEN_SOCKET, lis->fd,
-                        MHD_OPTION_NOTIFY_COMPLETED, completed, lis, MHD_OPTION_CONNECTION_LIMIT,
-                        s->cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
+                        MHD_OPTION_LISTEN_SOCKET, lis->fd, MHD_OPTION_NOTIFY_COMPLETED, completed,
+                        lis, MHD_OPTION_CONNECTION_LIMIT, s->cfg->max_connections,
+                        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
                         /* MHD zeroes the pool per request: 16 KiB holds any sane header
                          * set (bodies are copied out) at a third of the cost of 64 KiB. */
                         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(16 * 1024),
-                        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
-                        MHD_OPTION_EXTERNAL_LOGGER, mhd_logger, NULL, MHD_OPTION_END);
+                        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_EXTERNAL_LOGGER,
+                        mhd_logger, NULL, MHD_OPTION_END);
                 if (!lis->daemon)
                         return log_error_errno(EIO, "Failed to start the HTTP server on %s",
                                                lis->url);
@@ -685,7 +685,7 @@ void server_stop(struct server *s)
          * moment before the daemons close every connection.
          */
         for (int i = 0; i < 200 && atomic_load(&s->deferred) > 0; i++) {
-                struct timespec ts = { 0, 10 * 1000 * 1000 };
+                struct timespec ts = {0, 10 * 1000 * 1000};
                 nanosleep(&ts, NULL);
         }
         if (atomic_load(&s->deferred) > 0)

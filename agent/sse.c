@@ -39,8 +39,10 @@ struct sse_client {
 
 void sse_init(struct sse *s, struct agent *a, unsigned max, uint64_t heartbeat_ms)
 {
-        *s = (struct sse){ .agent = a, .max = max, .heartbeat_usec = heartbeat_ms * 1000,
-                           .next_heartbeat = UINT64_MAX };
+        *s = (struct sse){.agent = a,
+                          .max = max,
+                          .heartbeat_usec = heartbeat_ms * 1000,
+                          .next_heartbeat = UINT64_MAX};
         pthread_mutex_init(&s->lock, NULL);
 }
 
@@ -71,7 +73,8 @@ static int buf_append(struct sse_client *c, const char *data, size_t n)
         return 0;
 }
 
-static int buf_printf(struct sse_client *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int buf_printf(struct sse_client *c, const char *fmt, ...)
+        __attribute__((format(printf, 2, 3)));
 static int buf_printf(struct sse_client *c, const char *fmt, ...)
 {
         char tmp[256];

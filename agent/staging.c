@@ -111,8 +111,8 @@ static void fail(struct stage_result *res, int status, const char *code, const c
 }
 
 /* Open and check one file; returns the fd or -1 with res filled. */
-static int stage_open(const char *field, const char *path, const char *want, struct stage_result *res,
-                      json_t **ret_file)
+static int stage_open(const char *field, const char *path, const char *want,
+                      struct stage_result *res, json_t **ret_file)
 {
         _cleanup_close_ int fd = -1;
         struct stat st;
@@ -150,8 +150,8 @@ static int stage_open(const char *field, const char *path, const char *want, str
                                        "actual_sha256", got);
                 return -1;
         }
-        *ret_file = json_pack("{s:s, s:s, s:I}", "path", path, "sha256", got, "size",
-                              (json_int_t)size);
+        *ret_file =
+                json_pack("{s:s, s:s, s:I}", "path", path, "sha256", got, "size", (json_int_t)size);
         return TAKE_FD(fd);
 }
 
@@ -162,7 +162,7 @@ int staging_run(struct backend *b, const struct op_request *rq, struct stage_res
         char when[RFC3339_MAX];
         int r;
 
-        *res = (struct stage_result){ 0 };
+        *res = (struct stage_result){0};
         kfd = stage_open("kernel", rq->kernel_path, rq->kernel_sha256, res, &kfile);
         if (kfd < 0)
                 return 0;
@@ -179,7 +179,7 @@ int staging_run(struct backend *b, const struct op_request *rq, struct stage_res
                 char eb[16];
                 /* EINVAL from kexec_file_load is not a transition problem. */
                 if (-r == EINVAL || -r == ENOEXEC)
-                        m = (struct problem_errno_map){ -r, 422, "kernel-error" };
+                        m = (struct problem_errno_map){-r, 422, "kernel-error"};
                 fail(res, m.status, m.code, "kexec_file_load failed: %s (%s)", strerror(-r),
                      errno_name(r, eb));
                 res->err = -r;

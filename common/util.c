@@ -104,7 +104,7 @@ char *format_rfc3339_ms(uint64_t real_usec, char buf[static RFC3339_MAX])
 
 int parse_rfc3339(const char *s, uint64_t *ret_real_usec)
 {
-        struct tm tm = { 0 };
+        struct tm tm = {0};
         unsigned ms = 0;
         const char *p;
 
@@ -161,7 +161,8 @@ ssize_t read_small_file_at(int dirfd, const char *path, char *buf, size_t size)
 char *strip_trailing(char *s)
 {
         size_t n = strlen(s);
-        while (n > 0 && (s[n - 1] == '\n' || s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
+        while (n > 0 &&
+               (s[n - 1] == '\n' || s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
                 s[--n] = 0;
         return s;
 }
@@ -256,10 +257,9 @@ int uuid_v4(char buf[static 37])
                 return -EIO;
         b[6] = (uint8_t)((b[6] & 0x0f) | 0x40);
         b[8] = (uint8_t)((b[8] & 0x3f) | 0x80);
-        snprintf(buf, 37,
-                 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0],
-                 b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13],
-                 b[14], b[15]);
+        snprintf(buf, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+                 b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12],
+                 b[13], b[14], b[15]);
         return 0;
 }
 

@@ -109,8 +109,8 @@ struct sim_fault {
 
 struct backend_config {
         enum backend_kind kind;
-        const char *root;      /* resolve kernel paths under this dir; NULL = "/" */
-        const char *state_dir; /* sim: where its state survives a simulated reboot */
+        const char *root;          /* resolve kernel paths under this dir; NULL = "/" */
+        const char *state_dir;     /* sim: where its state survives a simulated reboot */
         const struct luo_sys *sys; /* luo-v3: injected system calls, NULL = real */
         /* sim only: */
         struct sim_fault faults[_SIM_FAULT_OP_MAX];
@@ -185,7 +185,8 @@ struct backend_ops {
  * writes an operator-facing sentence into msg (e.g. -EBUSY: "another
  * live-update agent holds /dev/liveupdate").
  */
-int backend_open(const struct backend_config *cfg, struct backend **ret, char *msg, size_t msg_size);
+int backend_open(const struct backend_config *cfg, struct backend **ret, char *msg,
+                 size_t msg_size);
 struct backend *backend_free(struct backend *b);
 
 /* Implementations (kernel/luo_v3.c, kernel/sim.c). */

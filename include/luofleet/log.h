@@ -24,10 +24,11 @@ int log_level_from_string(const char *s);
 enum log_level log_get_max_level(void);
 
 /* Returns -abs(error) (or 0 when error is 0), so it can be returned directly. */
-int log_internal(enum log_level level, int error, const char *file, int line, const char *fmt,
-                 ...) _printf_(5, 6);
+int log_internal(enum log_level level, int error, const char *file, int line, const char *fmt, ...)
+        _printf_(5, 6);
 
-#define log_full_errno(level, error, ...) log_internal(level, error, __FILE__, __LINE__, __VA_ARGS__)
+#define log_full_errno(level, error, ...)                                                          \
+        log_internal(level, error, __FILE__, __LINE__, __VA_ARGS__)
 #define log_debug(...) log_full_errno(LOG_LEVEL_DEBUG, 0, __VA_ARGS__)
 #define log_info(...) log_full_errno(LOG_LEVEL_INFO, 0, __VA_ARGS__)
 #define log_notice(...) log_full_errno(LOG_LEVEL_NOTICE, 0, __VA_ARGS__)
