@@ -251,9 +251,9 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                         cfg->reboot_delay_ms = v;
                         break;
                 case ARG_JOURNAL_MAX:
-                        if (parse_u64(optarg, 1ull << 40, &v) < 0 || v < 65536)
+                        if (parse_u64(optarg, 1ull << 30, &v) < 0 || v < 65536)
                                 return bad("--journal-max-bytes", optarg,
-                                           "expected a byte count of at least 65536");
+                                           "expected a byte count from 65536 to 1073741824");
                         cfg->journal_max_bytes = v;
                         break;
                 case ARG_HTTP_THREADS:
