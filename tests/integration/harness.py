@@ -1,26 +1,38 @@
-"""harness.py: run the real luofleet-agent on 127.0.0.1 and talk HTTP to it.
+"""harness.py: run the real luofleet-agent on 127.0.0.1 and talk HTTP to it, through the
+Prism validating proxy so that every response is checked against api/openapi.yaml.
 
-Python 3 standard library only. Used by every tests/integration/test_*.py.
+Python 3 standard library only (plus Prism, a Node.js program, when contract mode is on).
+Used by every tests/integration/test_*.py.
 
 - Agent: starts `luofleet-agent --backend=sim --state-dir=DIR --listen=127.0.0.1:PORT [flags]`,
   learns the port from the stdout line `luofleet-agent: listening on http://127.0.0.1:PORT`,
   keeps stdout and stderr in files under the test's temporary directory, stops with SIGTERM
   and insists on exit code 0 (under ASan/UBSan a leak or a sanitizer report makes it
   non-zero), kills with SIGKILL, restarts on the same state directory and port.
+- Contract proxy: each suite module starts ONE Prism 5.14.2 (`scripts/contract-proxy UPSTREAM
+  LISTEN --validate-request false -v warn`, by setUpModule; see module_fixtures()) in front of
+  a fixed upstream port that the module reserves for its whole run (reserve_port()); every
+  agent a test starts listens on that port (one at a time; restarts keep it), so
+  Agent.client() reaches it through Prism. Client asserts that every proxied response has no
+  `sl-violations` header (any severity), with the violations in the failure message, and
+  refuses answers Prism made up itself (its own 404/405/400/422: a request that should have
+  gone to agent.direct()). tearDownModule prints how many requests went through Prism.
 - Client: every HTTP request of the suites goes through Client(base_url).request(); the
-  base URL a suite talks to comes from Agent.client(), which passes it through
-  route_base_url(): the one place where traffic could be routed through a validating proxy
-  (LUOFLEET_BASE_URL_WRAPPER, reserved). Requests a proxy would answer itself or cannot
-  carry (HEAD, 404/405, invalid requests, timing measurements) use Agent.direct(); raw
-  sockets (SSE, 1000 concurrent long-polls, hand-written requests) use Agent.direct_url.
-- AgentTestCase: a unittest.TestCase whose agents are stopped (exit code checked) at the
-  end of each test, and whose agents' stderr is printed when the test fails. A failure in a
-  test whose agents show the known stale-watch race (STALE_WATCH_BUG) is reported as a skip
-  naming that bug.
+  base URL comes from Agent.client(), which passes it through route_base_url(): the proxy
+  when the agent listens on the module's upstream port, the agent itself otherwise.
+  Requests Prism cannot carry or answers itself (HEAD, unknown paths and methods, malformed,
+  duplicate-member or non-JSON bodies, GET /v1/events streams, polling through a simulated
+  kexec, timing measurements) use Agent.direct(); raw sockets (SSE, 1000 concurrent
+  long-polls, hand-written requests) use Agent.direct_url.
+- AgentTestCase: a unittest.TestCase whose agents are stopped (exit code checked, and no
+  spurious state transition in their journals) at the end of each test, and whose agents'
+  stderr is printed when the test fails.
 
 Environment:
   LUOFLEET_AGENT             the agent binary (CTest sets it); default build/bin/luofleet-agent
-  LUOFLEET_BASE_URL_WRAPPER  reserved for routing through a Prism proxy (not implemented here)
+  LUOFLEET_CONTRACT          "0": no contract proxy, talk to the agents directly. Otherwise
+                             the proxy is used, and a missing Prism (tools/node_modules/.bin/prism;
+                             install it with scripts/contract-tools) fails every suite
   LUOFLEET_TEST_TMP          where the per-test temporary directories go (default: $TMPDIR)
   LUOFLEET_TEST_KEEP=1       keep the temporary directories (state dirs, logs) for inspection
   LUOFLEET_TEST_TIMEOUT_SCALE  multiply start/stop/reboot timeouts (e.g. 3 under valgrind)
@@ -60,29 +72,220 @@ def agent_path():
     return os.path.join(REPO_ROOT, "build", "bin", "luofleet-agent")
 
 
-_wrapper_warned = False
-
-
-def route_base_url(base_url):
-    """The base URL test traffic for an agent at base_url goes to.
-
-    The one hook for LUOFLEET_BASE_URL_WRAPPER (reserved: routing every request through a
-    Prism validating proxy in front of the agent). Not implemented yet: traffic goes to the
-    agent directly, with a warning when the variable is set.
-    """
-    global _wrapper_warned
-    if os.environ.get("LUOFLEET_BASE_URL_WRAPPER") and not _wrapper_warned:
-        _wrapper_warned = True
-        sys.stderr.write("harness: LUOFLEET_BASE_URL_WRAPPER is set but not implemented in "
-                         "harness.route_base_url(); talking to the agent directly\n")
-    return base_url
-
-
 def free_port():
     """A TCP port that was free a moment ago (for tests that need to know it up front)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def reserve_port():
+    """(socket, port): a port chosen like free_port(), kept reserved by a bound socket that
+    never listens. SO_REUSEADDR on both sides lets an agent (which sets it) bind and listen
+    on the port while the reservation holds, and keeps everyone else off it in between:
+    other processes' plain binds fail, and the kernel never hands it out as an ephemeral
+    port (for a --listen=...:0 agent or an outgoing connection)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    return s, s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The contract proxy (Prism 5.14.2, --errors): every response checked against api/openapi.yaml
+
+PRISM_BIN = os.path.join(REPO_ROOT, "tools", "node_modules", ".bin", "prism")
+CONTRACT_PROXY = os.path.join(REPO_ROOT, "scripts", "contract-proxy")
+PRISM_START_TIMEOUT = 60.0 * SCALE
+PRISM_ERRORS = "https://stoplight.io/prism/errors#"
+
+
+class ContractViolation(AssertionError):
+    """A response that Prism found in violation of api/openapi.yaml (sl-violations header)."""
+
+
+class ContractError(AssertionError):
+    """Contract mode is on but the proxy cannot run (Prism missing, did not start)."""
+
+
+def contract_wanted():
+    """Contract mode: on unless LUOFLEET_CONTRACT=0. Raises ContractError when it is on and
+    Prism is not installed."""
+    if os.environ.get("LUOFLEET_CONTRACT", "") == "0":
+        return False
+    if not os.access(PRISM_BIN, os.X_OK):
+        raise ContractError(
+            "contract mode: Prism is not installed (%s is missing). Install the pinned contract "
+            "tools with scripts/contract-tools (CTest does it through the contract/tools "
+            "fixture), or set LUOFLEET_CONTRACT=0 to talk to the agents directly, without "
+            "checking the responses against api/openapi.yaml" % PRISM_BIN)
+    return True
+
+
+class ContractProxy:
+    """One Prism process in front of one upstream port (started by the module fixture)."""
+
+    def __init__(self, workdir, upstream_port, name="prism"):
+        self.workdir = workdir
+        self.upstream_port = upstream_port
+        self.log_path = os.path.join(workdir, name + ".log")
+        self.port = None
+        self.proc = None
+        self.lock = threading.Lock()
+        self.proxied = 0      # requests sent through Prism (Client)
+        self.violations = 0   # answers with an sl-violations header
+        self.deliberate = 0   # of those, provoked on purpose (the harness's self-test)
+        self.direct = 0       # requests a Client sent to an agent directly meanwhile
+        self.seen = set()     # (method, path without query, status) that went through
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.port
+
+    def log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def start(self, timeout=PRISM_START_TIMEOUT):
+        for attempt in range(3):
+            self.port = free_port()
+            with open(self.log_path, "ab") as log:
+                log.write(("---- harness: %s %d %d --validate-request false -v warn\n"
+                           % (CONTRACT_PROXY, self.upstream_port, self.port)).encode())
+                log.flush()
+                # scripts/contract-proxy execs Prism: this pid is Prism's node process.
+                self.proc = subprocess.Popen(
+                    [CONTRACT_PROXY, str(self.upstream_port), str(self.port),
+                     "--validate-request", "false", "-v", "warn"],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    close_fds=True)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                    return self
+                except OSError:
+                    pass
+                if self.proc.poll() is not None:
+                    break
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise ContractError("Prism did not listen on 127.0.0.1:%d within %.0fs; "
+                                        "log %s:\n%s" % (self.port, timeout, self.log_path,
+                                                         self.log()[-4000:]))
+                time.sleep(0.02)
+            if "EADDRINUSE" not in self.log() or attempt == 2:
+                raise ContractError("Prism exited with code %d before listening; log %s:\n%s"
+                                    % (self.proc.returncode, self.log_path,
+                                       self.log()[-4000:]))
+        raise AssertionError("unreachable")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def count(self, proxied, method=None, path=None, status=None):
+        with self.lock:
+            if proxied:
+                self.proxied += 1
+                self.seen.add((method, path.partition("?")[0], status))
+            else:
+                self.direct += 1
+
+
+_proxy = None          # the ContractProxy of the running suite module, when contract mode is on
+_upstream_port = None  # the port agents listen on so that _proxy reaches them
+_upstream_reservation = None
+
+
+def contract_proxy():
+    """The running module's ContractProxy, or None (contract mode off)."""
+    return _proxy
+
+
+def upstream_port():
+    """The port this module's agents listen on by default (0: kernel-chosen, no proxy)."""
+    return _upstream_port or 0
+
+
+def route_base_url(base_url):
+    """The base URL test traffic for an agent at base_url goes to: the module's Prism when
+    the agent listens on the port Prism forwards to, the agent itself otherwise."""
+    p = _proxy
+    if p is None or not p.running():
+        return base_url
+    u = urllib.parse.urlsplit(base_url)
+    if u.hostname == "127.0.0.1" and u.port == p.upstream_port:
+        return p.url
+    return base_url
+
+
+def _module_tmp(name):
+    base = os.environ.get("LUOFLEET_TEST_TMP") or None
+    if base:
+        os.makedirs(base, exist_ok=True)
+    return tempfile.mkdtemp(prefix="lf-it-%s-" % name, dir=base)
+
+
+def module_fixtures(module_file):
+    """(setUpModule, tearDownModule) for a suite file: one Prism for the whole module, in
+    front of a port reserved for the module's agents. Use as
+        setUpModule, tearDownModule = harness.module_fixtures(__file__)"""
+    name = os.path.splitext(os.path.basename(module_file))[0]
+    state = {}
+
+    def setUpModule():
+        global _proxy, _upstream_port, _upstream_reservation
+        if not contract_wanted():
+            sys.stderr.write("harness: %s: LUOFLEET_CONTRACT=0: responses are NOT checked "
+                             "against the contract\n" % name)
+            return
+        _upstream_reservation, _upstream_port = reserve_port()
+        state["tmp"] = _module_tmp(name + "-prism")
+        t = time.monotonic()
+        try:
+            _proxy = ContractProxy(state["tmp"], _upstream_port).start()
+        except BaseException:
+            _upstream_reservation.close()
+            _upstream_reservation = _upstream_port = None
+            raise
+        state["t"] = time.monotonic() - t
+
+    def tearDownModule():
+        global _proxy, _upstream_port, _upstream_reservation
+        p = _proxy
+        if p is None:
+            return
+        _proxy = None
+        p.stop()
+        _upstream_reservation.close()
+        _upstream_reservation = _upstream_port = None
+        sys.stderr.write("harness: %s: %d requests through the contract proxy (Prism started "
+                         "in %.1fs, upstream port %d; %d method/path/status combinations): "
+                         "%d contract violations%s; %d more sent directly with Client (raw "
+                         "sockets not counted)\n"
+                         % (name, p.proxied, state.get("t", 0), p.upstream_port, len(p.seen),
+                            p.violations - p.deliberate,
+                            " (and %d provoked by the self-test)" % p.deliberate
+                            if p.deliberate else "", p.direct))
+        # (Prism's log at -v warn holds nothing the violation messages do not.)
+        if os.environ.get("LUOFLEET_TEST_KEEP"):
+            sys.stderr.write("harness: kept %s (Prism log)\n" % state["tmp"])
+        else:
+            shutil.rmtree(state["tmp"], ignore_errors=True)
+
+    return setUpModule, tearDownModule
 
 
 def sha256_file(path):
@@ -182,6 +385,13 @@ class Client:
         self.port = u.port or 80
         self.prefix = u.path.rstrip("/")
         self.timeout = timeout
+        # The module's contract proxy when this client talks to it (checked answers).
+        p = _proxy
+        self.proxy = p if p is not None and base_url.rstrip("/") == p.url else None
+
+    @property
+    def proxied(self):
+        return self.proxy is not None
 
     def connection(self, timeout=None):
         return http.client.HTTPConnection(self.host, self.port,
@@ -207,9 +417,42 @@ class Client:
                 conn.request(method, self.prefix + path, body=body, headers=hdrs)
             r = conn.getresponse()
             data = r.read()
-            return Response(r.status, r.reason, r.getheaders(), data)
+            resp = Response(r.status, r.reason, r.getheaders(), data)
         finally:
             conn.close()
+        if self.proxy is not None:
+            self.proxy.count(True, method, path, resp.status)
+            self.check_contract(method, path, resp)
+        elif _proxy is not None:
+            _proxy.count(False)
+        return resp
+
+    def check_contract(self, method, path, r):
+        """A proxied answer must carry no sl-violations header (errors and warnings alike)
+        and must come from the agent, not from Prism itself."""
+        v = r.header("sl-violations")
+        if v is not None:
+            with self.proxy.lock:
+                self.proxy.violations += 1
+            try:
+                items = ["%s at %s: %s%s" % (x.get("severity"),
+                                             ".".join(str(k) for k in x.get("location", [])),
+                                             x.get("message"),
+                                             " (%s)" % x["code"] if x.get("code") else "")
+                         for x in json.loads(v)]
+            except (ValueError, AttributeError, TypeError):
+                items = [v]
+            raise ContractViolation(
+                "contract violation: Prism (api/openapi.yaml) flagged the agent's answer to "
+                "%s %s:\n  %s\nanswer as Prism passed it on (a violation replaces the agent's "
+                "status and body with Prism's 500): %r" % (method, path, "\n  ".join(items), r))
+        t = r.json.get("type") if isinstance(r.json, dict) else None
+        if ((isinstance(t, str) and t.startswith(PRISM_ERRORS)) or
+                (isinstance(r.json, dict) and isinstance(r.json.get("error"), dict) and
+                 r.json["error"].get("code") == "invalid_json")):
+            raise AssertionError(
+                "Prism answered %s %s itself instead of forwarding it to the agent (send "
+                "requests it cannot carry with agent.direct()): %r" % (method, path, r))
 
     def get(self, path, **kw):
         return self.request("GET", path, **kw)
@@ -575,12 +818,14 @@ class Agent:
         return self.start(args=args, timeout=timeout)
 
     def wait_ready(self, timeout=START_TIMEOUT, after_index=None):
-        """Poll GET /v1/state until the agent answers (after a reboot); returns the document."""
+        """Poll GET /v1/state until the agent answers (after a reboot); returns the document.
+        Polls the agent directly: through the blackout of a simulated kexec, the contract
+        proxy would only answer 500 FetchError."""
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
             try:
-                r = self.client(timeout=2).get("/v1/state")
+                r = self.direct(timeout=2).get("/v1/state")
                 if r.status == 200 and (after_index is None or r.json["index"] > after_index):
                     return r.json
                 last = r
@@ -599,34 +844,34 @@ def run_agent(args, timeout=START_TIMEOUT, binary=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# Known agent bugs the harness recognises
-
-STALE_WATCH_BUG = (
-    "known agent bug (agent/loop.c loop_watch -> agent/agent.c agent_kernel_changed): the "
-    "watcher reads the kernel state outside agent.lock and applies it later; when an "
-    "operation's own transition was recorded in between, the stale value is recorded and "
-    "published as a spurious transition (cause external, or cause operation against the "
-    "operation's direction), then undone by the next read")
+# Invariants checked on every agent
 
 _DIRECTION = {"prepare": ("normal", "prepared"), "cancel": (None, "normal"),
               "finish": ("updated", "normal")}
 
 
-def stale_watch_evidence(agent):
-    """Signs of STALE_WATCH_BUG in an agent's log and journal. On the simulated kernel nobody
-    but the agent changes the state, so any `external` transition is one."""
+def spurious_transitions(agent):
+    """Transitions an agent recorded that nobody made. On the simulated kernel nobody but the
+    agent changes the state while it runs, so any `external` transition is one, and so is a
+    transition caused by an operation against that operation's direction (what a stale
+    kernel read applied late used to publish; fixed by ordering kernel reads with tickets)."""
     out = []
     for line in agent.log().splitlines():
         if line.startswith("State ") and line.endswith("(external)"):
-            out.append(line)
+            out.append("log: " + line)
     try:
         recs = agent.journal_records()
     except (OSError, ValueError):
         recs = []
     actions = {}
     for r in recs:
-        if r.get("kind") == "operation":
+        if r.get("kind") in ("operation", "reboot") and isinstance(r.get("operation"), dict):
             actions[r["operation"]["id"]] = r["operation"]["action"]
+        elif r.get("kind") == "snapshot":
+            for e in r.get("operations") or []:
+                actions[e["operation"]["id"]] = e["operation"]["action"]
+        elif r.get("kind") == "transition" and r.get("cause") == "external":
+            out.append("record %d: %s -> %s (external)" % (r["index"], r["from"], r["to"]))
         elif r.get("kind") == "transition" and r.get("cause") == "operation":
             want = _DIRECTION.get(actions.get(r.get("operation_id")))
             if want and (r["to"] != want[1] or (want[0] and r["from"] != want[0])):
@@ -655,20 +900,15 @@ class AgentTestCase(unittest.TestCase):
         self.addCleanup(self._cleanup_tmp)
         self.addCleanup(self._stop_agents)
 
-    def _callTestMethod(self, method):
-        # A failure in a test whose agents show the stale-watch race is that known bug, not
-        # a new one: reported as a skip naming it (the race is timing-dependent).
-        try:
-            method()  # (not super(): its frame would cut the test's own out of tracebacks)
-        except Exception:
-            evidence = [e for a in getattr(self, "_agents", []) for e in stale_watch_evidence(a)]
-            if evidence:
-                raise unittest.SkipTest("%s; evidence: %s" % (STALE_WATCH_BUG,
-                                                                "; ".join(evidence[:4])))
-            raise
-
     def agent(self, *args, start=True, **kw):
+        """A new agent (started unless start=False), stopped at the end of the test. Without
+        port=..., it listens on the module's contract-proxy upstream port (unless another
+        agent of this test is running there: then on a kernel-chosen port, unproxied)."""
         name = kw.pop("name", "agent%d" % (len(self._agents) + 1))
+        if "port" not in kw:
+            up = upstream_port()
+            busy = any(a.running() and a.port == up for a in self._agents)
+            kw["port"] = 0 if busy else up
         a = Agent(self.tmp, args=args, name=name, **kw)
         self._agents.append(a)
         if start:
@@ -693,6 +933,11 @@ class AgentTestCase(unittest.TestCase):
                 a.stop()
             except AgentError as e:
                 errors.append(str(e))
+            if a.starts:
+                spurious = spurious_transitions(a)
+                if spurious:
+                    errors.append("%s recorded transitions nobody made (a stale kernel read "
+                                  "published?): %s" % (a.name, "; ".join(spurious[:6])))
         if self._failed():  # (a stop error carries the agent's stderr itself)
             for a in self._agents:
                 sys.stderr.write("\n==== %s stderr (%s) ====\n%s\n" % (a.name, a.stderr_path,

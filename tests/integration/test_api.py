@@ -3,20 +3,26 @@
 exact status codes, problem codes, Content-Types, headers and body members."""
 
 import http.client
+import http.server
+import json
 import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import unittest
+import urllib.parse
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import AgentTestCase, raw_http  # noqa: E402
 
 JSON = {"Content-Type": "application/json"}
+
+setUpModule, tearDownModule = harness.module_fixtures(__file__)
 
 
 def agent_version():
@@ -69,7 +75,7 @@ class StateDocumentTest(AgentTestCase):
 
     def test_head_state(self):
         a = self.agent()
-        c = a.direct()  # not through a contract proxy: it answers these itself
+        c = a.direct()  # HEAD: Prism fails on it (500 FetchError)
         d = c.state()
         r = c.head("/v1/state")
         self.assertEqual(r.status, 200, r)
@@ -85,7 +91,7 @@ class RoutingTest(AgentTestCase):
 
     def test_unknown_routes_404(self):
         a = self.agent()
-        c = a.direct()  # not through a contract proxy: it answers these itself
+        c = a.direct()  # Prism answers unknown paths itself
         for path in ("/", "/v1", "/v1/", "/v1/nope", "/v1/state/", "/v1/state/x", "/v2/state",
                      "/V1/STATE", "/healthz/", "/metrics.txt"):
             with self.subTest(path=path):
@@ -97,7 +103,7 @@ class RoutingTest(AgentTestCase):
 
     def test_wrong_method_405_with_allow(self):
         a = self.agent()
-        c = a.direct()  # not through a contract proxy: it answers these itself
+        c = a.direct()  # Prism answers undocumented methods
         cases = [
             ("POST", "/v1/state", "GET, HEAD"),
             ("PUT", "/v1/state", "GET, HEAD"),
@@ -126,12 +132,47 @@ class RoutingTest(AgentTestCase):
                 r = c.request(method, "/v1/state")
                 self.assertProblem(r, 405, "method-not-allowed")
                 self.assertEqual(r.header("Allow"), "GET, HEAD", r)
+                cases.append((method, "/v1/state", "GET, HEAD"))
+        # The detail names the method actually sent (also one the agent does not know).
+        for method, path, allow in cases:
+            with self.subTest(method=method, path=path, member="detail"):
+                r = c.request(method, path)
+                self.assertEqual(r.json["detail"], "%s is not allowed on %s (allowed: %s)"
+                                 % (method, path, allow), r)
         r = c.head("/v1/prepare")
         self.assertEqual(r.status, 405, r)
         self.assertEqual(r.header("Allow"), "POST")
         self.assertEqual(r.body, b"")
         # Nothing acted.
         self.assertEqual(c.state()["index"], 1)
+
+    def test_absolute_form_request_target(self):
+        # RFC 9112 3.2.2: a server must accept the absolute form (what a client sends to a
+        # proxy); it names the same resource as the origin form.
+        a = self.agent()
+        c = a.direct()  # the absolute form needs hand-written requests anyway
+        d = c.state()
+
+        def absolute(target, method="GET"):
+            req = ("%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n"
+                   % (method, target, a.port)).encode()
+            return raw_http("127.0.0.1", a.port, req, method=method)
+
+        base = "http://127.0.0.1:%d" % a.port
+        r = absolute(base + "/v1/state")
+        self.assertEqual(self.assertStateDoc(r), d)
+        r = absolute(base + "/v1/history?kind=start&limit=1")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual([x["kind"] for x in r.json["records"]], ["start"])
+        r = absolute("HTTP://127.0.0.1:%d/healthz" % a.port)  # the scheme is case-insensitive
+        self.assertEqual((r.status, r.json), (200, {"status": "ok"}), r)
+        self.assertProblem(absolute(base + "/v1/nope"), 404, "not-found")
+        r = absolute(base + "/v1/state", method="DELETE")
+        self.assertProblem(r, 405, "method-not-allowed")
+        self.assertEqual(r.json["detail"],
+                         "DELETE is not allowed on /v1/state (allowed: GET, HEAD)")
+        self.assertProblem(absolute(base), 404, "not-found")  # no path: "/"
+        self.assertEqual(c.state()["index"], d["index"])
 
 
 class UnixSocketTest(AgentTestCase):
@@ -177,12 +218,16 @@ class UnixSocketTest(AgentTestCase):
 class BodyErrorTest(AgentTestCase):
     """Body validation on the action endpoints. POST /v1/finish from `normal` answers
     409 invalid-transition once a body passed validation, so it proves acceptance without
-    changing anything."""
+    changing anything. Well-formed JSON bodies go through the contract proxy (started with
+    --validate-request false, it forwards them and checks the agent's error answers);
+    malformed, duplicate-member and non-JSON bodies, and Content-Type variations, go to the
+    agent directly (Prism would refuse them itself, or re-serialize them)."""
 
     def setUp(self):
         super().setUp()
         self.a = self.agent()
-        self.c = self.a.direct()  # invalid requests: not through the contract proxy
+        self.c = self.a.client()
+        self.d = self.a.direct()
 
     def tearDown(self):
         # No error may have changed the document.
@@ -196,31 +241,31 @@ class BodyErrorTest(AgentTestCase):
         for ct in ("text/plain", "application/x-www-form-urlencoded", "application/jsonx",
                    "application/problem+json"):
             with self.subTest(content_type=ct):
-                r = self.c.post("/v1/finish", body=b"{}", headers={"Content-Type": ct})
+                r = self.d.post("/v1/finish", body=b"{}", headers={"Content-Type": ct})
                 self.assertProblem(r, 415, "unsupported-media-type")
-        r = self.c.post("/v1/finish", body=b"{}")  # no Content-Type at all
+        r = self.d.post("/v1/finish", body=b"{}")  # no Content-Type at all
         self.assertProblem(r, 415, "unsupported-media-type")
-        r = self.c.put("/v1/kernel", body=b"{}", headers={"Content-Type": "text/plain"})
+        r = self.d.put("/v1/kernel", body=b"{}", headers={"Content-Type": "text/plain"})
         self.assertProblem(r, 415, "unsupported-media-type")
         for ct in ("application/json", "application/json; charset=utf-8", "Application/JSON"):
             with self.subTest(content_type=ct):
-                self.accepted(self.c.post("/v1/finish", body=b"{}",
+                self.accepted(self.d.post("/v1/finish", body=b"{}",
                                           headers={"Content-Type": ct}))
         # An empty body needs no Content-Type: the body is optional for actions.
         self.accepted(self.c.post("/v1/finish"))
-        self.accepted(self.c.post("/v1/finish", body=b"", headers={"Content-Type": "text/plain"}))
+        self.accepted(self.d.post("/v1/finish", body=b"", headers={"Content-Type": "text/plain"}))
 
     def test_malformed_json(self):
         for body in (b"{", b'{"reason":', b"nul", b"{}x", b"[]", b'"x"', b"1", b"null",
                      b"{'reason': 'x'}", b'{"reason":"a",}'):
             with self.subTest(body=body):
-                r = self.c.post("/v1/finish", body=body, headers=JSON)
+                r = self.d.post("/v1/finish", body=body, headers=JSON)
                 self.assertProblem(r, 400, "malformed-json")
 
     def test_duplicate_keys(self):
-        r = self.c.post("/v1/finish", body=b'{"reason":"a","reason":"b"}', headers=JSON)
+        r = self.d.post("/v1/finish", body=b'{"reason":"a","reason":"b"}', headers=JSON)
         self.assertProblem(r, 400, "malformed-json")
-        r = self.c.post("/v1/finish", body=b'{"operation_id":"x1","operation_id":"x1"}',
+        r = self.d.post("/v1/finish", body=b'{"operation_id":"x1","operation_id":"x1"}',
                         headers=JSON)
         self.assertProblem(r, 400, "malformed-json")
 
@@ -228,7 +273,7 @@ class BodyErrorTest(AgentTestCase):
         for body in (b'{"reason":"\xff"}', b'{"reason":"\xc3"}', b'{"reason":"\xed\xa0\x80"}',
                      b'{"\xfe":1}'):
             with self.subTest(body=body):
-                r = self.c.post("/v1/finish", body=body, headers=JSON)
+                r = self.d.post("/v1/finish", body=body, headers=JSON)
                 self.assertProblem(r, 400, "malformed-json")
         # Valid UTF-8 in a reason is fine.
         self.accepted(self.c.post("/v1/finish", json_body={"reason": "mise à jour ✓"}))
@@ -257,7 +302,7 @@ class BodyErrorTest(AgentTestCase):
                 r = self.c.post("/v1/finish", json_body={"operation_id": oid})
                 self.assertProblem(r, 400, "invalid-field", field="operation_id")
         # jansson refuses the \u0000 escape outright: malformed-json, not invalid-field.
-        r = self.c.post("/v1/finish", json_body={"operation_id": "a\u0000b"})
+        r = self.d.post("/v1/finish", json_body={"operation_id": "a\u0000b"})
         self.assertProblem(r, 400, "malformed-json")
         for oid in ("x" * 64, "a", "r1:h7:prepare", "A-Z_a.z:0-9"):
             with self.subTest(operation_id=oid):
@@ -271,7 +316,7 @@ class BodyErrorTest(AgentTestCase):
 
     def test_stage_request_validation(self):
         sha = "ab" * 32
-        r = self.c.put("/v1/kernel")
+        r = self.d.put("/v1/kernel")  # no body at all: Prism would ask for one
         self.assertProblem(r, 400, "malformed-json")
         cases = [
             ({}, "invalid-field", "kernel"),
@@ -316,25 +361,45 @@ class BodyErrorTest(AgentTestCase):
         # Exactly 64 KiB is read (and then judged on its content).
         body = b'{"reason":"' + b"a" * (65536 - 13) + b'"}'
         self.assertEqual(len(body), 65536)
-        r = self.c.post("/v1/finish", body=body, headers=JSON)
+        r = self.d.post("/v1/finish", body=body, headers=JSON)
         self.assertProblem(r, 400, "invalid-field", field="reason")
-
-    @unittest.expectedFailure  # agent bug: 413 during a chunked upload (server.c upload path)
-    def test_body_too_large_chunked(self):
-        # BUG (agent/server.c access_handler, upload branch): when a chunked body passes 64 KiB,
-        # queue_reply() runs while MHD is still receiving the body; MHD_queue_response()
-        # refuses (MHD_NO) and MHD closes the connection without any answer
-        # ("Application reported internal error"). Expected: 413 body-too-large.
-        body = b'{"reason":"' + b"a" * 70000 + b'"}'
-        r = self.c.request("POST", "/v1/finish", body=body, headers=JSON, chunked=True)
+        # The same answers through the contract proxy (it forwards valid JSON as it is).
+        r = self.c.post("/v1/finish", json_body={"reason": "a" * 70000})
+        self.assertProblem(r, 413, "body-too-large")
+        r = self.c.put("/v1/kernel", json_body={"kernel": {"path": "/" + "k" * 70000,
+                                                           "sha256": "ab" * 32}})
         self.assertProblem(r, 413, "body-too-large")
 
+    def test_body_too_large_chunked(self):
+        # Chunked: no length up front. The agent discards the rest of the body (memory stays
+        # bounded) and answers 413 once the request is complete, then closes the connection.
+        body = b'{"reason":"' + b"a" * 70000 + b'"}'
+        r = self.d.request("POST", "/v1/finish", body=body, headers=JSON, chunked=True)
+        self.assertProblem(r, 413, "body-too-large")
+        self.assertEqual(r.header("Connection"), "close")
+        # Far beyond the limit, on a kept-alive connection: answered, then closed.
+        conn = self.d.connection()
+        try:
+            big = b'{"reason":"' + b"b" * (4 << 20) + b'"}'
+            pieces = [big[i:i + 65536] for i in range(0, len(big), 65536)]
+            conn.request("PUT", "/v1/kernel", body=iter(pieces), headers=JSON,
+                         encode_chunked=True)
+            resp = conn.getresponse()
+            r = harness.Response(resp.status, resp.reason, resp.getheaders(), resp.read())
+            self.assertProblem(r, 413, "body-too-large")
+            self.assertEqual(r.header("Connection"), "close")
+            self.assertTrue(resp.will_close)
+        finally:
+            conn.close()
+        # The agent goes on serving.
+        self.accepted(self.d.post("/v1/finish", body=b"{}", headers=JSON))
+
     def test_chunked_body_within_limit(self):
-        r = self.c.request("POST", "/v1/finish", body=b'{"reason":"chunked"}', headers=JSON,
+        r = self.d.request("POST", "/v1/finish", body=b'{"reason":"chunked"}', headers=JSON,
                            chunked=True)
         self.accepted(r)
         body = b'{"reason":"' + b"a" * (65536 - 13) + b'"}'
-        r = self.c.request("POST", "/v1/finish", body=body, headers=JSON, chunked=True)
+        r = self.d.request("POST", "/v1/finish", body=body, headers=JSON, chunked=True)
         self.assertProblem(r, 400, "invalid-field", field="reason")
 
 
@@ -342,7 +407,7 @@ class QueryErrorTest(AgentTestCase):
 
     def test_state_query_errors(self):
         a = self.agent()
-        c = a.direct()  # not through a contract proxy: it answers these itself
+        c = a.client()  # forwarded by the proxy (--validate-request false), answers checked
         for q in ("index=-1", "index=abc", "index=99999999999999999999",
                   "index=9223372036854775808",
                   "index=", "index=1.5", "index=0x10", "index=+1", "index=1&wait=10x",
@@ -467,7 +532,7 @@ class HistoryTest(AgentTestCase):
 
     def test_history_query_errors(self):
         a = self.agent()
-        c = a.direct()  # not through a contract proxy: it answers these itself
+        c = a.client()  # forwarded by the proxy (--validate-request false), answers checked
         for q in ("limit=0", "limit=1001", "limit=-1", "limit=abc", "limit=", "since=-1",
                   "since=x", "since=99999999999999999999", "kind=", "kind=Transition",
                   "kind=a;b", "since=1&since=2", "limit=1&limit=2", "kind=a&kind=b"):
@@ -483,7 +548,7 @@ class HealthTest(AgentTestCase):
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.content_type, "application/json")
         self.assertEqual(r.json, {"status": "ok"})
-        r = a.direct().head("/healthz")
+        r = a.direct().head("/healthz")  # HEAD: not through Prism
         self.assertEqual((r.status, r.body), (200, b""))
 
     def test_readyz(self):
@@ -569,6 +634,87 @@ class MetricsTest(AgentTestCase):
         p = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True,
                            timeout=30)
         self.assertEqual(p.returncode, 0, p.stdout.decode() + p.stderr.decode())
+
+
+class ContractProxySelfTest(unittest.TestCase):
+    """The harness must catch a contract violation: a fake upstream (Python http.server on
+    this module's upstream port, where no agent runs during this test) answers GET
+    /v1/state with documents that break api/openapi.yaml, behind this module's Prism."""
+
+    DOC = {"state": "normal", "index": 7, "changed_at": "2026-11-25T14:33:36.604Z",
+           "boot_id": "0b6b0d1e-6c1f-4d0a-9a51-6c2a3f1f9f10", "kernel": "6.99.0-fake",
+           "backend": "sim", "staged": None, "operation": None, "hostname": "fake",
+           "agent_version": "0.0.0"}
+
+    def setUp(self):
+        proxy = harness.contract_proxy()
+        if proxy is None:
+            self.skipTest("contract mode is off (LUOFLEET_CONTRACT=0): no proxy to test")
+        doc = self.DOC
+
+        class Fake(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                case = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query).get(
+                    "case", ["valid"])[0]
+                d = dict(doc)
+                status, headers = 200, {"ETag": '"7"', "Cache-Control": "no-store"}
+                if case == "bogus-state":
+                    d["state"] = "bogus"
+                elif case == "extra-member":
+                    d["surprise"] = True
+                elif case == "no-etag":
+                    del headers["ETag"]
+                elif case == "teapot":
+                    status = 418
+                body = json.dumps(d).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", proxy.upstream_port), Fake)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.addCleanup(self.thread.join, 5)
+        self.addCleanup(self.server.server_close)
+        self.addCleanup(self.server.shutdown)
+        self.client = harness.Client(harness.route_base_url(
+            "http://127.0.0.1:%d" % proxy.upstream_port))
+        self.assertTrue(self.client.proxied)
+
+    def test_harness_reports_contract_violations(self):
+        proxy = harness.contract_proxy()
+        before = proxy.violations
+        r = self.client.get("/v1/state")  # a valid document passes untouched
+        self.assertEqual((r.status, r.json), (200, self.DOC), r)
+        for case, needle in (("bogus-state", "Error at response.body.state"),
+                             ("extra-member", "Error at response.body"),
+                             ("no-etag", "Error at response.header"),
+                             ("teapot", "Warning at response")):
+            with self.subTest(case=case):
+                with self.assertRaises(harness.ContractViolation) as cm:
+                    self.client.get("/v1/state?case=" + case)
+                msg = str(cm.exception)
+                self.assertIn("contract violation", msg)
+                self.assertIn(needle, msg)
+                self.assertIn("GET /v1/state?case=" + case, msg)
+        self.assertIn("must be equal to one of the allowed values",
+                      self._message("bogus-state"))
+        self.assertEqual(proxy.violations - before, 5)
+        proxy.deliberate += 5
+
+    def _message(self, case):
+        try:
+            self.client.get("/v1/state?case=" + case)
+        except harness.ContractViolation as e:
+            return str(e)
+        self.fail("no violation reported for case %s" % case)
 
 
 if __name__ == "__main__":

@@ -1,25 +1,28 @@
 #!/usr/bin/env python3
 """test_cycle.py: the full simulated live-update cycle: stage a kernel, prepare, reboot (202,
 then the simulated kexec: the agent re-executes itself, or exits 0 for a supervisor with
---sim-reboot=exit), the new boot (state updated, new boot_id, a planned `reboot` record with
-its blackout), finish. Indexes never go backwards; a repeated reboot id answers 202 without a
-second reboot. Also failed kexecs, where the same agent stays up."""
+--sim-reboot=exit), the new boot (state updated, new boot_id, one atomic planned `reboot`
+record with its blackout and the reboot operation's end), finish. Indexes never go
+backwards; a repeated reboot id answers 202 without a second reboot. Also failed kexecs,
+where the same agent stays up."""
 
 import http.client
 import os
 import sys
 import threading
 import time
-import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import AgentTestCase, make_file, wait_for  # noqa: E402
 
+setUpModule, tearDownModule = harness.module_fixtures(__file__)
+
 
 class Watcher(threading.Thread):
     """Follows the agent with chained long-polls through the reboot, tolerating the blackout;
-    records every (index, boot_id, state) it is answered with."""
+    records every (index, boot_id, state) it is answered with. Talks to the agent directly:
+    through the blackout the contract proxy would only answer 500 FetchError."""
 
     def __init__(self, agent, start_index):
         super().__init__(daemon=True)
@@ -33,7 +36,7 @@ class Watcher(threading.Thread):
     def run(self):
         while not self.stopping.is_set():
             try:
-                r = self.agent.client(timeout=8).get("/v1/state?index=%d&wait=2s" % self.index)
+                r = self.agent.direct(timeout=8).get("/v1/state?index=%d&wait=2s" % self.index)
             except (OSError, http.client.HTTPException):
                 self.errors += 1
                 time.sleep(0.02)
@@ -66,12 +69,16 @@ class CycleTest(AgentTestCase):
         self.assertEqual(d["state"], "prepared")
         return d
 
-    def post_reboot(self, a, before):
-        c = a.client()
+    def post_reboot(self, a, before, direct=False):
+        """POST /v1/reboot: through the contract proxy, or directly to see the agent's own
+        `Connection: close` (a proxy answers with its own connection headers)."""
+        c = a.direct() if direct else a.client()
         t = time.monotonic()
         r = c.post("/v1/reboot", json_body={"operation_id": "cycle-reboot", "reason": "it"})
         self.assertEqual(r.status, 202, r)
-        self.assertEqual(r.header("Connection"), "close")
+        if direct:
+            self.assertEqual(r.header("Connection"), "close")
+            self.assertEqual(r.content_type, "application/json")
         d = self.assertStateDoc(r, status=202)
         self.assertEqual(d["state"], "prepared")
         self.assertEqual(d["boot_id"], before["boot_id"])
@@ -104,28 +111,45 @@ class CycleTest(AgentTestCase):
         recs = c.all_records()
         self.assertEqual([r["index"] for r in recs], list(range(1, d["index"] + 1)))
         after = [r for r in recs if r["index"] > accepted["index"]]
+        # The old boot's freeze, then ONE record for the whole jump (boot change, state
+        # change across it, end of the reboot operation): no separate operation record, no
+        # reconcile transition, no start record (same kernel release).
         kinds = [(r["kind"], r.get("from"), r.get("to")) for r in after]
-        self.assertEqual(kinds, [("transition", "prepared", "frozen"), ("reboot", None, None),
-                                 ("operation", None, None),
-                                 ("transition", "frozen", "updated")])
-        frz, rb, op, upd = after
+        self.assertEqual(kinds, [("transition", "prepared", "frozen"), ("reboot", None, None)])
+        frz, rb = after
         self.assertEqual(frz["boot_id"], before["boot_id"])
+        self.assertEqual(frz["state"], "frozen")
         self.assertEqual((frz["cause"], frz["operation_id"]), ("operation", "cycle-reboot"))
+        self.check_reboot_record(rb, before["boot_id"], d)
+        self.assertEqual(rb["index"], d["index"])
+        self.assertEqual(c.metric("luofleet_last_blackout_seconds"),
+                         round(rb["blackout_ms"] / 1000.0, 3))
+        lines = c.metrics().splitlines()
+        self.assertIn('luofleet_transitions_total{from="frozen",to="updated"} 1', lines)
+        self.assertEqual(a.journal_records(), recs)
+        return d, rb
+
+    def check_reboot_record(self, rb, old_boot, d, op_id="cycle-reboot"):
+        """A planned reboot record: the new boot's id and state, where it came from, and the
+        reboot operation's end (as the state document shows it)."""
+        self.assertEqual(set(rb), {"index", "time", "boot_id", "kind", "state", "from_state",
+                                   "from_boot_id", "to_boot_id", "blackout_ms", "planned",
+                                   "operation_id", "operation", "http_status"}, rb)
+        self.assertEqual(rb["kind"], "reboot")
         self.assertEqual(rb["boot_id"], d["boot_id"])
-        self.assertEqual(rb["from_boot_id"], before["boot_id"])
+        self.assertEqual(rb["state"], "updated")
+        self.assertEqual(rb["from_state"], "frozen")
+        self.assertEqual(rb["from_boot_id"], old_boot)
         self.assertEqual(rb["to_boot_id"], d["boot_id"])
         self.assertIs(rb["planned"], True)
-        self.assertEqual(rb["operation_id"], "cycle-reboot")
+        self.assertEqual(rb["operation_id"], op_id)
         self.assertIsInstance(rb["blackout_ms"], int)
         self.assertGreaterEqual(rb["blackout_ms"], 0)
         self.assertLess(rb["blackout_ms"], 30000)
-        self.assertEqual(op["operation"], d["operation"])
-        self.assertEqual(op["http_status"], 202)
-        self.assertEqual(upd["cause"], "reconcile")
-        self.assertEqual(upd["boot_id"], d["boot_id"])
-        self.assertEqual(c.metric("luofleet_last_blackout_seconds"),
-                         round(rb["blackout_ms"] / 1000.0, 3))
-        return d, rb
+        self.assertOperation(rb["operation"], action="reboot", status="succeeded", id=op_id)
+        self.assertEqual(rb["operation"], d["operation"])
+        self.assertLessEqual(rb["operation"]["finished_at"], rb["time"])  # RFC 3339, UTC
+        self.assertEqual(rb["http_status"], 202)
 
     def replay_reboot_and_finish(self, a, d):
         c = a.client()
@@ -149,15 +173,14 @@ class CycleTest(AgentTestCase):
         self.assertEqual(c.history("kind=transition")["records"][-1]["to"], "normal")
 
     def test_cycle_reexec(self):
-        port = harness.free_port()
-        a = self.agent(port=port)
-        self.assertEqual(a.port, port)
+        a = self.agent()
+        port = a.port
         pid = a.pid
         before = self.stage_and_prepare(a)
         w = Watcher(a, before["index"])
         wait_for(lambda: a.client().metric("luofleet_longpoll_waiters") == 1,
                  what="the watcher's long-poll")
-        accepted, t = self.post_reboot(a, before)
+        accepted, t = self.post_reboot(a, before, direct=True)
         d = a.wait_ready(timeout=10)
         while d["boot_id"] == before["boot_id"]:
             self.assertLess(time.monotonic() - t, 10, "no new boot within 10 s")
@@ -188,8 +211,8 @@ class CycleTest(AgentTestCase):
         self.replay_reboot_and_finish(a, d)
 
     def test_cycle_exit_for_the_supervisor(self):
-        port = harness.free_port()
-        a = self.agent("--sim-reboot=exit", port=port)
+        a = self.agent("--sim-reboot=exit")
+        port = a.port
         pid = a.pid
         before = self.stage_and_prepare(a)
         accepted, t = self.post_reboot(a, before)
@@ -206,8 +229,7 @@ class CycleTest(AgentTestCase):
     def test_event_stream_through_the_reboot(self):
         # The stream closes at the kexec; resuming with the last id seen replays the new
         # boot's records exactly, then goes live.
-        port = harness.free_port()
-        a = self.agent(port=port)
+        a = self.agent()
         before = self.stage_and_prepare(a)
         s = harness.SSEStream(a.direct_url, headers={"Last-Event-ID": str(before["index"])})
         self.addCleanup(s.close)
@@ -275,19 +297,56 @@ class CycleTest(AgentTestCase):
         self.assertEqual(a.sim_kernel()["state"], "normal")
         self.assertTrue(a.running())
 
-    @unittest.expectedFailure  # agent bug: the simulated re-exec forgets a --listen port 0 bind
     def test_reexec_keeps_the_port_chosen_for_port_0(self):
-        # BUG (agent/main.c sim_jump): execv(/proc/self/exe, cfg.argv) re-runs the original
-        # argv, so --listen=127.0.0.1:0 binds a *new* random port after the simulated kexec:
-        # every client (and the controller) loses the agent. Expected: the same port.
-        a = self.agent()
+        # --listen=127.0.0.1:0: the simulated kexec re-executes the agent with the address
+        # actually bound, so clients (and the controller) find it again on the same port.
+        a = self.agent(port=0)  # a kernel-chosen port: not the proxy's upstream, direct
         port = a.port
+        self.assertNotEqual(port, 0)
+        pid = a.pid
         before = self.stage_and_prepare(a)
         offset = len(a.stdout())
-        self.post_reboot(a, before)
-        new_port = a.wait_listening(offset, timeout=10)
+        self.post_reboot(a, before, direct=True)
+        new_port = a.wait_listening(offset, timeout=10 * harness.SCALE)
         a.port = new_port  # so that cleanup can still talk to it
         self.assertEqual(new_port, port)
+        self.assertEqual(a.pid, pid)
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            argv = f.read().split(b"\0")
+        self.assertIn(b"--listen=127.0.0.1:%d" % port, argv)
+        self.assertNotIn(b"--listen=127.0.0.1:0", argv)
+        d = wait_for(lambda: (lambda s: s if s["state"] == "updated" else None)(a.wait_ready()),
+                     timeout=10 * harness.SCALE, what="the new boot")
+        self.assertNotEqual(d["boot_id"], before["boot_id"])
+
+    def test_new_release_writes_a_start_record_after_the_reboot(self):
+        # The new boot runs another kernel release: the reboot record, then a start record.
+        a = self.agent("--sim-reboot=exit", "--sim-release=6.99.1-old")
+        before = self.stage_and_prepare(a)
+        self.assertEqual(before["kernel"], "6.99.1-old")
+        accepted, t = self.post_reboot(a, before)
+        self.assertEqual(a.wait_exit(timeout=10 * harness.SCALE), 0)
+        a.restart(args=["--sim-reboot=exit", "--sim-release=6.99.2-new"])
+        c = a.client()
+        d = c.state()
+        self.assertEqual((d["state"], d["kernel"]), ("updated", "6.99.2-new"))
+        after = [r for r in c.all_records() if r["index"] > accepted["index"]]
+        self.assertEqual([r["kind"] for r in after], ["transition", "reboot", "start"])
+        frz, rb, st = after
+        self.check_reboot_record(rb, before["boot_id"], d)
+        self.assertEqual(rb["index"], d["index"] - 1)
+        self.assertEqual(st["kind"], "start")
+        self.assertEqual((st["boot_id"], st["state"]), (d["boot_id"], "updated"))
+        self.assertEqual((st["kernel"], st["backend"], st["agent_version"]),
+                         ("6.99.2-new", "sim", d["agent_version"]))
+        self.assertEqual(st["index"], d["index"])
+        # The same release again: nothing to record.
+        a.stop()
+        a.restart()
+        self.assertEqual(a.client().state()["index"], d["index"])
+        r = a.client().post("/v1/reboot", json_body={"operation_id": "cycle-reboot"})
+        self.assertEqual(r.status, 202, r)
+        self.assertEqual(r.json["operation"], rb["operation"])
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import AgentTestCase, SSEStream, make_file, wait_for  # noqa: E402
 
+setUpModule, tearDownModule = harness.module_fixtures(__file__)
+
 
 class EventStreamTest(AgentTestCase):
 
@@ -117,9 +119,44 @@ class EventStreamTest(AgentTestCase):
         self.assertEqual(c.post("/v1/prepare").status, 200)
         self.expect_events(s, 14, ["operation", "transition", "operation"], c.all_records())
 
+    def test_last_event_id_from_the_future_starts_over(self):
+        # An id greater than the current index (the client saw a journal this agent does not
+        # have, e.g. after its state directory was reset): the stream starts over like a new
+        # subscription, with a `state` event at the current index, then goes live.
+        a = self.agent()
+        c = a.client()
+        self.assertEqual(c.post("/v1/prepare").status, 200)
+        doc = c.state()
+        self.assertEqual(doc["index"], 4)
+        for headers, path in (({"Last-Event-ID": "5"}, "/v1/events"),
+                              ({"Last-Event-ID": "1000"}, "/v1/events"),
+                              ({}, "/v1/events?last_event_id=9223372036854775807"),
+                              ({"Last-Event-ID": "99"}, "/v1/events?last_event_id=2")):
+            with self.subTest(headers=headers, path=path):
+                s = self.open(a, headers=headers, path=path)
+                self.assertEqual(s.status, 200)
+                self.expect_retry(s)
+                e = s.next_event()
+                self.assertEqual((e["id"], e["event"]), ("4", "state"), e)
+                self.assertEqual(e["json"], doc)
+                with self.assertRaises(socket.timeout):
+                    s.next_event(timeout=0.2)
+                s.close()
+        # ... and then goes live from there.
+        s = self.open(a, headers={"Last-Event-ID": "50"})
+        self.expect_retry(s)
+        self.assertEqual(s.next_event()["event"], "state")
+        self.assertEqual(c.post("/v1/cancel").status, 200)
+        self.expect_events(s, 5, ["operation", "transition", "operation"], c.all_records())
+        # The current index itself is not the future: a plain resume, no state event.
+        s = self.open(a, headers={"Last-Event-ID": "7"})
+        self.expect_retry(s)
+        with self.assertRaises(socket.timeout):
+            s.next_event(timeout=0.2)
+
     def test_bad_last_event_id(self):
         a = self.agent()
-        c = a.direct()  # invalid requests: not through a contract proxy
+        c = a.client()  # error answers are whole: the proxy carries (and checks) them
         for headers, path in (({"Last-Event-ID": "abc"}, "/v1/events"),
                               ({"Last-Event-ID": "-1"}, "/v1/events"),
                               ({}, "/v1/events?last_event_id=1.5"),

@@ -16,6 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import AgentTestCase, Background, wait_for  # noqa: E402
 
+setUpModule, tearDownModule = harness.module_fixtures(__file__)
+
 
 def raise_nofile(n):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -238,7 +240,7 @@ class LongPollTest(AgentTestCase):
 
     def test_keep_alive_after_a_long_poll(self):
         a = self.agent()
-        c = a.client()
+        c = a.direct()  # the agent's own keep-alive, not the proxy's
         n = c.state()["index"]
         conn = c.connection()
         try:

@@ -6,10 +6,13 @@ one operation at a time, and kernel staging (PUT/GET/DELETE /v1/kernel)."""
 import os
 import sys
 import time
+import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from harness import AgentTestCase, Background, make_file, wait_for  # noqa: E402
+
+setUpModule, tearDownModule = harness.module_fixtures(__file__)
 
 
 def transitions_to(records, state):
@@ -116,7 +119,8 @@ class WatcherTest(AgentTestCase):
 
     def test_every_transition_is_the_operations_own(self):
         # 100 prepare/cancel cycles: exactly 200 transitions, all caused by the operation
-        # that ran, in its direction; the document never shows a state the kernel left.
+        # that ran, in its direction; the document never shows a state the kernel left
+        # (kernel reads are ordered by tickets: a stale watcher read is never applied).
         a = self.agent()
         c = a.client()
         n = 100
@@ -127,7 +131,7 @@ class WatcherTest(AgentTestCase):
         self.assertIn('luofleet_transitions_total{from="normal",to="prepared"} %d' % n, lines)
         self.assertIn('luofleet_transitions_total{from="prepared",to="normal"} %d' % n, lines)
         self.assertEqual(c.state()["index"], 1 + 6 * n)
-        self.assertEqual(harness.stale_watch_evidence(a), [])
+        self.assertEqual(harness.spurious_transitions(a), [])
 
 
 class IdempotencyTest(AgentTestCase):
@@ -346,7 +350,7 @@ class StagingTest(AgentTestCase):
         self.assertEqual(r.status, 200, r)
         self.assertEqual(r.content_type, "application/json")
         self.assertEqual(r.json, st)
-        r = a.direct().head("/v1/kernel")
+        r = a.direct().head("/v1/kernel")  # HEAD: not through Prism
         self.assertEqual((r.status, r.body), (200, b""))
 
         # Staging again replaces it.
@@ -391,11 +395,33 @@ class StagingTest(AgentTestCase):
         self.assertProblem(r, 422, "digest-mismatch", expected_sha256=ksha, actual_sha256=isha,
                            field="initrd")
         self.assertIsNone(c.state()["staged"])
-        # The failed id replays its failure.
-        r = c.put("/v1/kernel", json_body={"kernel": {"path": kpath, "sha256": ksha},
-                                           "operation_id": "stage-bad"})
+        # The failed id replays its failure (directly: through the contract proxy the replay
+        # is a violation, see test_digest_mismatch_replay_keeps_the_digests).
+        r = a.direct().put("/v1/kernel", json_body={"kernel": {"path": kpath, "sha256": ksha},
+                                                    "operation_id": "stage-bad"})
         self.assertProblem(r, 422, "digest-mismatch", replayed=True, operation_id="stage-bad")
         self.assertIsNone(c.state()["staged"])
+
+    @unittest.expectedFailure  # agent bug: a replayed digest-mismatch lacks its digests
+    def test_digest_mismatch_replay_keeps_the_digests(self):
+        # BUG (agent/ops.c op_replay_locked): a replayed failure is rebuilt from the stored
+        # operation's error (code, detail, errno) only, so the replay of a failed stage
+        # answers 422 digest-mismatch without expected_sha256, actual_sha256 and field, which
+        # api/openapi.yaml requires of every digest-mismatch problem (Problem, the if/then
+        # on code); Prism reports it as a violation. Expected: the first answer's members.
+        a = self.agent()
+        c = a.client()
+        kpath, ksha = make_file(self.files, "vmlinuz", 5000)
+        wrong = "0123456789abcdef" * 4
+        body = {"kernel": {"path": kpath, "sha256": wrong}, "operation_id": "stage-bad"}
+        r = c.put("/v1/kernel", json_body=body)
+        self.assertProblem(r, 422, "digest-mismatch", expected_sha256=wrong, actual_sha256=ksha,
+                           field="kernel")
+        r = a.direct().put("/v1/kernel", json_body=body)
+        self.assertProblem(r, 422, "digest-mismatch", replayed=True, operation_id="stage-bad",
+                           expected_sha256=wrong, actual_sha256=ksha, field="kernel")
+        r = c.put("/v1/kernel", json_body=body)  # and the contract proxy agrees
+        self.assertProblem(r, 422, "digest-mismatch", replayed=True)
 
     def test_missing_file_and_directory(self):
         a = self.agent()
@@ -417,7 +443,7 @@ class StagingTest(AgentTestCase):
 
     def test_bad_paths(self):
         a = self.agent()
-        c = a.direct()  # invalid requests: not through a contract proxy
+        c = a.client()  # valid JSON: forwarded by the proxy (--validate-request false)
         kpath, ksha = make_file(self.files, "vmlinuz", 10)
         rel = os.path.relpath(kpath)
         for p in (rel, "vmlinuz", "./vmlinuz", self.files + "/../files/vmlinuz",
