@@ -89,6 +89,7 @@ struct agent *agent_free(struct agent *a)
         json_decref(a->operation);
         json_decref(a->ops);
         json_decref(a->ops_order);
+        json_decref(a->last_start);
         doc_snapshot_unref(a->snap);
         pthread_mutex_destroy(&a->lock);
         free(a);
@@ -255,7 +256,7 @@ int agent_kernel_observed(struct agent *a, uint64_t ticket, enum luo_state s)
 }
 
 /* The operation table: bounded, oldest finished entries go first. */
-static void agent_ops_put_locked(struct agent *a, json_t *op, int http_status)
+static void agent_ops_put_locked(struct agent *a, json_t *op, int http_status, json_t *extra)
 {
         const char *id = json_string_value(json_object_get(op, "id"));
         json_t *e;
@@ -265,6 +266,8 @@ static void agent_ops_put_locked(struct agent *a, json_t *op, int http_status)
         if (!json_object_get(a->ops, id))
                 json_array_append_new(a->ops_order, json_string(id));
         e = json_pack("{s:O, s:i}", "operation", op, "http_status", http_status);
+        if (e && json_is_object(extra))
+                json_object_set(e, "problem_extra", extra);
         if (e)
                 json_object_set_new(a->ops, id, e);
         while (json_array_size(a->ops_order) > OPS_TABLE_MAX) {
@@ -276,17 +279,30 @@ static void agent_ops_put_locked(struct agent *a, json_t *op, int http_status)
 
 /* Shared with ops.c. */
 int agent_record_op_locked(struct agent *a, json_t *op, int http_status);
+int agent_record_op_extra_locked(struct agent *a, json_t *op, int http_status, json_t *extra);
 int agent_transition_op_locked(struct agent *a, enum luo_state to, const char *op_id);
 int agent_record_staging_locked(struct agent *a, json_t *staged);
 
-int agent_record_op_locked(struct agent *a, json_t *op, int http_status)
+/*
+ * extra: the problem's extension members of a failed operation (for example
+ * the digests of a digest-mismatch), kept so a replay answers the same
+ * document; NULL for none.
+ */
+int agent_record_op_extra_locked(struct agent *a, json_t *op, int http_status, json_t *extra)
 {
         json_t *rec = json_pack("{s:O, s:i}", "operation", op, "http_status", http_status);
 
-        agent_ops_put_locked(a, op, http_status);
+        agent_ops_put_locked(a, op, http_status, extra);
         if (!rec)
                 return -ENOMEM;
+        if (json_is_object(extra))
+                json_object_set(rec, "problem_extra", extra);
         return agent_record_locked(a, "operation", rec);
+}
+
+int agent_record_op_locked(struct agent *a, json_t *op, int http_status)
+{
+        return agent_record_op_extra_locked(a, op, http_status, NULL);
 }
 
 int agent_transition_op_locked(struct agent *a, enum luo_state to, const char *op_id)
@@ -384,7 +400,8 @@ static void agent_load_journal_locked(struct agent *a, char *ret_last_boot, size
                         json_t *op = json_object_get(rec, "operation");
                         int st = (int)json_integer_value(json_object_get(rec, "http_status"));
                         if (op) {
-                                agent_ops_put_locked(a, op, st);
+                                agent_ops_put_locked(a, op, st,
+                                                     json_object_get(rec, "problem_extra"));
                                 json_decref(a->operation);
                                 a->operation = json_deep_copy(op);
                         }
@@ -399,7 +416,8 @@ static void agent_load_journal_locked(struct agent *a, char *ret_last_boot, size
                         if (json_is_object(op)) {
                                 agent_ops_put_locked(a, op,
                                                      (int)json_integer_value(
-                                                             json_object_get(rec, "http_status")));
+                                                             json_object_get(rec, "http_status")),
+                                                     NULL);
                                 json_decref(a->operation);
                                 a->operation = json_deep_copy(op);
                         }
@@ -412,7 +430,8 @@ static void agent_load_journal_locked(struct agent *a, char *ret_last_boot, size
                                         agent_ops_put_locked(
                                                 a, op,
                                                 (int)json_integer_value(
-                                                        json_object_get(e, "http_status")));
+                                                        json_object_get(e, "http_status")),
+                                                json_object_get(e, "problem_extra"));
                         }
                         st = json_object_get(rec, "staged");
                         json_decref(a->staged);
@@ -451,11 +470,23 @@ static json_t *agent_snapshot_fn(const struct journal_rec *const *dropped, size_
                 json_array_append(ops, e);
         (void)dropped;
         (void)n;
-        return json_pack("{s:o, s:O, s:O, s:{s:s, s:s, s:s}}", "operations", ops, "staged",
+        /* last_start: what the journal last recorded, not what runs now: a start
+         * record still to be appended must not be claimed by the snapshot. */
+        return json_pack("{s:o, s:O, s:O, s:O}", "operations", ops, "staged",
                          a->staged ? a->staged : json_null(), "last_operation",
-                         a->operation ? a->operation : json_null(), "last_start", "agent_version",
-                         LUOFLEET_VERSION, "kernel", a->info.release, "backend",
-                         a->backend->ops->name);
+                         a->operation ? a->operation : json_null(), "last_start",
+                         a->last_start ? a->last_start : json_null());
+}
+
+static json_t *start_facts(json_t *rec)
+{
+        json_t *f = json_object();
+        static const char *const keys[] = {"agent_version", "kernel", "backend"};
+
+        for (size_t i = 0; f && rec && i < ELEMENTSOF(keys); i++)
+                if (json_is_string(json_object_get(rec, keys[i])))
+                        json_object_set(f, keys[i], json_object_get(rec, keys[i]));
+        return f;
 }
 
 static bool same_str(json_t *obj, const char *key, const char *v)
@@ -483,6 +514,8 @@ int agent_reconcile(struct agent *a)
         agent_load_journal_locked(a, last_boot, sizeof(last_boot), &last_state, &last_time,
                                   &last_start);
         fresh = journal_count(a->journal) == 0;
+        json_decref(a->last_start);
+        a->last_start = last_start ? start_facts(last_start) : NULL;
         a->state = fresh ? kstate : last_state;
         a->changed_at = last_time ? last_time : now;
 
@@ -517,7 +550,7 @@ int agent_reconcile(struct agent *a)
                                                "interrupted by an unplanned reboot", NULL, now);
                         http_status = planned ? 202 : 500;
                         a->op_running = false;
-                        agent_ops_put_locked(a, op, http_status);
+                        agent_ops_put_locked(a, op, http_status, NULL);
                         json_object_set(rec, "operation", op);
                         json_object_set_new(rec, "http_status", json_integer(http_status));
                         op_was_running = false;
@@ -577,10 +610,14 @@ int agent_reconcile(struct agent *a)
         if (fresh || !last_start || !same_str(last_start, "kernel", a->info.release) ||
             !same_str(last_start, "agent_version", LUOFLEET_VERSION) ||
             !same_str(last_start, "backend", a->backend->ops->name)) {
-                agent_record_locked(a, "start",
-                                    json_pack("{s:s, s:s, s:s}", "agent_version", LUOFLEET_VERSION,
-                                              "kernel", a->info.release, "backend",
-                                              a->backend->ops->name));
+                json_t *facts =
+                        json_pack("{s:s, s:s, s:s}", "agent_version", LUOFLEET_VERSION, "kernel",
+                                  a->info.release, "backend", a->backend->ops->name);
+                if (facts && agent_record_locked(a, "start", json_incref(facts)) >= 0) {
+                        json_decref(a->last_start);
+                        a->last_start = json_incref(facts);
+                }
+                json_decref(facts);
         }
         if (!a->snap)
                 agent_rebuild_snapshot_locked(a);

@@ -94,6 +94,7 @@ struct agent {
         uint64_t transitions[_LUO_STATE_MAX][_LUO_STATE_MAX];
         uint64_t ops_done[_OP_ACTION_MAX][2]; /* [action][0 ok, 1 failed] */
         uint64_t last_blackout_ms;
+        json_t *last_start;   /* the last journaled start record's facts */
         char self_check[160]; /* "" = GET_STATE and sysfs agreed at start-up */
 
         agent_listener_fn listeners[4];

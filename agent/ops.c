@@ -23,6 +23,7 @@
 
 /* agent.c internals shared with this file. */
 int agent_record_op_locked(struct agent *a, json_t *op, int http_status);
+int agent_record_op_extra_locked(struct agent *a, json_t *op, int http_status, json_t *extra);
 int agent_transition_op_locked(struct agent *a, enum luo_state to, const char *op_id);
 int agent_record_staging_locked(struct agent *a, json_t *staged);
 void agent_notify_index(struct agent *a, uint64_t index);
@@ -132,6 +133,8 @@ static void op_replay_locked(struct agent *a, json_t *entry, struct http_reply *
                 json_object_set_new(rep->json, "operation_id",
                                     json_incref(json_object_get(op, "id")));
                 json_object_set_new(rep->json, "replayed", json_true());
+                if (json_is_object(json_object_get(entry, "problem_extra")))
+                        json_object_update(rep->json, json_object_get(entry, "problem_extra"));
                 return;
         }
         if (status && strcmp(status, "running") == 0)
@@ -368,7 +371,7 @@ void agent_op_execute(struct op_job *job)
                                     json_string(format_rfc3339_ms(now_real_usec(), when)));
                 a->op_running = false;
                 a->ops_done[job->rq.action][r < 0 || sr.code ? 1 : 0]++;
-                agent_record_op_locked(a, op, status);
+                agent_record_op_extra_locked(a, op, status, sr.code ? sr.extra : NULL);
         }
         if (!job->body)
                 job->body = agent_doc_locked(a, op);

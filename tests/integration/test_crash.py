@@ -600,7 +600,6 @@ class SnapshotStartTest(AgentTestCase):
         with open(a.journal_path(), "wb") as f:
             f.writelines(lines[:-1])
 
-    @unittest.expectedFailure  # agent bug: a snapshot can claim a start that was never recorded
     def test_start_record_survives_a_crash_after_a_compaction(self):
         # BUG (agent/agent.c agent_snapshot_fn): the snapshot's last_start is the running
         # agent's version/kernel/backend, not the last `start` record's. When an append of the

@@ -402,7 +402,6 @@ class StagingTest(AgentTestCase):
         self.assertProblem(r, 422, "digest-mismatch", replayed=True, operation_id="stage-bad")
         self.assertIsNone(c.state()["staged"])
 
-    @unittest.expectedFailure  # agent bug: a replayed digest-mismatch lacks its digests
     def test_digest_mismatch_replay_keeps_the_digests(self):
         # BUG (agent/ops.c op_replay_locked): a replayed failure is rebuilt from the stored
         # operation's error (code, detail, errno) only, so the replay of a failed stage
