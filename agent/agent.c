@@ -123,14 +123,20 @@ static json_t *time_json(uint64_t usec)
         return json_string(format_rfc3339_ms(usec, buf));
 }
 
+/*
+ * Deep copies, not references: the document leaves the lock (it is
+ * serialized on MHD's thread) while the worker goes on changing a->operation
+ * and a->staged under the lock, and jansson objects are not thread-safe.
+ */
 json_t *agent_doc_locked(struct agent *a, json_t *op)
 {
-        return json_pack("{s:s, s:I, s:o, s:s, s:s, s:s, s:O, s:O, s:s, s:s}", "state",
+        return json_pack("{s:s, s:I, s:o, s:s, s:s, s:s, s:o, s:o, s:s, s:s}", "state",
                          luo_state_to_string(a->state), "index", (json_int_t)a->index, "changed_at",
                          time_json(a->changed_at), "boot_id", a->info.boot_id, "kernel",
                          a->info.release, "backend", a->backend->ops->name, "staged",
-                         a->staged ? a->staged : json_null(), "operation", op ? op : json_null(),
-                         "hostname", a->hostname, "agent_version", LUOFLEET_VERSION);
+                         a->staged ? json_deep_copy(a->staged) : json_null(), "operation",
+                         op ? json_deep_copy(op) : json_null(), "hostname", a->hostname,
+                         "agent_version", LUOFLEET_VERSION);
 }
 
 static int agent_rebuild_snapshot_locked(struct agent *a)

@@ -152,15 +152,21 @@ uint64_t loop_watch_wakeups(struct loop *l)
         return atomic_load(&l->wakeups);
 }
 
-struct loop *loop_free(struct loop *l)
+void loop_stop(struct loop *l)
 {
-        if (!l)
-                return NULL;
         if (l->started) {
                 uint64_t one = 1;
                 (void)!write(l->stop_fd, &one, sizeof(one));
                 pthread_join(l->thread, NULL);
+                l->started = false;
         }
+}
+
+struct loop *loop_free(struct loop *l)
+{
+        if (!l)
+                return NULL;
+        loop_stop(l);
         if (l->timer_fd >= 0)
                 close(l->timer_fd);
         if (l->stop_fd >= 0)

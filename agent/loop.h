@@ -23,7 +23,9 @@ int loop_add_timer_client(struct loop *l, const struct loop_timer_client *c);
 int loop_start(struct loop *l);
 /* Recompute and arm the timer; any thread. */
 void loop_rearm(struct loop *l);
-/* Stop the thread and free; NULL-safe. */
+/* Stop the thread (idempotent); nothing is resumed or notified after it. */
+void loop_stop(struct loop *l);
+/* Stop (if not yet) and free; NULL-safe. */
 struct loop *loop_free(struct loop *l);
 /* Wake-ups handled, for metrics. */
 uint64_t loop_watch_wakeups(struct loop *l);

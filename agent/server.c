@@ -677,8 +677,10 @@ void server_stop(struct server *s)
         /* The running operation finishes and its client is answered. */
         if (s->worker)
                 worker_stop(s->worker);
-        /* No more kernel notifications or timers: nothing will resume anything. */
-        s->loop = loop_free(s->loop);
+        /* No more kernel notifications or timers: nothing will resume anything.
+         * (Freed only in server_free: handlers may still read its counters.) */
+        if (s->loop)
+                loop_stop(s->loop);
         /*
          * The requests just resumed (long-polls, the finished operation, ended
          * streams) still have to be written by MHD's threads: give them a bounded
@@ -730,6 +732,7 @@ struct server *server_free(struct server *s)
                 pthread_mutex_destroy(&lis->cache_lock);
                 free(lis);
         }
+        s->loop = loop_free(s->loop);
         lp_done(&s->lp);
         sse_done(&s->sse);
         free(s);
