@@ -353,6 +353,20 @@ static int sim_load_faults(struct sim *s, struct sim_fault ret[static _SIM_FAULT
         return 0;
 }
 
+/*
+ * Where a simulated kernel call meets its fault: load the faults (the
+ * runtime file may have changed), stall, then fail with the configured errno
+ * or return 0 to go on. faults is filled for callers that need other ops'.
+ */
+static int sim_strike(struct sim *s, enum sim_fault_op op, struct sim_fault *faults)
+{
+        int r = sim_load_faults(s, faults);
+        if (r < 0)
+                return r;
+        sim_sleep_ms(faults[op].delay_ms);
+        return faults[op].error ? -faults[op].error : 0;
+}
+
 static int sha256_fd(int fd, char hex[static SHA256_HEX_LEN + 1], uint64_t *ret_size)
 {
         _cleanup_free_ uint8_t *buf = NULL;
@@ -470,12 +484,9 @@ static int sim_set_event(struct backend *b, enum luo_event ev)
                 return r;
 
         /* A valid event runs the subsystems' callbacks: that is where faults strike. */
-        r = sim_load_faults(s, faults);
+        r = sim_strike(s, (enum sim_fault_op)ev, faults);
         if (r < 0)
-                return r;
-        sim_sleep_ms(faults[ev].delay_ms);
-        if (faults[ev].error)
-                return -faults[ev].error; /* a failing callback: the state stays */
+                return r; /* a failing callback: the state stays */
 
         n.state = to;
         return sim_update(s, &n);
@@ -500,12 +511,9 @@ static int sim_kexec_load(struct backend *b, int kernel_fd, int initrd_fd, const
         n = s->k;
         if (n.reboot_pending)
                 return -EBUSY;
-        r = sim_load_faults(s, faults);
+        r = sim_strike(s, SIM_FAULT_KEXEC_LOAD, faults);
         if (r < 0)
                 return r;
-        sim_sleep_ms(faults[SIM_FAULT_KEXEC_LOAD].delay_ms);
-        if (faults[SIM_FAULT_KEXEC_LOAD].error)
-                return -faults[SIM_FAULT_KEXEC_LOAD].error;
 
         r = sha256_fd(kernel_fd, n.kernel_sha256, &size);
         if (r < 0)
@@ -570,12 +578,9 @@ static int sim_reboot(struct backend *b)
         n = s->k;
         if (n.reboot_pending)
                 return -EBUSY;
-        r = sim_load_faults(s, faults);
+        r = sim_strike(s, SIM_FAULT_REBOOT, faults);
         if (r < 0)
                 return r;
-        sim_sleep_ms(faults[SIM_FAULT_REBOOT].delay_ms);
-        if (faults[SIM_FAULT_REBOOT].error)
-                return -faults[SIM_FAULT_REBOOT].error;
 
         if (n.state == LUO_STATE_PREPARED) {
                 sim_sleep_ms(faults[SIM_FAULT_FREEZE].delay_ms);
