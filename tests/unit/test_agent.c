@@ -29,6 +29,7 @@
 #include "router.h"
 #include "snapshot.h"
 #include "staging.h"
+#include "testutil.h"
 
 static char tmpdir[256];
 static struct agent_config cfg;
@@ -36,14 +37,6 @@ static struct backend *backend;
 static struct journal *journal;
 static struct agent *agent;
 static int dir_fd = -1;
-
-static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-        (void)st;
-        (void)flag;
-        (void)ftw;
-        return remove(p);
-}
 
 static void open_all(void)
 {
@@ -75,12 +68,7 @@ static void close_all(void)
 
 static void setup(void)
 {
-        const char *base = getenv("LUOFLEET_TEST_TMP");
-        if (!base)
-                base = "/tmp";
-        mkdir_p(base, 0700);
-        snprintf(tmpdir, sizeof(tmpdir), "%s/agent-XXXXXX", base);
-        ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+        testutil_mkdtemp(tmpdir, sizeof(tmpdir), "test_agent");
         memset(&cfg, 0, sizeof(cfg));
         log_set_max_level(LOG_LEVEL_ERR);
         router_init();
@@ -90,7 +78,7 @@ static void setup(void)
 static void teardown(void)
 {
         close_all();
-        nftw(tmpdir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+        testutil_rm_rf(tmpdir);
 }
 
 /* A request as httpd.c would build it. */
@@ -603,11 +591,4 @@ static Suite *suite(void)
         return s;
 }
 
-int main(void)
-{
-        SRunner *sr = srunner_create(suite());
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+TESTUTIL_MAIN(suite)

@@ -23,6 +23,7 @@
 #include "journal.h"
 #include "luofleet/macro.h"
 #include "luofleet/util.h"
+#include "testutil.h"
 
 #define JNAME "journal.jsonl"
 #define JTMP "journal.jsonl.compact"
@@ -46,15 +47,8 @@ static int count_fds(void)
 
 static void setup(void)
 {
-        const char *base = getenv("LUOFLEET_TEST_TMP");
-
         fds_at_setup = count_fds();
-        if (!base || !*base)
-                base = "/tmp";
-        ck_assert_int_eq(mkdir_p(base, 0700), 0);
-        ck_assert_int_lt(snprintf(test_dir, sizeof(test_dir), "%s/journal.XXXXXX", base),
-                         (int)sizeof(test_dir));
-        ck_assert_ptr_nonnull(mkdtemp(test_dir));
+        testutil_mkdtemp(test_dir, sizeof(test_dir), "test_journal");
         test_dfd = open(test_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         ck_assert_int_ge(test_dfd, 0);
 }
@@ -989,13 +983,4 @@ static Suite *journal_suite(void)
         return s;
 }
 
-int main(void)
-{
-        SRunner *sr = srunner_create(journal_suite());
-        int failed;
-
-        srunner_run_all(sr, CK_NORMAL);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-}
+TESTUTIL_MAIN(journal_suite)

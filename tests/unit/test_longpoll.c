@@ -8,6 +8,7 @@
 #include <stdlib.h>
 
 #include "longpoll.h"
+#include "testutil.h"
 
 static uint64_t current;
 static int resumed[16];
@@ -160,11 +161,4 @@ static Suite *suite(void)
         return s;
 }
 
-int main(void)
-{
-        SRunner *sr = srunner_create(suite());
-        srunner_run_all(sr, CK_NORMAL);
-        int failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
-}
+TESTUTIL_MAIN(suite)

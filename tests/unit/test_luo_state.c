@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "luofleet/luo_state.h"
+#include "testutil.h"
 
 /* The kernel's answer for each pair: the target state, or -EINVAL. */
 static const int expected[_LUO_STATE_MAX][_LUO_EVENT_MAX] = {
@@ -144,13 +145,4 @@ static Suite *luo_state_suite(void)
         return s;
 }
 
-int main(void)
-{
-        SRunner *sr = srunner_create(luo_state_suite());
-        int failed;
-
-        srunner_run_all(sr, CK_NORMAL);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-}
+TESTUTIL_MAIN(luo_state_suite)

@@ -32,6 +32,7 @@
 #include "luofleet/backend.h"
 #include "luofleet/macro.h"
 #include "luofleet/util.h"
+#include "testutil.h"
 
 #define BOOT_ID "0f3c2d1e-8a7b-4c6d-9e5f-0123456789ab"
 #define RELEASE "6.16.0-luo-v3"
@@ -208,11 +209,6 @@ static const struct luo_sys fake_sys = {
         .openat = fake_openat,
 };
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-        return remove(path);
-}
-
 static void fake_mkdir(const char *rel)
 {
         char path[PATH_MAX + 64];
@@ -223,17 +219,10 @@ static void fake_mkdir(const char *rel)
 
 static void setup(void)
 {
-        const char *base = getenv("LUOFLEET_TEST_TMP");
-
         memset(&fake, 0, sizeof(fake));
         fake.dev_fd = -1;
         fake.state = LUO_STATE_NORMAL;
-        if (!base || !*base)
-                base = "/tmp";
-        ck_assert_int_eq(mkdir_p(base, 0700), 0);
-        ck_assert_int_lt(snprintf(fake.root, sizeof(fake.root), "%s/test_luo_v3.XXXXXX", base),
-                         (int)sizeof(fake.root));
-        ck_assert_ptr_nonnull(mkdtemp(fake.root));
+        testutil_mkdtemp(fake.root, sizeof(fake.root), "test_luo_v3");
         fake_mkdir("sys/kernel/liveupdate");
         fake_mkdir("dev");
         fake_mkdir("proc/sys/kernel/random");
@@ -246,8 +235,7 @@ static void setup(void)
 
 static void teardown(void)
 {
-        if (fake.root[0])
-                nftw(fake.root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        testutil_rm_rf(fake.root);
         fake.root[0] = 0;
 }
 
@@ -774,13 +762,4 @@ static Suite *luo_v3_suite(void)
         return s;
 }
 
-int main(void)
-{
-        SRunner *sr = srunner_create(luo_v3_suite());
-        int failed;
-
-        srunner_run_all(sr, CK_NORMAL);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-}
+TESTUTIL_MAIN(luo_v3_suite)

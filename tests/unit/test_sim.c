@@ -26,6 +26,7 @@
 #include "luofleet/backend.h"
 #include "luofleet/macro.h"
 #include "luofleet/util.h"
+#include "testutil.h"
 
 #define SHA_HELLO "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
 #define SHA_WORLD "486ea46224d1bb4fb680f34f7c9ad96a8f24ec88be73ea8e5a6c65260e9cb8a7"
@@ -34,21 +35,9 @@
 static char tmpdir[PATH_MAX];
 static struct backend_config cfg;
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-        return remove(path);
-}
-
 static void setup(void)
 {
-        const char *base = getenv("LUOFLEET_TEST_TMP");
-
-        if (!base || !*base)
-                base = "/tmp";
-        ck_assert_int_eq(mkdir_p(base, 0700), 0);
-        ck_assert_int_lt(snprintf(tmpdir, sizeof(tmpdir), "%s/test_sim.XXXXXX", base),
-                         (int)sizeof(tmpdir));
-        ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+        testutil_mkdtemp(tmpdir, sizeof(tmpdir), "test_sim");
         cfg = (struct backend_config){
                 .kind = BACKEND_SIM,
                 .state_dir = tmpdir,
@@ -58,8 +47,7 @@ static void setup(void)
 
 static void teardown(void)
 {
-        if (tmpdir[0])
-                nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        testutil_rm_rf(tmpdir);
         tmpdir[0] = 0;
 }
 
@@ -930,13 +918,4 @@ static Suite *sim_suite(void)
         return s;
 }
 
-int main(void)
-{
-        SRunner *sr = srunner_create(sim_suite());
-        int failed;
-
-        srunner_run_all(sr, CK_NORMAL);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-}
+TESTUTIL_MAIN(sim_suite)

@@ -19,30 +19,18 @@
 
 #include "luofleet/macro.h"
 #include "luofleet/util.h"
+#include "testutil.h"
 
 static char tmpdir[PATH_MAX];
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-        return remove(path);
-}
-
 static void tmp_setup(void)
 {
-        const char *base = getenv("LUOFLEET_TEST_TMP");
-
-        if (!base || !*base)
-                base = "/tmp";
-        ck_assert_int_eq(mkdir_p(base, 0700), 0);
-        ck_assert_int_lt(snprintf(tmpdir, sizeof(tmpdir), "%s/test_util.XXXXXX", base),
-                         (int)sizeof(tmpdir));
-        ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+        testutil_mkdtemp(tmpdir, sizeof(tmpdir), "test_util");
 }
 
 static void tmp_teardown(void)
 {
-        if (tmpdir[0])
-                nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+        testutil_rm_rf(tmpdir);
         tmpdir[0] = 0;
 }
 
@@ -337,13 +325,4 @@ static Suite *util_suite(void)
         return s;
 }
 
-int main(void)
-{
-        SRunner *sr = srunner_create(util_suite());
-        int failed;
-
-        srunner_run_all(sr, CK_NORMAL);
-        failed = srunner_ntests_failed(sr);
-        srunner_free(sr);
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-}
+TESTUTIL_MAIN(util_suite)
