@@ -32,22 +32,9 @@ static char test_dir[PATH_MAX];
 static int test_dfd = -1;
 static int fds_at_setup;
 
-/* Open descriptors of this process: a test must leave as many as it found. */
-static int count_fds(void)
-{
-        DIR *d = opendir("/proc/self/fd");
-        int n = 0;
-
-        ck_assert_ptr_nonnull(d);
-        while (readdir(d))
-                n++;
-        closedir(d);
-        return n;
-}
-
 static void setup(void)
 {
-        fds_at_setup = count_fds();
+        fds_at_setup = testutil_count_fds();
         testutil_mkdtemp(test_dir, sizeof(test_dir), "test_journal");
         test_dfd = open(test_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
         ck_assert_int_ge(test_dfd, 0);
@@ -70,7 +57,7 @@ static void teardown(void)
         closep(&test_dfd);
         test_dfd = -1;
         ck_assert_int_eq(rmdir(test_dir), 0);
-        ck_assert_int_eq(count_fds(), fds_at_setup);
+        ck_assert_int_eq(testutil_count_fds(), fds_at_setup);
 }
 
 static void put_file(const char *name, const void *data, size_t len)

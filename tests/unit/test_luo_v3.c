@@ -270,29 +270,17 @@ static enum luo_state watched(struct backend *b)
         return s;
 }
 
-static int count_fds(void)
-{
-        DIR *d = opendir("/proc/self/fd");
-        int n = 0;
-
-        ck_assert_ptr_nonnull(d);
-        while (readdir(d))
-                n++;
-        closedir(d);
-        return n;
-}
-
 /* Open must fail with err, write exactly nothing to *ret and leak no fd. */
 static void open_fails(enum backend_kind kind, int err, char *msg, size_t size)
 {
         struct backend_config c = v3_cfg(kind);
         struct backend *b = NULL;
-        int before = count_fds();
+        int before = testutil_count_fds();
 
         msg[0] = 0;
         ck_assert_int_eq(backend_open(&c, &b, msg, size), err);
         ck_assert_ptr_null(b);
-        ck_assert_int_eq(count_fds(), before);
+        ck_assert_int_eq(testutil_count_fds(), before);
         ck_assert_str_ne(msg, "");
 }
 

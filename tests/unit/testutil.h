@@ -6,6 +6,7 @@
 #pragma once
 
 #include <check.h>
+#include <dirent.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +39,19 @@ static inline void testutil_rm_rf(const char *path)
 {
         if (path && *path)
                 (void)nftw(path, testutil_rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Open descriptors of this process: a test must leave as many as it found. */
+static inline int testutil_count_fds(void)
+{
+        DIR *d = opendir("/proc/self/fd");
+        int n = 0;
+
+        ck_assert_ptr_nonnull(d);
+        while (readdir(d))
+                n++;
+        closedir(d);
+        return n;
 }
 
 /* main(): run the suite, exit 0 only when every test passed. */
