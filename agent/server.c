@@ -637,19 +637,26 @@ int server_start(struct server *s)
                                                lis->addr.is_unix ? "" : ":",
                                                lis->addr.is_unix ? "" : lis->addr.port);
                 lis->fd = r;
+                /*
+                 * The logger first, so MHD's own option warnings reach it. The pool
+                 * size option only when asked for: MHD warns about a size of 0/1.
+                 * MHD zeroes the connection pool per request: 16 KiB holds any sane
+                 * header set (bodies are copied out) at a third of the cost of 64 KiB.
+                 */
+                struct MHD_OptionItem pool[] = {
+                        {s->cfg->http_threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END,
+                         (intptr_t)s->cfg->http_threads, NULL},
+                        {MHD_OPTION_END, 0, NULL},
+                };
                 lis->daemon = MHD_start_daemon(
                         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
                                 MHD_USE_ERROR_LOG | MHD_USE_ITC,
-                        0, NULL, NULL, access_handler, lis, MHD_OPTION_THREAD_POOL_SIZE,
-                        (unsigned)(s->cfg->http_threads > 1 ? s->cfg->http_threads : 0),
-                        MHD_OPTION_LISTEN_SOCKET, lis->fd, MHD_OPTION_NOTIFY_COMPLETED, completed,
-                        lis, MHD_OPTION_CONNECTION_LIMIT, s->cfg->max_connections,
-                        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
-                        /* MHD zeroes the pool per request: 16 KiB holds any sane header
-                         * set (bodies are copied out) at a third of the cost of 64 KiB. */
+                        0, NULL, NULL, access_handler, lis, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger,
+                        NULL, MHD_OPTION_ARRAY, pool, MHD_OPTION_LISTEN_SOCKET, lis->fd,
+                        MHD_OPTION_NOTIFY_COMPLETED, completed, lis, MHD_OPTION_CONNECTION_LIMIT,
+                        s->cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
                         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(16 * 1024),
-                        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_EXTERNAL_LOGGER,
-                        mhd_logger, NULL, MHD_OPTION_END);
+                        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
                 if (!lis->daemon)
                         return log_error_errno(EIO, "Failed to start the HTTP server on %s",
                                                lis->url);

@@ -9,6 +9,7 @@ to the module's upstream port)."""
 import http.client
 import json
 import os
+import re
 import socket
 import stat
 import sys
@@ -124,10 +125,11 @@ def ipv6_loopback():
 class IPv6Test(harness.AgentTestCase):
     def test_ipv6_loopback_listener(self):
         a = self.agent("--listen=[::1]:0")
-        out = a.stdout().decode()
-        import re
-        m = re.search(r"listening on http://\[::1\]:(\d+)", out)
-        self.assertIsNotNone(m, out)
+        # The harness is ready at the first listening line; the second one follows.
+        pat = re.compile(r"listening on http://\[::1\]:(\d+)")
+        harness.wait_for(lambda: pat.search(a.stdout().decode()), timeout=10,
+                         what="the IPv6 listening line")
+        m = pat.search(a.stdout().decode())
         c = http.client.HTTPConnection("::1", int(m.group(1)), timeout=10)
         c.request("GET", "/v1/state")
         r = c.getresponse()
