@@ -120,7 +120,18 @@ static int stage_open(const char *field, const char *path, const char *want,
         uint64_t size = 0;
         int r;
 
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        /*
+         * Look before opening: opening a FIFO blocks the worker until a writer
+         * comes, and opening some devices acts (a watchdog starts ticking).
+         * Then open without blocking and check it is still the same file.
+         */
+        struct stat before = {0};
+        if (stat(path, &before) == 0 && !S_ISREG(before.st_mode)) {
+                fail(res, 422, "not-a-regular-file", "%s: %s is not a regular file", field, path);
+                res->extra = json_pack("{s:s}", "field", field);
+                return -1;
+        }
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
         if (fd < 0) {
                 int e = errno;
                 if (e == ENOENT || e == ENOTDIR)
@@ -131,7 +142,8 @@ static int stage_open(const char *field, const char *path, const char *want,
                 res->extra = json_pack("{s:s}", "field", field);
                 return -1;
         }
-        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_ino != before.st_ino ||
+            st.st_dev != before.st_dev) {
                 fail(res, 422, "not-a-regular-file", "%s: %s is not a regular file", field, path);
                 res->extra = json_pack("{s:s}", "field", field);
                 return -1;

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/sha.h>
@@ -408,6 +409,21 @@ START_TEST(test_staging_and_reboot)
         ck_assert_str_eq(json_string_value(json_object_get(
                                  json_object_get(agent->operation, "error"), "code")),
                          "digest-mismatch");
+        agent_unlock(agent);
+
+        /* a FIFO is refused without being opened (an open would block the worker) */
+        char fifo[300];
+        snprintf(fifo, sizeof(fifo), "%s/fifo", tmpdir);
+        ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+        snprintf(body, sizeof(body), "{\"kernel\":{\"path\":\"%s\",\"sha256\":\"%s\"}}", fifo,
+                 khex);
+        req = mkreq(HTTP_PUT, "/v1/kernel", body);
+        ck_assert_int_eq(call(&req, &rep), 599);
+        http_reply_clear(&rep);
+        agent_lock(agent);
+        ck_assert_str_eq(json_string_value(json_object_get(
+                                 json_object_get(agent->operation, "error"), "code")),
+                         "not-a-regular-file");
         agent_unlock(agent);
 
         /* bad paths are 400 before anything runs */
