@@ -487,7 +487,7 @@ static json_t *agent_snapshot_fn(const struct journal_rec *const *dropped, size_
 static json_t *start_facts(json_t *rec)
 {
         json_t *f = json_object();
-        static const char *const keys[] = {"agent_version", "kernel", "backend"};
+        static const char *const keys[] = { "agent_version", "kernel", "backend" };
 
         for (size_t i = 0; f && rec && i < ELEMENTSOF(keys); i++)
                 if (json_is_string(json_object_get(rec, keys[i])))

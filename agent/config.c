@@ -64,7 +64,7 @@ static void usage(FILE *f)
 
 int config_parse_listen(const char *spec, struct listen_addr *ret)
 {
-        struct listen_addr la = {0};
+        struct listen_addr la = { 0 };
         const char *colon;
         uint64_t port;
 
@@ -141,32 +141,32 @@ static int parse_count(const char *flag, const char *v, uint64_t min, uint64_t m
 int config_parse(struct agent_config *cfg, int argc, char **argv)
 {
         static const struct option opts[] = {
-                {"backend", required_argument, NULL, ARG_BACKEND},
-                {"root", required_argument, NULL, ARG_ROOT},
-                {"state-dir", required_argument, NULL, ARG_STATE_DIR},
-                {"listen", required_argument, NULL, ARG_LISTEN},
-                {"max-wait", required_argument, NULL, ARG_MAX_WAIT},
-                {"max-waiters", required_argument, NULL, ARG_MAX_WAITERS},
-                {"max-streams", required_argument, NULL, ARG_MAX_STREAMS},
-                {"max-connections", required_argument, NULL, ARG_MAX_CONNECTIONS},
-                {"sse-heartbeat", required_argument, NULL, ARG_SSE_HEARTBEAT},
-                {"reboot-delay", required_argument, NULL, ARG_REBOOT_DELAY},
-                {"journal-max-bytes", required_argument, NULL, ARG_JOURNAL_MAX},
-                {"http-threads", required_argument, NULL, ARG_HTTP_THREADS},
-                {"sim-fault", required_argument, NULL, ARG_SIM_FAULT},
-                {"sim-release", required_argument, NULL, ARG_SIM_RELEASE},
-                {"sim-reboot", required_argument, NULL, ARG_SIM_REBOOT},
-                {"hostname", required_argument, NULL, ARG_HOSTNAME},
-                {"log-level", required_argument, NULL, ARG_LOG_LEVEL},
-                {"help", no_argument, NULL, 'h'},
-                {"version", no_argument, NULL, ARG_VERSION},
+                { "backend", required_argument, NULL, ARG_BACKEND },
+                { "root", required_argument, NULL, ARG_ROOT },
+                { "state-dir", required_argument, NULL, ARG_STATE_DIR },
+                { "listen", required_argument, NULL, ARG_LISTEN },
+                { "max-wait", required_argument, NULL, ARG_MAX_WAIT },
+                { "max-waiters", required_argument, NULL, ARG_MAX_WAITERS },
+                { "max-streams", required_argument, NULL, ARG_MAX_STREAMS },
+                { "max-connections", required_argument, NULL, ARG_MAX_CONNECTIONS },
+                { "sse-heartbeat", required_argument, NULL, ARG_SSE_HEARTBEAT },
+                { "reboot-delay", required_argument, NULL, ARG_REBOOT_DELAY },
+                { "journal-max-bytes", required_argument, NULL, ARG_JOURNAL_MAX },
+                { "http-threads", required_argument, NULL, ARG_HTTP_THREADS },
+                { "sim-fault", required_argument, NULL, ARG_SIM_FAULT },
+                { "sim-release", required_argument, NULL, ARG_SIM_RELEASE },
+                { "sim-reboot", required_argument, NULL, ARG_SIM_REBOOT },
+                { "hostname", required_argument, NULL, ARG_HOSTNAME },
+                { "log-level", required_argument, NULL, ARG_LOG_LEVEL },
+                { "help", no_argument, NULL, 'h' },
+                { "version", no_argument, NULL, ARG_VERSION },
                 {},
         };
         uint64_t v;
         int c, r;
 
         *cfg = (struct agent_config){
-                .backend = {.kind = BACKEND_AUTO, .root = "/"},
+                .backend = { .kind = BACKEND_AUTO, .root = "/" },
                 .max_wait_ms = 10 * 60 * 1000,
                 .max_waiters = 10000,
                 .max_streams = 1000,

@@ -50,7 +50,7 @@ static int parse_common(json_t *body, struct op_request *rq, struct http_reply *
 
 static void request_init(struct http_req *req, enum op_action act, struct op_request *rq)
 {
-        *rq = (struct op_request){.action = act, .if_match = req->if_match};
+        *rq = (struct op_request){ .action = act, .if_match = req->if_match };
         snprintf(rq->requested_by, sizeof(rq->requested_by), "%s", req->peer);
 }
 
@@ -80,7 +80,7 @@ static int begin(struct http_req *req, struct http_reply *rep, const struct op_r
 
 int h_action_post(struct http_req *req, struct http_reply *rep)
 {
-        static const char *const fields[] = {"operation_id", "reason", NULL};
+        static const char *const fields[] = { "operation_id", "reason", NULL };
         const char *name = strrchr(req->path, '/') + 1;
         struct op_request rq;
         json_t *body = NULL;
@@ -104,7 +104,7 @@ int h_action_post(struct http_req *req, struct http_reply *rep)
 static int parse_file(json_t *body, const char *key, bool required, char *path, size_t path_size,
                       char *sha, struct http_reply *rep)
 {
-        static const char *const fields[] = {"path", "sha256", NULL};
+        static const char *const fields[] = { "path", "sha256", NULL };
         json_t *f = json_object_get(body, key);
         bool present;
         char where[32];
@@ -146,8 +146,8 @@ static int parse_file(json_t *body, const char *key, bool required, char *path, 
 
 int h_kernel_put(struct http_req *req, struct http_reply *rep)
 {
-        static const char *const fields[] = {"kernel", "initrd",       "cmdline",
-                                             "reason", "operation_id", NULL};
+        static const char *const fields[] = { "kernel", "initrd",       "cmdline",
+                                              "reason", "operation_id", NULL };
         struct op_request rq;
         json_t *body = NULL;
         bool present;
@@ -184,7 +184,7 @@ int h_kernel_get(struct http_req *req, struct http_reply *rep)
 
 int h_kernel_delete(struct http_req *req, struct http_reply *rep)
 {
-        static const char *const fields[] = {"operation_id", "reason", NULL};
+        static const char *const fields[] = { "operation_id", "reason", NULL };
         struct op_request rq;
         json_t *body = NULL;
 

@@ -65,7 +65,7 @@ int h_metrics_get(struct http_req *req, struct http_reply *rep)
 {
         struct agent *a = req->agent;
         struct server *srv = req->server;
-        struct strbuf sb = {0};
+        struct strbuf sb = { 0 };
 
         agent_lock(a);
         strbuf_printf(&sb,

@@ -221,7 +221,7 @@ static int journal_load(struct journal *j, struct journal_load_report *rep)
         struct stat st;
         int r;
 
-        *rep = (struct journal_load_report){0};
+        *rep = (struct journal_load_report){ 0 };
         buf = malloc(cap);
         if (!buf)
                 return -ENOMEM;
@@ -653,7 +653,7 @@ static int journal_compact_internal(struct journal *j)
                 r = negative_errno();
                 goto fail_unlink;
         }
-        w = (struct wbuf){.fd = fd, .buf = buf, .cap = JOURNAL_IO_CHUNK};
+        w = (struct wbuf){ .fd = fd, .buf = buf, .cap = JOURNAL_IO_CHUNK };
         for (size_t i = 0; i < n_kept + 1; i++) {
                 r = wbuf_line(&w, recs[i]->json, recs[i]->len);
                 if (r < 0)

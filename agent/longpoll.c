@@ -11,7 +11,7 @@
 
 void lp_init(struct longpoll *lp, unsigned max)
 {
-        *lp = (struct longpoll){.max = max, .next_deadline = UINT64_MAX};
+        *lp = (struct longpoll){ .max = max, .next_deadline = UINT64_MAX };
         pthread_mutex_init(&lp->lock, NULL);
 }
 

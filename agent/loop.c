@@ -63,7 +63,7 @@ int loop_add_timer_client(struct loop *l, const struct loop_timer_client *c)
 void loop_rearm(struct loop *l)
 {
         uint64_t next = UINT64_MAX;
-        struct itimerspec its = {0};
+        struct itimerspec its = { 0 };
 
         /* Serialized so two threads cannot arm a stale deadline last. */
         pthread_mutex_lock(&l->arm_lock);
@@ -109,9 +109,9 @@ static void *loop_main(void *userdata)
         struct loop *l = userdata;
         struct backend *b = l->agent->backend;
         struct pollfd pfd[3] = {
-                {.fd = l->stop_fd, .events = POLLIN},
-                {.fd = l->timer_fd, .events = POLLIN},
-                {.fd = b->ops->watch_fd(b), .events = b->ops->watch_events(b)},
+                { .fd = l->stop_fd, .events = POLLIN },
+                { .fd = l->timer_fd, .events = POLLIN },
+                { .fd = b->ops->watch_fd(b), .events = b->ops->watch_events(b) },
         };
 
         for (;;) {

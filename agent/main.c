@@ -116,7 +116,7 @@ static int run(void)
         struct journal *journal = NULL;
         struct agent *agent = NULL;
         struct server *server = NULL;
-        struct journal_load_report rep = {0};
+        struct journal_load_report rep = { 0 };
         char msg[512] = "", abs_dir[PATH_MAX];
         enum luo_state ks_ioctl, ks_sysfs;
         sigset_t mask;

@@ -13,13 +13,14 @@
 #include "luofleet/macro.h"
 #include "metrics.h"
 
-const double metrics_buckets[METRICS_N_BUCKETS] = {
-        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5};
+const double metrics_buckets[METRICS_N_BUCKETS] = { 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                                                    0.005,  0.01,    0.025,  0.05,  0.1,
+                                                    0.25,   0.5,     1,      5 };
 
-static const int codes[] = {200, 202, 304, 400, 401, 403, 404, 405,
-                            409, 412, 413, 415, 422, 500, 503, 504};
+static const int codes[] = { 200, 202, 304, 400, 401, 403, 404, 405,
+                             409, 412, 413, 415, 422, 500, 503, 504 };
 #define N_CODES ELEMENTSOF(codes)
-static const char *const methods[] = {"GET", "HEAD", "POST", "PUT", "DELETE", "OTHER"};
+static const char *const methods[] = { "GET", "HEAD", "POST", "PUT", "DELETE", "OTHER" };
 #define N_METHODS ELEMENTSOF(methods)
 
 struct route_metrics {
@@ -117,7 +118,7 @@ void strbuf_printf(struct strbuf *sb, const char *fmt, ...)
 void strbuf_free(struct strbuf *sb)
 {
         free(sb->s);
-        *sb = (struct strbuf){0};
+        *sb = (struct strbuf){ 0 };
 }
 
 void metrics_render_requests(struct strbuf *sb)

@@ -263,8 +263,8 @@ refuse:
 
 static void sleep_ms(uint64_t ms)
 {
-        struct timespec ts = {.tv_sec = (time_t)(ms / 1000),
-                              .tv_nsec = (long)(ms % 1000) * 1000000};
+        struct timespec ts = { .tv_sec = (time_t)(ms / 1000),
+                               .tv_nsec = (long)(ms % 1000) * 1000000 };
         while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
                 ;
 }
@@ -274,7 +274,7 @@ void agent_op_execute(struct op_job *job)
         struct agent *a = job->agent;
         struct backend *b = a->backend;
         const char *action = op_action_to_string(job->rq.action);
-        struct stage_result sr = {0};
+        struct stage_result sr = { 0 };
         enum luo_state ks;
         char when[RFC3339_MAX], eb[16];
         int r = 0, status;
@@ -338,7 +338,7 @@ void agent_op_execute(struct op_job *job)
                 struct problem_errno_map m = problem_from_errno(r);
                 char detail[256];
                 if (job->rq.action == OP_REBOOT && r == -EINVAL)
-                        m = (struct problem_errno_map){EINVAL, 500, "kernel-error"};
+                        m = (struct problem_errno_map){ EINVAL, 500, "kernel-error" };
                 snprintf(detail, sizeof(detail), "the kernel refused %s: %s (%s)", action,
                          strerror(-r), errno_name(r, eb));
                 status = m.status;

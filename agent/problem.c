@@ -18,30 +18,30 @@ static const struct {
         const char *code;
         const char *title;
 } titles[] = {
-        {"not-found", "No such resource"},
-        {"method-not-allowed", "Method not allowed"},
-        {"unsupported-media-type", "Request body must be application/json"},
-        {"malformed-json", "Malformed JSON body"},
-        {"unknown-field", "Unknown field in request body"},
-        {"invalid-field", "Invalid field in request body"},
-        {"invalid-query", "Invalid query parameter"},
-        {"body-too-large", "Request body too large"},
-        {"precondition-failed", "The state document changed (If-Match)"},
-        {"invalid-transition", "Action not allowed in the current state"},
-        {"operation-in-progress", "Another operation is in progress"},
-        {"operation-id-conflict", "operation_id already used for another action"},
-        {"no-kernel-staged", "No kernel is staged for kexec"},
-        {"digest-mismatch", "SHA-256 digest does not match"},
-        {"file-not-found", "File not found"},
-        {"not-a-regular-file", "Not a regular file"},
-        {"kernel-busy", "The kernel orchestrator is busy"},
-        {"kernel-interrupted", "The kernel call was interrupted; retry"},
-        {"kernel-error", "The kernel refused the operation"},
-        {"kernel-permission-denied", "The agent lacks the privilege for this kernel call"},
-        {"too-many-waiters", "Too many long-poll waiters"},
-        {"too-many-streams", "Too many event streams"},
-        {"shutting-down", "The agent is shutting down"},
-        {"internal-error", "Internal error"},
+        { "not-found", "No such resource" },
+        { "method-not-allowed", "Method not allowed" },
+        { "unsupported-media-type", "Request body must be application/json" },
+        { "malformed-json", "Malformed JSON body" },
+        { "unknown-field", "Unknown field in request body" },
+        { "invalid-field", "Invalid field in request body" },
+        { "invalid-query", "Invalid query parameter" },
+        { "body-too-large", "Request body too large" },
+        { "precondition-failed", "The state document changed (If-Match)" },
+        { "invalid-transition", "Action not allowed in the current state" },
+        { "operation-in-progress", "Another operation is in progress" },
+        { "operation-id-conflict", "operation_id already used for another action" },
+        { "no-kernel-staged", "No kernel is staged for kexec" },
+        { "digest-mismatch", "SHA-256 digest does not match" },
+        { "file-not-found", "File not found" },
+        { "not-a-regular-file", "Not a regular file" },
+        { "kernel-busy", "The kernel orchestrator is busy" },
+        { "kernel-interrupted", "The kernel call was interrupted; retry" },
+        { "kernel-error", "The kernel refused the operation" },
+        { "kernel-permission-denied", "The agent lacks the privilege for this kernel call" },
+        { "too-many-waiters", "Too many long-poll waiters" },
+        { "too-many-streams", "Too many event streams" },
+        { "shutting-down", "The agent is shutting down" },
+        { "internal-error", "Internal error" },
 };
 
 const char *problem_title(const char *code)
@@ -83,10 +83,10 @@ json_t *problem_new(int status, const char *code, const char *detail)
  * the kernel is the truth, even when our own table said yes a moment ago.
  */
 static const struct problem_errno_map errno_map[] = {
-        {EINVAL, 409, "invalid-transition"},      {EBUSY, 409, "kernel-busy"},
-        {EAGAIN, 503, "kernel-interrupted"},      {EINTR, 503, "kernel-interrupted"},
-        {EPERM, 500, "kernel-permission-denied"}, {EACCES, 500, "kernel-permission-denied"},
-        {ENOEXEC, 409, "no-kernel-staged"},
+        { EINVAL, 409, "invalid-transition" },      { EBUSY, 409, "kernel-busy" },
+        { EAGAIN, 503, "kernel-interrupted" },      { EINTR, 503, "kernel-interrupted" },
+        { EPERM, 500, "kernel-permission-denied" }, { EACCES, 500, "kernel-permission-denied" },
+        { ENOEXEC, 409, "no-kernel-staged" },
 };
 
 struct problem_errno_map problem_from_errno(int err)
@@ -96,7 +96,7 @@ struct problem_errno_map problem_from_errno(int err)
         for (size_t i = 0; i < ELEMENTSOF(errno_map); i++)
                 if (errno_map[i].err == err)
                         return errno_map[i];
-        return (struct problem_errno_map){err, 500, "kernel-error"};
+        return (struct problem_errno_map){ err, 500, "kernel-error" };
 }
 
 void http_reply_clear(struct http_reply *rep)
@@ -105,7 +105,7 @@ void http_reply_clear(struct http_reply *rep)
         doc_snapshot_unref(rep->snap);
         free(rep->text);
         op_job_free(rep->job);
-        *rep = (struct http_reply){0};
+        *rep = (struct http_reply){ 0 };
 }
 
 int http_reply_json(struct http_reply *rep, int status, json_t *json)

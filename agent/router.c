@@ -18,19 +18,19 @@ struct route {
 };
 
 static struct route routes[] = {
-        {HTTP_GET, "/v1/state", h_state_get, -1},
-        {HTTP_GET, "/v1/events", h_events_get, -1},
-        {HTTP_POST, "/v1/prepare", h_action_post, -1},
-        {HTTP_POST, "/v1/cancel", h_action_post, -1},
-        {HTTP_POST, "/v1/reboot", h_action_post, -1},
-        {HTTP_POST, "/v1/finish", h_action_post, -1},
-        {HTTP_PUT, "/v1/kernel", h_kernel_put, -1},
-        {HTTP_GET, "/v1/kernel", h_kernel_get, -1},
-        {HTTP_DELETE, "/v1/kernel", h_kernel_delete, -1},
-        {HTTP_GET, "/v1/history", h_history_get, -1},
-        {HTTP_GET, "/healthz", h_healthz_get, -1},
-        {HTTP_GET, "/readyz", h_readyz_get, -1},
-        {HTTP_GET, "/metrics", h_metrics_get, -1},
+        { HTTP_GET, "/v1/state", h_state_get, -1 },
+        { HTTP_GET, "/v1/events", h_events_get, -1 },
+        { HTTP_POST, "/v1/prepare", h_action_post, -1 },
+        { HTTP_POST, "/v1/cancel", h_action_post, -1 },
+        { HTTP_POST, "/v1/reboot", h_action_post, -1 },
+        { HTTP_POST, "/v1/finish", h_action_post, -1 },
+        { HTTP_PUT, "/v1/kernel", h_kernel_put, -1 },
+        { HTTP_GET, "/v1/kernel", h_kernel_get, -1 },
+        { HTTP_DELETE, "/v1/kernel", h_kernel_delete, -1 },
+        { HTTP_GET, "/v1/history", h_history_get, -1 },
+        { HTTP_GET, "/healthz", h_healthz_get, -1 },
+        { HTTP_GET, "/readyz", h_readyz_get, -1 },
+        { HTTP_GET, "/metrics", h_metrics_get, -1 },
 };
 
 void router_init(void)

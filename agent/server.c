@@ -235,10 +235,10 @@ static enum MHD_Result defer(struct req_ctx *ctx)
         }
         switch (d) {
         case DEFER_LONGPOLL:
-                ctx->waiter = (struct lp_waiter){.index = rep->wait_index,
-                                                 .deadline = rep->wait_deadline,
-                                                 .queued_at = now_mono_usec(),
-                                                 .resume = waiter_resume};
+                ctx->waiter = (struct lp_waiter){ .index = rep->wait_index,
+                                                  .deadline = rep->wait_deadline,
+                                                  .queued_at = now_mono_usec(),
+                                                  .resume = waiter_resume };
                 ctx->phase = PH_SUSPENDED;
                 MHD_suspend_connection(ctx->conn);
                 r = lp_add(&srv->lp, &ctx->waiter, agent_index_cb, srv->agent);
@@ -526,7 +526,7 @@ static int listen_socket(const struct listen_addr *la, char *url, size_t url_siz
         int one = 1;
 
         if (la->is_unix) {
-                struct sockaddr_un sun = {.sun_family = AF_UNIX};
+                struct sockaddr_un sun = { .sun_family = AF_UNIX };
                 struct stat st;
 
                 if (strlen(la->path) >= sizeof(sun.sun_path))
@@ -543,9 +543,9 @@ static int listen_socket(const struct listen_addr *la, char *url, size_t url_siz
                 (void)chmod(la->path, 0660);
                 snprintf(url, url_size, "unix:%s", la->path);
         } else {
-                struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                                         .ai_socktype = SOCK_STREAM,
-                                         .ai_flags = AI_PASSIVE | AI_NUMERICSERV},
+                struct addrinfo hints = { .ai_family = AF_UNSPEC,
+                                          .ai_socktype = SOCK_STREAM,
+                                          .ai_flags = AI_PASSIVE | AI_NUMERICSERV },
                                 *ai = NULL;
                 struct sockaddr_storage ss;
                 socklen_t sl = sizeof(ss);
@@ -604,9 +604,9 @@ int server_new(struct agent *a, const struct agent_config *cfg, struct server **
         lp_set_loop(&s->lp, s->loop);
         sse_set_loop(&s->sse, s->loop);
         loop_add_timer_client(s->loop,
-                              &(struct loop_timer_client){lp_next_deadline, lp_fire, &s->lp});
+                              &(struct loop_timer_client){ lp_next_deadline, lp_fire, &s->lp });
         loop_add_timer_client(s->loop,
-                              &(struct loop_timer_client){sse_next_deadline, sse_fire, &s->sse});
+                              &(struct loop_timer_client){ sse_next_deadline, sse_fire, &s->sse });
         agent_add_listener(a, lp_notify, &s->lp);
         agent_add_listener(a, sse_notify, &s->sse);
         *ret = s;
@@ -644,9 +644,9 @@ int server_start(struct server *s)
                  * header set (bodies are copied out) at a third of the cost of 64 KiB.
                  */
                 struct MHD_OptionItem pool[] = {
-                        {s->cfg->http_threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END,
-                         (intptr_t)s->cfg->http_threads, NULL},
-                        {MHD_OPTION_END, 0, NULL},
+                        { s->cfg->http_threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END,
+                          (intptr_t)s->cfg->http_threads, NULL },
+                        { MHD_OPTION_END, 0, NULL },
                 };
                 lis->daemon = MHD_start_daemon(
                         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
@@ -694,7 +694,7 @@ void server_stop(struct server *s)
          * moment before the daemons close every connection.
          */
         for (int i = 0; i < 200 && atomic_load(&s->deferred) > 0; i++) {
-                struct timespec ts = {0, 10 * 1000 * 1000};
+                struct timespec ts = { 0, 10 * 1000 * 1000 };
                 nanosleep(&ts, NULL);
         }
         if (atomic_load(&s->deferred) > 0)

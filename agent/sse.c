@@ -39,10 +39,10 @@ struct sse_client {
 
 void sse_init(struct sse *s, struct agent *a, unsigned max, uint64_t heartbeat_ms)
 {
-        *s = (struct sse){.agent = a,
-                          .max = max,
-                          .heartbeat_usec = heartbeat_ms * 1000,
-                          .next_heartbeat = UINT64_MAX};
+        *s = (struct sse){ .agent = a,
+                           .max = max,
+                           .heartbeat_usec = heartbeat_ms * 1000,
+                           .next_heartbeat = UINT64_MAX };
         pthread_mutex_init(&s->lock, NULL);
 }
 

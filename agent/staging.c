@@ -125,7 +125,7 @@ static int stage_open(const char *field, const char *path, const char *want,
          * comes, and opening some devices acts (a watchdog starts ticking).
          * Then open without blocking and check it is still the same file.
          */
-        struct stat before = {0};
+        struct stat before = { 0 };
         if (stat(path, &before) == 0 && !S_ISREG(before.st_mode)) {
                 fail(res, 422, "not-a-regular-file", "%s: %s is not a regular file", field, path);
                 res->extra = json_pack("{s:s}", "field", field);
@@ -174,7 +174,7 @@ int staging_run(struct backend *b, const struct op_request *rq, struct stage_res
         char when[RFC3339_MAX];
         int r;
 
-        *res = (struct stage_result){0};
+        *res = (struct stage_result){ 0 };
         kfd = stage_open("kernel", rq->kernel_path, rq->kernel_sha256, res, &kfile);
         if (kfd < 0)
                 return 0;
@@ -191,7 +191,7 @@ int staging_run(struct backend *b, const struct op_request *rq, struct stage_res
                 char eb[16];
                 /* EINVAL from kexec_file_load is not a transition problem. */
                 if (-r == EINVAL || -r == ENOEXEC)
-                        m = (struct problem_errno_map){-r, 422, "kernel-error"};
+                        m = (struct problem_errno_map){ -r, 422, "kernel-error" };
                 fail(res, m.status, m.code, "kexec_file_load failed: %s (%s)", strerror(-r),
                      errno_name(r, eb));
                 res->err = -r;

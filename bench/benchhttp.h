@@ -74,7 +74,7 @@ static inline void raise_nofile(unsigned want)
 /* Start a non-blocking connect; bconn_wait_connected() finishes it. */
 static inline void bconn_open(struct bconn *c, const char *host, unsigned port)
 {
-        struct sockaddr_in sin = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+        struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
         int one = 1;
 
         memset(c, 0, sizeof(*c));
@@ -94,7 +94,7 @@ static inline void bconn_open(struct bconn *c, const char *host, unsigned port)
 
 static inline void bconn_wait_connected(struct bconn *c)
 {
-        struct pollfd p = {.fd = c->fd, .events = POLLOUT};
+        struct pollfd p = { .fd = c->fd, .events = POLLOUT };
         int err = 0;
         socklen_t l = sizeof(err);
 
@@ -122,7 +122,7 @@ static inline void bconn_send(struct bconn *c, const char *s, size_t n)
                         if (errno == EINTR)
                                 continue;
                         if (errno == EAGAIN) {
-                                struct pollfd p = {.fd = c->fd, .events = POLLOUT};
+                                struct pollfd p = { .fd = c->fd, .events = POLLOUT };
                                 (void)poll(&p, 1, 1000);
                                 continue;
                         }
@@ -215,7 +215,7 @@ static inline void bconn_request(struct bconn *c, const char *req, int timeout_m
         bconn_reset(c);
         bconn_send(c, req, strlen(req));
         for (;;) {
-                struct pollfd p = {.fd = c->fd, .events = POLLIN};
+                struct pollfd p = { .fd = c->fd, .events = POLLIN };
                 int64_t left = (int64_t)(deadline - now_ns()) / 1000000;
                 if (left <= 0 || poll(&p, 1, (int)left) == 0)
                         die("no answer within %d ms to %.60s", timeout_ms, req);

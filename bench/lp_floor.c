@@ -167,13 +167,14 @@ static void drop(int ep, struct fconn *c)
 int main(int argc, char **argv)
 {
         unsigned long port = 0;
-        struct sockaddr_in sin = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+        struct sockaddr_in sin = { .sin_family = AF_INET,
+                                   .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
         socklen_t sl = sizeof(sin);
         int one = 1, lfd, ep;
         struct epoll_event ev[256];
 
         /* SIGTERM/SIGINT are blocked except inside epoll_pwait(): no lost stop. */
-        struct sigaction sa = {.sa_handler = on_signal};
+        struct sigaction sa = { .sa_handler = on_signal };
         sigset_t block, waitmask;
         sigemptyset(&block);
         sigaddset(&block, SIGTERM);
@@ -210,7 +211,7 @@ int main(int argc, char **argv)
             listen(lfd, 4096) < 0 || getsockname(lfd, (struct sockaddr *)&sin, &sl) < 0)
                 die("listen: %s", strerror(errno));
         ep = epoll_create1(EPOLL_CLOEXEC);
-        struct epoll_event lev = {.events = EPOLLIN, .data.ptr = NULL};
+        struct epoll_event lev = { .events = EPOLLIN, .data.ptr = NULL };
         if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &lev) < 0)
                 die("epoll: %s", strerror(errno));
         printf("lp_floor: listening on http://127.0.0.1:%u\n", ntohs(sin.sin_port));
@@ -235,7 +236,8 @@ int main(int argc, char **argv)
                                         c->fd = fd;
                                         (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one,
                                                          sizeof(one));
-                                        struct epoll_event cev = {.events = EPOLLIN, .data.ptr = c};
+                                        struct epoll_event cev = { .events = EPOLLIN,
+                                                                   .data.ptr = c };
                                         if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &cev) < 0)
                                                 die("epoll_ctl: %s", strerror(errno));
                                 }

@@ -37,7 +37,8 @@ struct opts {
 };
 
 static struct opts o = {
-        .host = "127.0.0.1", .rounds = 20, .warmup = 2, .settle_ms = 10000, .wait = "60s"};
+        .host = "127.0.0.1", .rounds = 20, .warmup = 2, .settle_ms = 10000, .wait = "60s"
+};
 static struct bconn ctl;
 static struct bconn *w;
 static int ep = -1;
@@ -196,7 +197,7 @@ int main(int argc, char **argv)
                 die("out of memory");
         for (unsigned long i = 0; i < o.waiters; i++) {
                 bconn_open(&w[i], o.host, (unsigned)o.port);
-                struct epoll_event ev = {.events = EPOLLIN, .data.u64 = i};
+                struct epoll_event ev = { .events = EPOLLIN, .data.u64 = i };
                 if (epoll_ctl(ep, EPOLL_CTL_ADD, w[i].fd, &ev) < 0)
                         die("epoll_ctl: %s", strerror(errno));
         }
@@ -206,7 +207,7 @@ int main(int argc, char **argv)
         if (o.hold) {
                 unsigned long long index;
                 char state[32];
-                struct sigaction sa = {.sa_handler = on_signal};
+                struct sigaction sa = { .sa_handler = on_signal };
                 sigset_t block, waitmask;
                 sigemptyset(&block);
                 sigaddset(&block, SIGTERM);
@@ -232,7 +233,7 @@ int main(int argc, char **argv)
                 return 0;
         }
 
-        struct epoll_event cev = {.events = EPOLLIN, .data.u64 = (uint64_t)-1};
+        struct epoll_event cev = { .events = EPOLLIN, .data.u64 = (uint64_t)-1 };
         if (epoll_ctl(ep, EPOLL_CTL_ADD, ctl.fd, &cev) < 0)
                 die("epoll_ctl: %s", strerror(errno));
 

@@ -31,9 +31,9 @@ int log_level_from_string(const char *s)
                 const char *name;
                 enum log_level level;
         } t[] = {
-                {"error", LOG_LEVEL_ERR},     {"warning", LOG_LEVEL_WARNING},
-                {"notice", LOG_LEVEL_NOTICE}, {"info", LOG_LEVEL_INFO},
-                {"debug", LOG_LEVEL_DEBUG},
+                { "error", LOG_LEVEL_ERR },     { "warning", LOG_LEVEL_WARNING },
+                { "notice", LOG_LEVEL_NOTICE }, { "info", LOG_LEVEL_INFO },
+                { "debug", LOG_LEVEL_DEBUG },
         };
         for (size_t i = 0; s && i < ELEMENTSOF(t); i++)
                 if (strcmp(s, t[i].name) == 0)

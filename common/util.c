@@ -104,7 +104,7 @@ char *format_rfc3339_ms(uint64_t real_usec, char buf[static RFC3339_MAX])
 
 int parse_rfc3339(const char *s, uint64_t *ret_real_usec)
 {
-        struct tm tm = {0};
+        struct tm tm = { 0 };
         unsigned ms = 0;
         const char *p;
 

@@ -103,7 +103,7 @@ static int fault_parse_delay(const char *s, unsigned *ret_ms)
 
 int backend_config_add_fault(struct backend_config *cfg, const char *spec)
 {
-        struct sim_fault f = {0};
+        struct sim_fault f = { 0 };
         const char *eq, *value, *colon;
         char errbuf[32];
         int op = -1, e;

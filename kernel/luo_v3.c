@@ -129,7 +129,7 @@ static void luo_v3_freep(struct luo_v3 **p)
 
 static int luo_v3_get_state(struct backend *b, enum luo_state *ret)
 {
-        struct luo_ioc_get_state arg = {.size = sizeof(arg)};
+        struct luo_ioc_get_state arg = { .size = sizeof(arg) };
         int r;
 
         r = v3_ioctl(to_v3(b), LUO_IOC_GET_STATE, &arg);
@@ -159,7 +159,7 @@ static int luo_v3_watch_read(struct backend *b, enum luo_state *ret)
 
 static int luo_v3_set_event(struct backend *b, enum luo_event ev)
 {
-        struct luo_ioc_set_event arg = {.size = sizeof(arg)};
+        struct luo_ioc_set_event arg = { .size = sizeof(arg) };
         int r;
 
         /*

@@ -104,7 +104,7 @@ static void sim_op_unlockp(struct sim **s)
 
 static void sim_sleep_ms(unsigned ms)
 {
-        struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+        struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L };
 
         while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
                 ;

@@ -85,7 +85,7 @@ static void teardown(void)
 /* A request as httpd.c would build it. */
 static struct http_req mkreq(enum http_method m, const char *path, const char *body)
 {
-        struct http_req r = {.method = m, .path = path, .agent = agent, .max_wait_ms = 600000};
+        struct http_req r = { .method = m, .path = path, .agent = agent, .max_wait_ms = 600000 };
         if (body) {
                 r.body = body;
                 r.body_len = strlen(body);
@@ -105,7 +105,7 @@ static void add_arg(struct http_req *r, const char *k, const char *v)
 /* Dispatch; run a deferred job at once; return the status. */
 static int call(struct http_req *req, struct http_reply *rep)
 {
-        *rep = (struct http_reply){0};
+        *rep = (struct http_reply){ 0 };
         router_dispatch(req, rep);
         if (rep->defer == DEFER_WORKER || rep->defer == DEFER_AFTER) {
                 struct op_job *job = TAKE_PTR(rep->job);
@@ -197,17 +197,17 @@ START_TEST(test_state_query)
                 int status;
                 enum http_defer defer;
         } cases[] = {
-                {"1", "30s", 0, DEFER_LONGPOLL}, /* current index: wait */
-                {"0", "30s", 200, DEFER_NONE},   /* behind: answer */
-                {"5", "30s", 200, DEFER_NONE},   /* from the future: answer */
-                {"1", "0", 200, DEFER_NONE},     /* no wait */
-                {"1", NULL, 0, DEFER_LONGPOLL},  /* default wait */
-                {"-1", NULL, 400, DEFER_NONE},
-                {"abc", NULL, 400, DEFER_NONE},
-                {"99999999999999999999", NULL, 400, DEFER_NONE},
-                {"1", "10x", 400, DEFER_NONE},
-                {"1", "-5s", 400, DEFER_NONE},
-                {NULL, "5s", 400, DEFER_NONE}, /* wait without index */
+                { "1", "30s", 0, DEFER_LONGPOLL }, /* current index: wait */
+                { "0", "30s", 200, DEFER_NONE },   /* behind: answer */
+                { "5", "30s", 200, DEFER_NONE },   /* from the future: answer */
+                { "1", "0", 200, DEFER_NONE },     /* no wait */
+                { "1", NULL, 0, DEFER_LONGPOLL },  /* default wait */
+                { "-1", NULL, 400, DEFER_NONE },
+                { "abc", NULL, 400, DEFER_NONE },
+                { "99999999999999999999", NULL, 400, DEFER_NONE },
+                { "1", "10x", 400, DEFER_NONE },
+                { "1", "-5s", 400, DEFER_NONE },
+                { NULL, "5s", 400, DEFER_NONE }, /* wait without index */
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 struct http_req req = mkreq(HTTP_GET, "/v1/state", NULL);
@@ -276,20 +276,20 @@ START_TEST(test_bodies)
                 int status;
                 const char *code;
         } cases[] = {
-                {"{\"reason\":\"x\"", "application/json", 400, "malformed-json"},
-                {"[1]", "application/json", 400, "malformed-json"},
-                {"{\"a\":1,\"a\":2}", "application/json", 400, "malformed-json"},
-                {"{\"reason\":\"\xff\"}", "application/json", 400, "malformed-json"},
-                {"{\"bogus\":1}", "application/json", 400, "unknown-field"},
-                {"{\"reason\":5}", "application/json", 400, "invalid-field"},
-                {"{\"operation_id\":\"a b\"}", "application/json", 400, "invalid-field"},
-                {"{\"operation_id\":\"\"}", "application/json", 400, "invalid-field"},
-                {"{\"operation_id\":"
-                 "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}",
-                 "application/json", 400, "invalid-field"},
-                {"{\"reason\":\"x\"}", "text/plain", 415, "unsupported-media-type"},
-                {"{\"reason\":\"x\"}", NULL, 415, "unsupported-media-type"},
-                {"{\"reason\":\"x\"}", "application/json; charset=utf-8", 200, NULL},
+                { "{\"reason\":\"x\"", "application/json", 400, "malformed-json" },
+                { "[1]", "application/json", 400, "malformed-json" },
+                { "{\"a\":1,\"a\":2}", "application/json", 400, "malformed-json" },
+                { "{\"reason\":\"\xff\"}", "application/json", 400, "malformed-json" },
+                { "{\"bogus\":1}", "application/json", 400, "unknown-field" },
+                { "{\"reason\":5}", "application/json", 400, "invalid-field" },
+                { "{\"operation_id\":\"a b\"}", "application/json", 400, "invalid-field" },
+                { "{\"operation_id\":\"\"}", "application/json", 400, "invalid-field" },
+                { "{\"operation_id\":"
+                  "\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}",
+                  "application/json", 400, "invalid-field" },
+                { "{\"reason\":\"x\"}", "text/plain", 415, "unsupported-media-type" },
+                { "{\"reason\":\"x\"}", NULL, 415, "unsupported-media-type" },
+                { "{\"reason\":\"x\"}", "application/json; charset=utf-8", 200, NULL },
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 struct http_req req = mkreq(HTTP_POST, "/v1/prepare", cases[i].body);
@@ -544,7 +544,8 @@ START_TEST(test_history_paging)
         http_reply_clear(&rep);
 
         static const char *const bad[][2] = {
-                {"limit", "0"}, {"limit", "1001"}, {"since", "x"}, {"kind", "A;B"}};
+                { "limit", "0" }, { "limit", "1001" }, { "since", "x" }, { "kind", "A;B" }
+        };
         for (size_t i = 0; i < 4; i++) {
                 req = mkreq(HTTP_GET, "/v1/history", NULL);
                 add_arg(&req, bad[i][0], bad[i][1]);

@@ -159,7 +159,7 @@ static void check_monotonic(const struct journal *j)
 
 START_TEST(test_open_empty)
 {
-        struct journal_load_report rep = {.records = 99, .torn = true};
+        struct journal_load_report rep = { .records = 99, .torn = true };
         struct journal *j = jopen(0, &rep);
         struct stat st;
 
@@ -362,37 +362,37 @@ struct bad_case {
 };
 
 static const struct bad_case bad_cases[] = {
-        {"last line without newline", L(GOOD_ALL), 3, 3, L("{\"index\":4,\"kind\":\"x\"}"), true},
-        {"half a line", L(GOOD_ALL), 3, 3, L("{\"index\":4,\"ki"), true},
-        {"NUL-filled tail", L(GOOD_ALL), 3, 3, NULL, 4096, true},
-        {"garbage in the middle", L(GOOD1 GOOD2), 2, 2, L("garbage\n" GOOD3), false},
-        {"not an object", L(GOOD_ALL), 3, 3, L("[4]\n{\"index\":5,\"kind\":\"x\"}\n"), false},
-        {"no index", L(GOOD_ALL), 3, 3, L("{\"kind\":\"x\"}\n"), false},
-        {"string index", L(GOOD_ALL), 3, 3, L("{\"index\":\"4\",\"kind\":\"x\"}\n"), false},
-        {"real index", L(GOOD_ALL), 3, 3, L("{\"index\":4.0,\"kind\":\"x\"}\n"), false},
-        {"negative index", L(GOOD_ALL), 3, 3, L("{\"index\":-4,\"kind\":\"x\"}\n"), false},
-        {"huge index", L(GOOD_ALL), 3, 3, L("{\"index\":99999999999999999999,\"kind\":\"x\"}\n"),
-         false},
-        {"equal index", L(GOOD_ALL), 3, 3, L("{\"index\":3,\"kind\":\"x\"}\n"), false},
-        {"lower index", L(GOOD_ALL), 3, 3,
-         L("{\"index\":2,\"kind\":\"x\"}\n{\"index\":9,\"kind\":\"x\"}\n"), false},
-        {"no kind", L(GOOD_ALL), 3, 3, L("{\"index\":4}\n"), false},
-        {"number kind", L(GOOD_ALL), 3, 3, L("{\"index\":4,\"kind\":4}\n"), false},
-        {"NUL in kind", L(GOOD_ALL), 3, 3, L("{\"index\":4,\"kind\":\"a\\u0000\"}\n"), false},
-        {"duplicate key", L(GOOD_ALL), 3, 3, L("{\"index\":4,\"index\":5,\"kind\":\"x\"}\n"),
-         false},
-        {"raw NUL in a line", L(GOOD_ALL), 3, 3, L("{\"index\":4,\0\"kind\":\"x\"}\n"), false},
-        {"empty line", L(GOOD_ALL), 3, 3,
-         L("\n"
-           "{\"index\":4,\"kind\":\"x\"}\n"),
-         false},
-        {"trailing garbage", L(GOOD_ALL), 3, 3, L("{\"index\":4,\"kind\":\"x\"} x\n"), false},
-        {"invalid UTF-8", L(GOOD_ALL), 3, 3, L("{\"index\":4,\"kind\":\"\xff\"}\n"), false},
-        {"bad first line", "", 0, 0, 0, L("{\"index\":0,\"kind\":\"x\"}\n" GOOD1), false},
-        {"garbage only", "", 0, 0, 0,
-         L("\x7f"
-           "ELF\x02\x01\x01"),
-         true},
+        { "last line without newline", L(GOOD_ALL), 3, 3, L("{\"index\":4,\"kind\":\"x\"}"), true },
+        { "half a line", L(GOOD_ALL), 3, 3, L("{\"index\":4,\"ki"), true },
+        { "NUL-filled tail", L(GOOD_ALL), 3, 3, NULL, 4096, true },
+        { "garbage in the middle", L(GOOD1 GOOD2), 2, 2, L("garbage\n" GOOD3), false },
+        { "not an object", L(GOOD_ALL), 3, 3, L("[4]\n{\"index\":5,\"kind\":\"x\"}\n"), false },
+        { "no index", L(GOOD_ALL), 3, 3, L("{\"kind\":\"x\"}\n"), false },
+        { "string index", L(GOOD_ALL), 3, 3, L("{\"index\":\"4\",\"kind\":\"x\"}\n"), false },
+        { "real index", L(GOOD_ALL), 3, 3, L("{\"index\":4.0,\"kind\":\"x\"}\n"), false },
+        { "negative index", L(GOOD_ALL), 3, 3, L("{\"index\":-4,\"kind\":\"x\"}\n"), false },
+        { "huge index", L(GOOD_ALL), 3, 3, L("{\"index\":99999999999999999999,\"kind\":\"x\"}\n"),
+          false },
+        { "equal index", L(GOOD_ALL), 3, 3, L("{\"index\":3,\"kind\":\"x\"}\n"), false },
+        { "lower index", L(GOOD_ALL), 3, 3,
+          L("{\"index\":2,\"kind\":\"x\"}\n{\"index\":9,\"kind\":\"x\"}\n"), false },
+        { "no kind", L(GOOD_ALL), 3, 3, L("{\"index\":4}\n"), false },
+        { "number kind", L(GOOD_ALL), 3, 3, L("{\"index\":4,\"kind\":4}\n"), false },
+        { "NUL in kind", L(GOOD_ALL), 3, 3, L("{\"index\":4,\"kind\":\"a\\u0000\"}\n"), false },
+        { "duplicate key", L(GOOD_ALL), 3, 3, L("{\"index\":4,\"index\":5,\"kind\":\"x\"}\n"),
+          false },
+        { "raw NUL in a line", L(GOOD_ALL), 3, 3, L("{\"index\":4,\0\"kind\":\"x\"}\n"), false },
+        { "empty line", L(GOOD_ALL), 3, 3,
+          L("\n"
+            "{\"index\":4,\"kind\":\"x\"}\n"),
+          false },
+        { "trailing garbage", L(GOOD_ALL), 3, 3, L("{\"index\":4,\"kind\":\"x\"} x\n"), false },
+        { "invalid UTF-8", L(GOOD_ALL), 3, 3, L("{\"index\":4,\"kind\":\"\xff\"}\n"), false },
+        { "bad first line", "", 0, 0, 0, L("{\"index\":0,\"kind\":\"x\"}\n" GOOD1), false },
+        { "garbage only", "", 0, 0, 0,
+          L("\x7f"
+            "ELF\x02\x01\x01"),
+          true },
 };
 
 START_TEST(test_bad_tail)
@@ -504,7 +504,7 @@ static json_t *snap_fn(const struct journal_rec *const *dropped, size_t n, void 
 
 START_TEST(test_compaction)
 {
-        struct snap_probe probe = {0};
+        struct snap_probe probe = { 0 };
         struct journal *j = jopen(4096, NULL);
         char expect[256];
         char **saved;
@@ -605,7 +605,7 @@ START_TEST(test_compaction_bare)
         ck_assert_uint_eq(file_size(JNAME), 32 + 2000);
 
         /* A NULL from the snapshot function is the same bare snapshot. */
-        struct snap_probe probe = {.mode = 1};
+        struct snap_probe probe = { .mode = 1 };
         journal_set_snapshot_fn(j, snap_fn, &probe);
         for (uint64_t i = 141; i <= 161; i++)
                 ck_assert_int_eq(append100(j, i), 0);
@@ -621,7 +621,7 @@ END_TEST
 START_TEST(test_compact_explicit)
 {
         struct journal *j = jopen(4096, NULL);
-        struct snap_probe probe = {0};
+        struct snap_probe probe = { 0 };
 
         journal_set_snapshot_fn(j, snap_fn, &probe);
         ck_assert_int_eq(journal_compact(j), 0); /* empty */
@@ -805,7 +805,7 @@ END_TEST
 START_TEST(test_compact_fail_tmp)
 {
         struct journal *j = jopen(4096, NULL);
-        struct snap_probe probe = {0};
+        struct snap_probe probe = { 0 };
         char *before, *after;
         size_t blen, alen;
 
@@ -842,7 +842,7 @@ END_TEST
 START_TEST(test_compact_fail_snapshot)
 {
         struct journal *j = jopen(4096, NULL);
-        struct snap_probe probe = {.mode = 2};
+        struct snap_probe probe = { .mode = 2 };
 
         journal_set_snapshot_fn(j, snap_fn, &probe);
         for (uint64_t i = 100; i < 130; i++)
@@ -875,7 +875,7 @@ static struct sigaction saved_xfsz;
 
 static void fsize_limit(rlim_t limit)
 {
-        struct sigaction sa = {.sa_handler = SIG_IGN};
+        struct sigaction sa = { .sa_handler = SIG_IGN };
         struct rlimit rl;
 
         ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &saved_fsize), 0);
@@ -895,7 +895,7 @@ START_TEST(test_write_failures)
 {
         struct journal_load_report rep;
         struct journal *j = jopen(4096, NULL);
-        struct snap_probe probe = {0};
+        struct snap_probe probe = { 0 };
         char *before, *after;
         size_t blen, alen;
 

@@ -28,7 +28,8 @@ static void on_resume(struct lp_waiter *w)
 
 static void init_waiter(int i, uint64_t index, uint64_t deadline)
 {
-        waiters[i] = (struct lp_waiter){.index = index, .deadline = deadline, .resume = on_resume};
+        waiters[i] =
+                (struct lp_waiter){ .index = index, .deadline = deadline, .resume = on_resume };
 }
 
 static void reset(void)
@@ -131,8 +132,9 @@ START_TEST(test_many)
         many_count = 0;
         lp_init(&lp, N);
         for (int i = 0; i < N; i++) {
-                w[i] = (struct lp_waiter){
-                        .index = 5, .deadline = 1000 + (uint64_t)i, .resume = count_resume};
+                w[i] = (struct lp_waiter){ .index = 5,
+                                           .deadline = 1000 + (uint64_t)i,
+                                           .resume = count_resume };
                 ck_assert_int_eq(lp_add(&lp, &w[i], cur_index, NULL), 0);
         }
         ck_assert_uint_eq(lp_next_deadline(&lp), 1000);

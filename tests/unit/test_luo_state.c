@@ -12,11 +12,11 @@
 
 /* The kernel's answer for each pair: the target state, or -EINVAL. */
 static const int expected[_LUO_STATE_MAX][_LUO_EVENT_MAX] = {
-        [LUO_STATE_UNDEFINED] = {-EINVAL, -EINVAL, -EINVAL, -EINVAL},
-        [LUO_STATE_NORMAL] = {LUO_STATE_PREPARED, -EINVAL, -EINVAL, -EINVAL},
-        [LUO_STATE_PREPARED] = {-EINVAL, -EINVAL, -EINVAL, LUO_STATE_NORMAL},
-        [LUO_STATE_FROZEN] = {-EINVAL, -EINVAL, -EINVAL, LUO_STATE_NORMAL},
-        [LUO_STATE_UPDATED] = {-EINVAL, -EINVAL, LUO_STATE_NORMAL, -EINVAL},
+        [LUO_STATE_UNDEFINED] = { -EINVAL, -EINVAL, -EINVAL, -EINVAL },
+        [LUO_STATE_NORMAL] = { LUO_STATE_PREPARED, -EINVAL, -EINVAL, -EINVAL },
+        [LUO_STATE_PREPARED] = { -EINVAL, -EINVAL, -EINVAL, LUO_STATE_NORMAL },
+        [LUO_STATE_FROZEN] = { -EINVAL, -EINVAL, -EINVAL, LUO_STATE_NORMAL },
+        [LUO_STATE_UPDATED] = { -EINVAL, -EINVAL, LUO_STATE_NORMAL, -EINVAL },
 };
 
 START_TEST(test_transition_table)
@@ -69,7 +69,8 @@ END_TEST
 
 START_TEST(test_state_strings)
 {
-        static const char *const names[] = {"undefined", "normal", "prepared", "frozen", "updated"};
+        static const char *const names[] = { "undefined", "normal", "prepared", "frozen",
+                                             "updated" };
 
         for (int s = 0; s < _LUO_STATE_MAX; s++) {
                 ck_assert_str_eq(luo_state_to_string((enum luo_state)s), names[s]);
@@ -83,7 +84,7 @@ END_TEST
 
 START_TEST(test_event_strings)
 {
-        static const char *const names[] = {"prepare", "freeze", "finish", "cancel"};
+        static const char *const names[] = { "prepare", "freeze", "finish", "cancel" };
 
         for (int e = 0; e < _LUO_EVENT_MAX; e++) {
                 ck_assert_str_eq(luo_event_to_string((enum luo_event)e), names[e]);

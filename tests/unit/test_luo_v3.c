@@ -241,7 +241,7 @@ static void teardown(void)
 
 static struct backend_config v3_cfg(enum backend_kind kind)
 {
-        return (struct backend_config){.kind = kind, .root = fake.root, .sys = &fake_sys};
+        return (struct backend_config){ .kind = kind, .root = fake.root, .sys = &fake_sys };
 }
 
 static struct backend *v3(void)
@@ -355,7 +355,7 @@ START_TEST(test_set_event)
         ck_assert_int_eq(watched(b), LUO_STATE_NORMAL);
 
         /* The kernel's errno comes back exactly. */
-        static const int errs[] = {EBUSY, EAGAIN, EFAULT, ENOMEM, E2BIG, EIO};
+        static const int errs[] = { EBUSY, EAGAIN, EFAULT, ENOMEM, E2BIG, EIO };
         for (size_t i = 0; i < ELEMENTSOF(errs); i++) {
                 fake.ioctl_errno = errs[i];
                 ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_PREPARE), -errs[i]);
@@ -455,7 +455,7 @@ END_TEST
 START_TEST(test_real_syscalls_on_fake_tree)
 {
         /* No injected table: the real ioctl on a regular file is ENOTTY. */
-        struct backend_config c = {.kind = BACKEND_LUO_V3, .root = fake.root};
+        struct backend_config c = { .kind = BACKEND_LUO_V3, .root = fake.root };
         struct backend *b = NULL;
         char msg[256] = "";
 

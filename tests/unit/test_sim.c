@@ -72,7 +72,7 @@ static enum luo_state state(struct backend *b)
 
 static short pending(struct backend *b)
 {
-        struct pollfd p = {.fd = b->ops->watch_fd(b), .events = b->ops->watch_events(b)};
+        struct pollfd p = { .fd = b->ops->watch_fd(b), .events = b->ops->watch_events(b) };
         int r = poll(&p, 1, 0);
         ck_assert_int_ge(r, 0);
         return r > 0 ? p.revents : 0;
@@ -229,14 +229,14 @@ END_TEST
 
 START_TEST(test_transitions)
 {
-        static const enum luo_event from_normal[] = {LUO_EVENT_FINISH, LUO_EVENT_CANCEL,
-                                                     LUO_EVENT_FREEZE};
-        static const enum luo_event from_prepared[] = {LUO_EVENT_PREPARE, LUO_EVENT_FINISH,
-                                                       LUO_EVENT_FREEZE};
-        static const enum luo_event from_frozen[] = {LUO_EVENT_PREPARE, LUO_EVENT_FINISH,
-                                                     LUO_EVENT_FREEZE};
-        static const enum luo_event from_updated[] = {LUO_EVENT_PREPARE, LUO_EVENT_CANCEL,
-                                                      LUO_EVENT_FREEZE};
+        static const enum luo_event from_normal[] = { LUO_EVENT_FINISH, LUO_EVENT_CANCEL,
+                                                      LUO_EVENT_FREEZE };
+        static const enum luo_event from_prepared[] = { LUO_EVENT_PREPARE, LUO_EVENT_FINISH,
+                                                        LUO_EVENT_FREEZE };
+        static const enum luo_event from_frozen[] = { LUO_EVENT_PREPARE, LUO_EVENT_FINISH,
+                                                      LUO_EVENT_FREEZE };
+        static const enum luo_event from_updated[] = { LUO_EVENT_PREPARE, LUO_EVENT_CANCEL,
+                                                       LUO_EVENT_FREEZE };
         struct backend *b = sim();
 
         /* normal */
@@ -870,7 +870,7 @@ static void *reader_thread(void *p)
 
 START_TEST(test_threads)
 {
-        struct reader rd = {.b = sim()};
+        struct reader rd = { .b = sim() };
         pthread_t t;
 
         ck_assert_int_eq(pthread_create(&t, NULL, reader_thread, &rd), 0);

@@ -105,8 +105,8 @@ START_TEST(test_parse_duration)
         ck_assert_uint_eq(ms, 1000);
 
         ms = 42;
-        static const char *const bad[] = {"",    "ms",  "s",    "5h", "5 s", " 5s",  "-5s",
-                                          "+5s", "5s5", "1.5s", "5S", "5MS", "5msx", "0x5"};
+        static const char *const bad[] = { "",    "ms",  "s",    "5h", "5 s", " 5s",  "-5s",
+                                           "+5s", "5s5", "1.5s", "5S", "5MS", "5msx", "0x5" };
         for (size_t i = 0; i < ELEMENTSOF(bad); i++)
                 ck_assert_msg(parse_duration_ms(bad[i], UINT64_MAX, &ms) == -EINVAL,
                               "accepted \"%s\"", bad[i]);
@@ -135,7 +135,8 @@ START_TEST(test_rfc3339)
 
         /* round trips at millisecond precision */
         static const uint64_t samples[] = {
-                0, 999000, 1000000, 951868799000000ull, 1795616902123000ull, 4102444799999000ull};
+                0, 999000, 1000000, 951868799000000ull, 1795616902123000ull, 4102444799999000ull
+        };
         for (size_t i = 0; i < ELEMENTSOF(samples); i++) {
                 format_rfc3339_ms(samples[i], buf);
                 ck_assert_int_eq(parse_rfc3339(buf, &t), 0);
@@ -151,14 +152,14 @@ START_TEST(test_rfc3339)
         ck_assert_uint_eq(t, 1795616902123000ull);
 
         t = 42;
-        static const char *const bad[] = {"",
-                                          "2026-11-25 14:28:22Z",
-                                          "2026-11-25T14:28:22",
-                                          "2026-11-25T14:28:22.Z",
-                                          "2026-11-25T14:28:22+01:00",
-                                          "2026-11-25T14:28:22.123Zx",
-                                          "2026-11-25",
-                                          "yesterday"};
+        static const char *const bad[] = { "",
+                                           "2026-11-25 14:28:22Z",
+                                           "2026-11-25T14:28:22",
+                                           "2026-11-25T14:28:22.Z",
+                                           "2026-11-25T14:28:22+01:00",
+                                           "2026-11-25T14:28:22.123Zx",
+                                           "2026-11-25",
+                                           "yesterday" };
         for (size_t i = 0; i < ELEMENTSOF(bad); i++)
                 ck_assert_msg(parse_rfc3339(bad[i], &t) == -EINVAL, "accepted \"%s\"", bad[i]);
         ck_assert_int_eq(parse_rfc3339(NULL, &t), -EINVAL);
@@ -286,7 +287,7 @@ END_TEST
 
 START_TEST(test_hex_and_mkdir)
 {
-        static const uint8_t in[] = {0x00, 0x01, 0xab, 0xff};
+        static const uint8_t in[] = { 0x00, 0x01, 0xab, 0xff };
         char out[9], path[PATH_MAX + 16];
         struct stat st;
 
