@@ -1,6 +1,6 @@
 # The two README commands, and a few conveniences. The build itself is CMake.
 #   make run    install dependencies, build, run the agent on the simulated kernel
-#   make test   install dependencies, build (plain and ASan+UBSan), run every default suite
+#   make test   install dependencies, build (plain, ASan+UBSan, TSan), run every suite (VM included)
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 LISTEN ?= 127.0.0.1:8421
 
@@ -21,8 +21,9 @@ run: build
 test:
 	scripts/test
 
-test-vm:
-	scripts/test --vm
+test-vm: build
+	scripts/install-deps --with-vm
+	cd build && ctest --output-on-failure -L vm
 
 bench: build
 	bench/run
