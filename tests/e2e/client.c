@@ -184,7 +184,7 @@ int main(int argc, char **argv)
                 port = (int)strtol(colon + 1, NULL, 10);
                 ip[colon - host] = 0;
         }
-        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((unsigned short)port)};
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((unsigned short)port) };
         if (inet_pton(AF_INET, ip, &sa.sin_addr) != 1) {
                 fprintf(stderr, "lfc: need a numeric IPv4 address: %s\n", ip);
                 return 2;
@@ -237,7 +237,7 @@ int main(int argc, char **argv)
                         rc = 3;
                         break;
                 }
-                struct pollfd p = {.fd = fd, .events = POLLIN};
+                struct pollfd p = { .fd = fd, .events = POLLIN };
                 int pr = poll(&p, 1, (int)(left > 1000000 ? 1000000 : left));
                 if (pr < 0 && errno == EINTR)
                         continue;
