@@ -13,6 +13,7 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <stdarg.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -279,6 +280,26 @@ static inline uint64_t percentile(const uint64_t *v, size_t n, double p)
         if (k > n)
                 k = n;
         return v[k - 1];
+}
+
+/*
+ * Install handler for SIGTERM and SIGINT and block both; *ret_waitmask is the
+ * mask to wait with (epoll_pwait, sigsuspend), so a stop is never lost
+ * between a check and the wait.
+ */
+static inline void stop_signals_setup(void (*handler)(int), sigset_t *ret_waitmask)
+{
+        struct sigaction sa = { .sa_handler = handler };
+        sigset_t block;
+
+        sigemptyset(&block);
+        sigaddset(&block, SIGTERM);
+        sigaddset(&block, SIGINT);
+        sigprocmask(SIG_BLOCK, &block, ret_waitmask);
+        sigdelset(ret_waitmask, SIGTERM);
+        sigdelset(ret_waitmask, SIGINT);
+        sigaction(SIGTERM, &sa, NULL);
+        sigaction(SIGINT, &sa, NULL);
 }
 
 static inline bool parse_uint_arg(const char *arg, const char *name, unsigned long *out)

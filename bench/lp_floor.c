@@ -174,16 +174,8 @@ int main(int argc, char **argv)
         struct epoll_event ev[256];
 
         /* SIGTERM/SIGINT are blocked except inside epoll_pwait(): no lost stop. */
-        struct sigaction sa = { .sa_handler = on_signal };
-        sigset_t block, waitmask;
-        sigemptyset(&block);
-        sigaddset(&block, SIGTERM);
-        sigaddset(&block, SIGINT);
-        sigprocmask(SIG_BLOCK, &block, &waitmask);
-        sigdelset(&waitmask, SIGTERM);
-        sigdelset(&waitmask, SIGINT);
-        sigaction(SIGTERM, &sa, NULL);
-        sigaction(SIGINT, &sa, NULL);
+        sigset_t waitmask;
+        stop_signals_setup(on_signal, &waitmask);
         signal(SIGPIPE, SIG_IGN);
         for (int i = 1; i < argc; i++) {
                 if (parse_uint_arg(argv[i], "--port", &port) ||

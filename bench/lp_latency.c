@@ -207,16 +207,8 @@ int main(int argc, char **argv)
         if (o.hold) {
                 unsigned long long index;
                 char state[32];
-                struct sigaction sa = { .sa_handler = on_signal };
-                sigset_t block, waitmask;
-                sigemptyset(&block);
-                sigaddset(&block, SIGTERM);
-                sigaddset(&block, SIGINT);
-                sigprocmask(SIG_BLOCK, &block, &waitmask);
-                sigdelset(&waitmask, SIGTERM);
-                sigdelset(&waitmask, SIGINT);
-                sigaction(SIGTERM, &sa, NULL);
-                sigaction(SIGINT, &sa, NULL);
+                sigset_t waitmask;
+                stop_signals_setup(on_signal, &waitmask);
                 get_state(&index, state, sizeof(state));
                 arm_waiters(index);
                 settle();
