@@ -1,6 +1,6 @@
 /* luofleet e2e test client: a tiny static HTTP/1.1 client for the VM guest.
  *
- *   lfc [-t SECONDS] [-H 'Name: value']... [-d BODY] [-e N] [-i] METHOD URL
+ *   lfc [-t SECONDS] [-H 'Name: value']... [-d BODY] [-e N] [-i] [-T] METHOD URL
  *
  * Sends one request (Connection: close), reads the answer and prints the
  * status code on the first line, then the body (de-chunked). With -i the
@@ -9,7 +9,11 @@
  * it from FILE. -t bounds the whole exchange (default 30 s): on expiry the
  * client prints what it has and exits 3 (so a long-poll or an event stream
  * can be cut off). -e N stops after N complete Server-Sent Events (blank-line
- * terminated blocks with a data: line) and exits 0.
+ * terminated blocks with a data: line) and exits 0. -T prints one timing line
+ * on stderr at the end: "lfc-time sent_us=S answer_us=R elapsed_us=R-S", S the
+ * CLOCK_MONOTONIC time (µs) when the request was completely written, R when
+ * the first byte of the answer arrived (0 if none), so that two clients in the
+ * same guest can be compared (a POST's S against a long-poll's R).
  * Exit status: 0 an answer was read, 1 connection/IO error, 2 usage,
  * 3 timeout, 4 connection closed before any status line (e.g. a kexec).
  * Only http://IPv4:PORT/PATH URLs (the guest talks to its own loopback).
@@ -43,6 +47,13 @@ static void append(const char *p, size_t n)
         memcpy(buf + len, p, n);
         len += n;
         buf[len] = 0;
+}
+
+static long long now_us(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 static long long now_ms(void)
@@ -133,8 +144,9 @@ int main(int argc, char **argv)
         double timeout = 30;
         const char *body = NULL;
         char headers[8192] = "";
-        int events = 0, show_headers = 0, opt;
-        while ((opt = getopt(argc, argv, "t:H:d:e:i")) != -1) {
+        int events = 0, show_headers = 0, timing = 0, opt;
+        long long sent_us = 0, answer_us = 0;
+        while ((opt = getopt(argc, argv, "t:H:d:e:iT")) != -1) {
                 switch (opt) {
                 case 't':
                         timeout = atof(optarg);
@@ -153,13 +165,16 @@ int main(int argc, char **argv)
                 case 'i':
                         show_headers = 1;
                         break;
+                case 'T':
+                        timing = 1;
+                        break;
                 default:
                         return 2;
                 }
         }
         if (argc - optind != 2) {
                 fprintf(stderr,
-                        "usage: lfc [-t s] [-H hdr] [-d body|@file] [-e n] [-i] METHOD URL\n");
+                        "usage: lfc [-t s] [-H hdr] [-d body|@file] [-e n] [-i] [-T] METHOD URL\n");
                 return 2;
         }
         const char *method = argv[optind], *url = argv[optind + 1];
@@ -225,6 +240,7 @@ int main(int argc, char **argv)
                 }
                 off += (size_t)w;
         }
+        sent_us = now_us();
 
         long long deadline = now_ms() + (long long)(timeout * 1000);
         int rc = 0;
@@ -260,6 +276,8 @@ int main(int argc, char **argv)
                                 rc = 4;
                         break;
                 }
+                if (!len)
+                        answer_us = now_us();
                 append(tmp, (size_t)r);
                 if (!hdr_end) {
                         char *e = strstr(buf, "\r\n\r\n");
@@ -296,6 +314,9 @@ int main(int argc, char **argv)
                 }
         }
         close(fd);
+        if (timing)
+                fprintf(stderr, "lfc-time sent_us=%lld answer_us=%lld elapsed_us=%lld\n", sent_us,
+                        answer_us, answer_us ? answer_us - sent_us : 0);
         if (!len) {
                 if (rc == 3)
                         fprintf(stderr, "lfc: timeout before any answer\n");

@@ -103,3 +103,79 @@ load_emul() {
         insmod /lib/luofleet/luo_emul.ko $_p "$@" || fail "insmod luo_emul.ko $_p $* failed"
         log "luo_emul loaded ($_p $*): state $(cat /sys/kernel/liveupdate/state 2>/dev/null)"
 }
+
+# --- helpers of the issue-3 scenarios (watch, refusals, crash-prepared, kexec-fail) ---
+
+sysfs_state() { cat /sys/kernel/liveupdate/state; }
+
+# expect_sysfs STATE what: the kernel's own sysfs file says STATE
+expect_sysfs() {
+        _s=$(sysfs_state)
+        [ "$_s" = "$1" ] || fail "$2: sysfs state is '$_s', want '$1'"
+}
+
+# expect_state STATE what: GET /v1/state is 200 with STATE and sysfs agrees (sets BODY, IDX)
+expect_state() {
+        req GET /v1/state
+        expect_status 200 "$2: GET /v1/state"
+        expect_field state "$1" "$2"
+        expect_sysfs "$1" "$2"
+        IDX=$(jstr index)
+}
+
+# expect_problem STATUS CODE what: a problem+json answer with this status and code
+expect_problem() {
+        expect_status "$1" "$3"
+        expect_field code "$2" "$3"
+        _st=$(jstr status)
+        [ "$_st" = "$1" ] || fail "$3: problem status member is '$_st', want $1"
+}
+
+# emul_param NAME VALUE: write a writable luo_emul parameter
+emul_param() {
+        echo "$2" >/sys/module/luo_emul/parameters/"$1" || fail "cannot set luo_emul $1=$2"
+        log "luo_emul $1=$(cat /sys/module/luo_emul/parameters/"$1")"
+}
+
+# wait_waiters N: until the agent holds N suspended long-polls (/metrics), at most 10 s
+wait_waiters() {
+        _i=0
+        while [ $_i -lt 200 ]; do
+                lfc -t 2 GET $A/metrics 2>/dev/null | grep -q "^luofleet_longpoll_waiters $1\$" &&
+                        return 0
+                sleep 0.05
+                _i=$((_i + 1))
+        done
+        fail "the agent did not hold $1 long-poll(s) within 10 s"
+}
+
+# wait_op_done ID: long-poll until the operation ID is no longer running (at most ~20 s);
+# leaves the final document in BODY
+wait_op_done() {
+        _i=0
+        while [ $_i -lt 20 ]; do
+                req GET /v1/state
+                if [ "$(jstr id)" = "$1" ] && [ "$(jstr status)" != running ]; then
+                        return 0
+                fi
+                req GET "/v1/state?index=$(jstr index)&wait=1s" "" -t 5
+                _i=$((_i + 1))
+        done
+        fail "operation $1 still running after ~20 s"
+}
+
+# lfc_time FILE KEY: a value (sent_us, answer_us, elapsed_us) from lfc -T's stderr in FILE
+lfc_time() { grep -o "$2=[0-9-]*" "$1" | head -n 1 | cut -d= -f2; }
+
+# history_body: GET /v1/history?limit=1000 into BODY, one record per line in HIST
+history_body() {
+        req GET "/v1/history?limit=1000"
+        expect_status 200 "GET /v1/history"
+        HIST=$(printf '%s' "$BODY" | sed 's/},{"index"/},\n{"index"/g')
+}
+
+# console MSG: a line on the serial console too (run-vm prints RESULT lines on success)
+console() {
+        log "$*"
+        echo "RESULT $SCENARIO: $*" >/dev/console
+}
