@@ -55,6 +55,7 @@ struct server_listener {
         struct server *srv;
         struct MHD_Daemon *daemon;
         int fd;
+        int quiesced_fd; /* returned by MHD_quiesce_daemon, closed after the stop */
         struct listen_addr addr;
         char url[160];
         /* The cached state document response (cache_lock). */
@@ -628,6 +629,7 @@ int server_start(struct server *s)
                 lis->srv = s;
                 lis->addr = s->cfg->listen[i];
                 lis->fd = -1;
+                lis->quiesced_fd = -1;
                 pthread_mutex_init(&lis->cache_lock, NULL);
                 s->listeners[s->n_listeners++] = lis;
                 r = listen_socket(&lis->addr, lis->url, sizeof(lis->url));
@@ -674,11 +676,10 @@ void server_stop(struct server *s)
         s->stopped = true;
         agent_set_shutting_down(s->agent);
         for (unsigned i = 0; i < s->n_listeners; i++)
-                if (s->listeners[i]->daemon) {
-                        int fd = MHD_quiesce_daemon(s->listeners[i]->daemon);
-                        if (fd >= 0)
-                                close(fd); /* quiesced: the listen socket is ours again */
-                }
+                if (s->listeners[i]->daemon)
+                        /* The listen socket is ours again, but MHD's thread may still
+                         * be taking it out of its epoll set: close it after the stop. */
+                        s->listeners[i]->quiesced_fd = MHD_quiesce_daemon(s->listeners[i]->daemon);
         lp_close(&s->lp);
         sse_close_all(&s->sse);
         /* The running operation finishes and its client is answered. */
@@ -705,6 +706,9 @@ void server_stop(struct server *s)
                 if (lis->daemon)
                         MHD_stop_daemon(lis->daemon);
                 lis->daemon = NULL;
+                if (lis->quiesced_fd >= 0)
+                        close(lis->quiesced_fd);
+                lis->quiesced_fd = -1;
                 if (lis->cache)
                         MHD_destroy_response(lis->cache);
                 lis->cache = NULL;
