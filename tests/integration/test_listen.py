@@ -94,7 +94,8 @@ class UnixSocketTest(harness.AgentTestCase):
         path = os.path.join(self.tmp, "not-a-socket")
         with open(path, "w") as f:
             f.write("precious\n")
-        a = self.agent("--listen=unix:" + path, start=False)
+        # TCP on a port of the kernel's choosing: only the Unix listener may fail here.
+        a = self.agent("--listen=unix:" + path, start=False, port=0)
         proc = harness.subprocess.run(a.command(), stdin=harness.subprocess.DEVNULL,
                                       stdout=harness.subprocess.PIPE,
                                       stderr=harness.subprocess.PIPE, timeout=20)
@@ -104,7 +105,7 @@ class UnixSocketTest(harness.AgentTestCase):
             self.assertEqual(f.read(), "precious\n")
 
     def test_relative_unix_path_is_a_usage_error(self):
-        a = self.agent("--listen=unix:relative.sock", start=False)
+        a = self.agent("--listen=unix:relative.sock", start=False, port=0)
         proc = harness.subprocess.run(a.command(), stdin=harness.subprocess.DEVNULL,
                                       stdout=harness.subprocess.PIPE,
                                       stderr=harness.subprocess.PIPE, timeout=20)
