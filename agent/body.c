@@ -73,11 +73,14 @@ int body_only_fields(json_t *obj, const char *const *allowed, const char *where,
                         if (strcmp(*a, key) == 0)
                                 ok = true;
                 if (!ok) {
-                        /* Clip hostile keys in the message. */
-                        http_reply_problem(rep, 400, "unknown-field", "unknown field %.64s%s%s",
-                                           key, where ? " in " : "", where ? where : "");
-                        json_object_set_new(rep->json, "field",
-                                            json_stringn(key, strnlen(key, 64)));
+                        /* Clip hostile keys in the message, at a UTF-8 boundary. */
+                        size_t n = strnlen(key, 64);
+                        if (key[n])
+                                while (n > 0 && ((unsigned char)key[n] & 0xc0) == 0x80)
+                                        n--;
+                        http_reply_problem(rep, 400, "unknown-field", "unknown field %.*s%s%s",
+                                           (int)n, key, where ? " in " : "", where ? where : "");
+                        json_object_set_new(rep->json, "field", json_stringn(key, n));
                         return 0;
                 }
         }

@@ -69,9 +69,50 @@ size_t problem_codes(const char *const **ret)
         return ELEMENTSOF(titles);
 }
 
+/*
+ * Copy s into out (size > 0), replacing each byte that does not start a
+ * valid UTF-8 sequence by '?': details echo client bytes (paths, methods,
+ * media types, jansson's error text), and one invalid byte would make
+ * json_pack fail and the problem document vanish.
+ */
+static void utf8_sanitize(const char *s, char *out, size_t size)
+{
+        const unsigned char *p = (const unsigned char *)s;
+        size_t o = 0;
+
+        while (*p && o + 1 < size) {
+                unsigned char c = *p;
+                size_t n = c < 0x80                 ? 1
+                           : c >= 0xc2 && c <= 0xdf ? 2
+                           : (c & 0xf0) == 0xe0     ? 3
+                           : c >= 0xf0 && c <= 0xf4 ? 4
+                                                    : 0;
+                bool ok = n > 0;
+
+                for (size_t i = 1; ok && i < n; i++)
+                        ok = (p[i] & 0xc0) == 0x80;
+                if (ok && n == 3 && ((c == 0xe0 && p[1] < 0xa0) || (c == 0xed && p[1] > 0x9f)))
+                        ok = false; /* overlong, surrogate */
+                if (ok && n == 4 && ((c == 0xf0 && p[1] < 0x90) || (c == 0xf4 && p[1] > 0x8f)))
+                        ok = false; /* overlong, > U+10FFFF */
+                if (!ok || o + n >= size) {
+                        out[o++] = '?';
+                        p++;
+                        continue;
+                }
+                memcpy(out + o, p, n);
+                o += n;
+                p += n;
+        }
+        out[o] = 0;
+}
+
 json_t *problem_new(int status, const char *code, const char *detail)
 {
-        char type[96];
+        char type[96], clean[512];
+
+        utf8_sanitize(detail ? detail : "", clean, sizeof(clean));
+        detail = clean;
 
         snprintf(type, sizeof(type), "urn:luofleet:problem:%s", code);
         return json_pack("{s:s, s:s, s:i, s:s, s:s}", "type", type, "title", problem_title(code),

@@ -510,6 +510,8 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
 }
 
 static void mhd_logger(void *cls, const char *fmt, va_list ap)
+        __attribute__((format(printf, 2, 0)));
+static void mhd_logger(void *cls, const char *fmt, va_list ap)
 {
         char buf[512];
 

@@ -303,6 +303,41 @@ START_TEST(test_bodies)
 }
 END_TEST
 
+/* Client bytes that are not UTF-8 never cost a problem document its body (found by fuzz_body). */
+START_TEST(test_problem_bodies_survive_bad_utf8)
+{
+        char body[128];
+        struct http_req req;
+        struct http_reply rep;
+
+        /* an unknown member whose name is clipped in the middle of a character */
+        snprintf(body, sizeof(body), "{\"%s\xc3\xa9\":1}",
+                 "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa");
+        req = mkreq(HTTP_POST, "/v1/prepare", body);
+        ck_assert_int_eq(call(&req, &rep), 400);
+        ck_assert_ptr_nonnull(rep.json);
+        ck_assert_str_eq(code_of(&rep), "unknown-field");
+        ck_assert_ptr_nonnull(json_string_value(json_object_get(rep.json, "field")));
+        ck_assert_ptr_nonnull(json_string_value(json_object_get(rep.json, "detail")));
+        http_reply_clear(&rep);
+
+        /* a bad escape right before a non-ASCII byte: jansson's message cuts the character */
+        req = mkreq(HTTP_POST, "/v1/prepare", "{\"kernel\\\xc4\x84\":1}");
+        ck_assert_int_eq(call(&req, &rep), 400);
+        ck_assert_ptr_nonnull(rep.json);
+        ck_assert_str_eq(code_of(&rep), "malformed-json");
+        http_reply_clear(&rep);
+
+        /* a method name that is not UTF-8, on a 405 */
+        req = mkreq(HTTP_OTHER, "/v1/state", NULL);
+        req.method_raw = "\xff\xfe";
+        ck_assert_int_eq(call(&req, &rep), 405);
+        ck_assert_ptr_nonnull(rep.json);
+        ck_assert_str_eq(code_of(&rep), "method-not-allowed");
+        http_reply_clear(&rep);
+}
+END_TEST
+
 START_TEST(test_transitions_and_idempotency)
 {
         struct http_req req;
@@ -600,6 +635,7 @@ static Suite *suite(void)
         tcase_add_test(tc, test_state_query);
         tcase_add_test(tc, test_routes);
         tcase_add_test(tc, test_bodies);
+        tcase_add_test(tc, test_problem_bodies_survive_bad_utf8);
         tcase_add_test(tc, test_transitions_and_idempotency);
         tcase_add_test(tc, test_staging_and_reboot);
         tcase_add_test(tc, test_history_paging);
