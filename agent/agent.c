@@ -105,16 +105,10 @@ void agent_add_listener(struct agent *a, agent_listener_fn fn, void *userdata)
         }
 }
 
-static void agent_notify(struct agent *a, uint64_t index)
+void agent_notify_index(struct agent *a, uint64_t index)
 {
         for (unsigned i = 0; i < a->n_listeners; i++)
                 a->listeners[i](a->listener_data[i], index);
-}
-
-void agent_notify_index(struct agent *a, uint64_t index);
-void agent_notify_index(struct agent *a, uint64_t index)
-{
-        agent_notify(a, index);
 }
 
 static json_t *time_json(uint64_t usec)
@@ -257,7 +251,7 @@ int agent_kernel_observed(struct agent *a, uint64_t ticket, enum luo_state s)
                 idx = a->index;
         agent_unlock(a);
         if (idx)
-                agent_notify(a, idx);
+                agent_notify_index(a, idx);
         return 0;
 }
 
@@ -284,10 +278,6 @@ static void agent_ops_put_locked(struct agent *a, json_t *op, int http_status, j
 }
 
 /* Shared with ops.c. */
-int agent_record_op_locked(struct agent *a, json_t *op, int http_status);
-int agent_record_op_extra_locked(struct agent *a, json_t *op, int http_status, json_t *extra);
-int agent_transition_op_locked(struct agent *a, enum luo_state to, const char *op_id);
-int agent_record_staging_locked(struct agent *a, json_t *staged);
 
 /*
  * extra: the problem's extension members of a failed operation (for example

@@ -152,5 +152,15 @@ void agent_unlock(struct agent *a);
 /* Journal check for /readyz. */
 int agent_journal_status(struct agent *a);
 
+/*
+ * For ops.c: records of an operation's life, with agent.lock held, and the
+ * notification of listeners once the lock is released.
+ */
+int agent_record_op_locked(struct agent *a, json_t *op, int http_status);
+int agent_record_op_extra_locked(struct agent *a, json_t *op, int http_status, json_t *extra);
+int agent_transition_op_locked(struct agent *a, enum luo_state to, const char *op_id);
+int agent_record_staging_locked(struct agent *a, json_t *staged);
+void agent_notify_index(struct agent *a, uint64_t index);
+
 /* Mark shutting down: new operations are refused. */
 void agent_set_shutting_down(struct agent *a);

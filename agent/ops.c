@@ -21,13 +21,6 @@
 #include "problem.h"
 #include "staging.h"
 
-/* agent.c internals shared with this file. */
-int agent_record_op_locked(struct agent *a, json_t *op, int http_status);
-int agent_record_op_extra_locked(struct agent *a, json_t *op, int http_status, json_t *extra);
-int agent_transition_op_locked(struct agent *a, enum luo_state to, const char *op_id);
-int agent_record_staging_locked(struct agent *a, json_t *staged);
-void agent_notify_index(struct agent *a, uint64_t index);
-
 struct op_job *op_job_new(struct agent *a, const struct op_request *rq)
 {
         struct op_job *job = calloc(1, sizeof(*job));

@@ -132,7 +132,6 @@ static enum MHD_Result queue_reply(struct req_ctx *ctx)
 {
         struct http_reply *rep = &ctx->rep;
         struct MHD_Response *r = NULL;
-        bool shared = false;
         enum MHD_Result ret;
         char buf[32];
 
@@ -181,19 +180,16 @@ static enum MHD_Result queue_reply(struct req_ctx *ctx)
         }
         if (!r)
                 return MHD_NO; /* out of memory: drop the connection */
-        if (!shared) {
-                if (rep->allow[0])
-                        MHD_add_response_header(r, "Allow", rep->allow);
-                if (rep->retry_after) {
-                        snprintf(buf, sizeof(buf), "%u", rep->retry_after);
-                        MHD_add_response_header(r, "Retry-After", buf);
-                }
-                if (rep->close)
-                        MHD_add_response_header(r, "Connection", "close");
+        if (rep->allow[0])
+                MHD_add_response_header(r, "Allow", rep->allow);
+        if (rep->retry_after) {
+                snprintf(buf, sizeof(buf), "%u", rep->retry_after);
+                MHD_add_response_header(r, "Retry-After", buf);
         }
+        if (rep->close)
+                MHD_add_response_header(r, "Connection", "close");
         ret = MHD_queue_response(ctx->conn, (unsigned)rep->status, r);
-        if (!shared)
-                MHD_destroy_response(r);
+        MHD_destroy_response(r);
         ctx->phase = PH_ANSWERED;
         return ret;
 }

@@ -16,20 +16,12 @@
 SD=/mnt/state/kexec-fail
 [ "$BOOT" = 1 ] || fail "a kexec happened although every reboot was meant to fail"
 
-sha_of() { awk -v f="$1" '$2 == f {print $1}' /mnt/sha256; }
 
 rm -rf "$SD"
 load_emul
 start_agent --backend=luo-v3 --state-dir="$SD"
 expect_state normal "initial"
-kc=$(sha_of vmlinuz)
-ic=$(sha_of initrd)
-{ [ -n "$kc" ] && [ -n "$ic" ]; } || fail "no sha256 for vmlinuz/initrd in /mnt/sha256"
-cmd="console=ttyS0 panic=-1 quiet luofleet.scenario=kexec-fail luofleet.boot=2"
-req PUT /v1/kernel "{\"kernel\":{\"path\":\"/mnt/vmlinuz\",\"sha256\":\"$kc\"},\"initrd\":{\"path\":\"/mnt/initrd\",\"sha256\":\"$ic\"},\"cmdline\":\"$cmd\",\"operation_id\":\"kf:stage\"}" -t 60
-expect_status 200 "PUT /v1/kernel"
-[ "$(cat /sys/kernel/kexec_loaded)" = 1 ] || fail "kexec_loaded is not 1 after staging"
-ok "kernel staged and loaded"
+stage_kernel kf:stage "console=ttyS0 panic=-1 quiet luofleet.scenario=kexec-fail luofleet.boot=2"
 
 # failing_reboot N ERRNO NAME CODE: prepared -> reboot with fail_kexec=ERRNO -> failed, frozen
 failing_reboot() {

@@ -11,7 +11,6 @@
 SD=/mnt/state/kexec
 MARK=/mnt/kexec-boot1
 
-sha_of() { awk -v f="$1" '$2 == f {print $1}' /mnt/sha256; }
 
 if [ "$BOOT" = 1 ]; then
         rm -rf "$SD" "$MARK"
@@ -22,14 +21,8 @@ if [ "$BOOT" = 1 ]; then
         expect_field state normal "initial state"
         boot1=$(jstr boot_id)
 
-        kc=$(sha_of vmlinuz)
-        ic=$(sha_of initrd)
-        { [ -n "$kc" ] && [ -n "$ic" ]; } || fail "no sha256 for vmlinuz/initrd in /mnt/sha256"
-        cmd="console=ttyS0 panic=-1 quiet luofleet.scenario=kexec luofleet.boot=2 luo_emul.start_updated=1"
-        req PUT /v1/kernel "{\"kernel\":{\"path\":\"/mnt/vmlinuz\",\"sha256\":\"$kc\"},\"initrd\":{\"path\":\"/mnt/initrd\",\"sha256\":\"$ic\"},\"cmdline\":\"$cmd\",\"operation_id\":\"kexec:stage\"}" -t 60
-        expect_status 200 "PUT /v1/kernel"
-        [ "$(cat /sys/kernel/kexec_loaded)" = 1 ] || fail "kexec_loaded is not 1 after staging"
-        ok "kernel staged and loaded"
+        stage_kernel kexec:stage \
+                "console=ttyS0 panic=-1 quiet luofleet.scenario=kexec luofleet.boot=2 luo_emul.start_updated=1"
 
         req POST /v1/prepare '{"operation_id":"kexec:prepare"}'
         expect_status 200 "POST /v1/prepare"

@@ -108,6 +108,21 @@ load_emul() {
 
 sysfs_state() { cat /sys/kernel/liveupdate/state; }
 
+# sha_of NAME: the host-computed SHA-256 of /mnt/NAME (run-vm writes /mnt/sha256).
+sha_of() { awk -v f="$1" '$2 == f {print $1}' /mnt/sha256; }
+
+# stage_kernel OPERATION_ID CMDLINE: PUT /v1/kernel with the share's vmlinuz
+# and initrd (digests computed on the host), then check the kernel loaded it.
+stage_kernel() {
+        kc=$(sha_of vmlinuz)
+        ic=$(sha_of initrd)
+        { [ -n "$kc" ] && [ -n "$ic" ]; } || fail "no sha256 for vmlinuz/initrd in /mnt/sha256"
+        req PUT /v1/kernel "{\"kernel\":{\"path\":\"/mnt/vmlinuz\",\"sha256\":\"$kc\"},\"initrd\":{\"path\":\"/mnt/initrd\",\"sha256\":\"$ic\"},\"cmdline\":\"$2\",\"operation_id\":\"$1\"}" -t 60
+        expect_status 200 "PUT /v1/kernel"
+        [ "$(cat /sys/kernel/kexec_loaded)" = 1 ] || fail "kexec_loaded is not 1 after staging"
+        ok "kernel staged and loaded"
+}
+
 # expect_sysfs STATE what: the kernel's own sysfs file says STATE
 expect_sysfs() {
         _s=$(sysfs_state)
