@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "auth.h"
 #include "config.h"
 #include "luofleet/backend.h"
 #include "snapshot.h"
@@ -161,6 +162,22 @@ int agent_record_op_extra_locked(struct agent *a, json_t *op, int http_status, j
 int agent_transition_op_locked(struct agent *a, enum luo_state to, const char *op_id);
 int agent_record_staging_locked(struct agent *a, json_t *staged);
 void agent_notify_index(struct agent *a, uint64_t index);
+
+/*
+ * Audit (agent.c): every mutating request, allowed or denied, becomes an
+ * "audit" journal record with time, boot id, identity, source, action,
+ * precondition and result. Never carries a secret. Any thread; takes the lock.
+ */
+struct audit_entry {
+        const struct auth_identity *who;
+        const char *source;       /* peer address, "unix" */
+        const char *action;       /* "prepare", "cancel", "reboot", "finish", "stage", ... */
+        const char *operation_id; /* NULL or "" = none */
+        const char *if_match;     /* the raw If-Match header or NULL */
+        int status;               /* HTTP status of the answer */
+        const char *code;         /* problem code, or "accepted" / "ok" / "replayed" */
+};
+int agent_audit(struct agent *a, const struct audit_entry *e);
 
 /* Mark shutting down: new operations are refused. */
 void agent_set_shutting_down(struct agent *a);

@@ -8,6 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include "auth.h"
 #include "config.h"
 #include "luofleet/log.h"
 #include "luofleet/util.h"
@@ -39,6 +43,31 @@ static void usage(FILE *f)
               "  --http-threads=N        HTTP threads per listener (default 1; more answer\n"
               "                          large long-poll fan-outs on several cores)\n"
               "\n"
+              "Limits:\n"
+              "  --max-connections-per-ip=N  connections from one address (default 1024)\n"
+              "  --max-header-bytes=N    request line and headers per connection (16384)\n"
+              "  --max-body-bytes=N      request body (default 65536)\n"
+              "  --header-timeout=DURATION  a request head must arrive within this (10s)\n"
+              "  --idle-timeout=DURATION close connections idle this long (default 60s)\n"
+              "\n"
+              "Security:\n"
+              "  --tls-cert=FILE         serve HTTPS with this PEM certificate chain\n"
+              "  --tls-key=FILE          and this PEM private key (both reread on SIGHUP)\n"
+              "  --tls-client-ca=FILE    require client certificates signed by these CAs\n"
+              "  --tls-client-role=ROLE  role of a verified client certificate when no token\n"
+              "                          is given: viewer, operator (default) or admin\n"
+              "  --tokens=FILE           bearer tokens (lines: NAME ROLE SHA256); the file must\n"
+              "                          not be readable by group or others; reread on SIGHUP\n"
+              "  --unix-group=GROUP      members are operators on the Unix socket (root always)\n"
+              "  --anonymous=LIST        with tokens or client certificates: open state and/or\n"
+              "                          metrics to callers without credentials (default none)\n"
+              "  --insecure              allow a non-loopback listener without TLS and auth\n"
+              "  --staging-dir=DIR       kernel images may be staged from under DIR only\n"
+              "                          (default /boot and STATE_DIR/kernels); repeatable\n"
+              "  --privsep=yes|no        kernel calls in a separate privileged process (yes)\n"
+              "  --user=NAME             when started as root, the network-facing process\n"
+              "                          runs as NAME (default luofleet, else nobody)\n"
+              "\n"
               "Journal:\n"
               "  --journal-max-bytes=N   compact the journal above N bytes (default 8388608)\n"
               "\n"
@@ -50,6 +79,10 @@ static void usage(FILE *f)
               "  --sim-release=STRING    kernel release the simulator reports\n"
               "  --sim-reboot=exec|exit  after a simulated kexec, re-execute the agent\n"
               "                          (default) or exit 0 for a supervisor to restart it\n"
+              "\n"
+              "Commands:\n"
+              "  luofleet-agent token NAME [ROLE]  print a new random token and the line\n"
+              "                          to add to the tokens file (ROLE default operator)\n"
               "\n"
               "Other:\n"
               "  --hostname=NAME         hostname reported in /v1/state\n"
@@ -117,12 +150,64 @@ enum {
         ARG_HOSTNAME,
         ARG_LOG_LEVEL,
         ARG_VERSION,
+        ARG_MAX_CONN_PER_IP,
+        ARG_MAX_HEADER_BYTES,
+        ARG_MAX_BODY_BYTES,
+        ARG_HEADER_TIMEOUT,
+        ARG_IDLE_TIMEOUT,
+        ARG_STAGING_DIR,
+        ARG_TLS_CERT,
+        ARG_TLS_KEY,
+        ARG_TLS_CLIENT_CA,
+        ARG_TLS_CLIENT_ROLE,
+        ARG_TOKENS,
+        ARG_UNIX_GROUP,
+        ARG_ANONYMOUS,
+        ARG_INSECURE,
+        ARG_PRIVSEP,
+        ARG_USER,
 };
 
 static int bad(const char *flag, const char *value, const char *want)
 {
         fprintf(stderr, "luofleet-agent: invalid %s=%s: %s\n", flag, value, want);
         return -EINVAL;
+}
+
+static int set_str(char **dst, const char *v)
+{
+        char *s = strdup(v);
+        if (!s)
+                return -ENOMEM;
+        free(*dst);
+        *dst = s;
+        return 0;
+}
+
+static bool ends_with(const char *s, const char *suffix)
+{
+        size_t n = strlen(s), m = strlen(suffix);
+        return n >= m && strcmp(s + n - m, suffix) == 0;
+}
+
+static int parse_anonymous(const char *v, unsigned *ret)
+{
+        char buf[128], *save = NULL;
+        unsigned bits = 0;
+
+        if (strlen(v) >= sizeof(buf))
+                return -EINVAL;
+        snprintf(buf, sizeof(buf), "%s", v);
+        for (char *t = strtok_r(buf, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                if (strcmp(t, "state") == 0)
+                        bits |= ANON_STATE;
+                else if (strcmp(t, "metrics") == 0)
+                        bits |= ANON_METRICS;
+                else if (strcmp(t, "none") != 0)
+                        return -EINVAL;
+        }
+        *ret = bits;
+        return 0;
 }
 
 static int parse_count(const char *flag, const char *v, uint64_t min, uint64_t max, unsigned *ret)
@@ -158,6 +243,22 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 { "sim-reboot", required_argument, NULL, ARG_SIM_REBOOT },
                 { "hostname", required_argument, NULL, ARG_HOSTNAME },
                 { "log-level", required_argument, NULL, ARG_LOG_LEVEL },
+                { "max-connections-per-ip", required_argument, NULL, ARG_MAX_CONN_PER_IP },
+                { "max-header-bytes", required_argument, NULL, ARG_MAX_HEADER_BYTES },
+                { "max-body-bytes", required_argument, NULL, ARG_MAX_BODY_BYTES },
+                { "header-timeout", required_argument, NULL, ARG_HEADER_TIMEOUT },
+                { "idle-timeout", required_argument, NULL, ARG_IDLE_TIMEOUT },
+                { "staging-dir", required_argument, NULL, ARG_STAGING_DIR },
+                { "tls-cert", required_argument, NULL, ARG_TLS_CERT },
+                { "tls-key", required_argument, NULL, ARG_TLS_KEY },
+                { "tls-client-ca", required_argument, NULL, ARG_TLS_CLIENT_CA },
+                { "tls-client-role", required_argument, NULL, ARG_TLS_CLIENT_ROLE },
+                { "tokens", required_argument, NULL, ARG_TOKENS },
+                { "unix-group", required_argument, NULL, ARG_UNIX_GROUP },
+                { "anonymous", required_argument, NULL, ARG_ANONYMOUS },
+                { "insecure", no_argument, NULL, ARG_INSECURE },
+                { "privsep", required_argument, NULL, ARG_PRIVSEP },
+                { "user", required_argument, NULL, ARG_USER },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
                 {},
@@ -175,6 +276,13 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 .journal_max_bytes = 8 * 1024 * 1024,
                 .reboot_delay_ms = 100,
                 .http_threads = 1,
+                .max_connections_per_ip = 1024,
+                .max_header_bytes = 16 * 1024,
+                .max_body_bytes = 64 * 1024,
+                .header_timeout_ms = 10 * 1000,
+                .idle_timeout_ms = 60 * 1000,
+                .tls_client_role = ROLE_OPERATOR,
+                .privsep = true,
                 .sim_reboot = SIM_REBOOT_EXEC,
                 .log_level = LOG_LEVEL_INFO,
                 .argv = argv,
@@ -291,6 +399,102 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                                            "expected error, warning, notice, info or debug");
                         cfg->log_level = r;
                         break;
+                case ARG_MAX_CONN_PER_IP:
+                        if (parse_count("--max-connections-per-ip", optarg, 1, 1000000,
+                                        &cfg->max_connections_per_ip) < 0)
+                                return -EINVAL;
+                        break;
+                case ARG_MAX_HEADER_BYTES:
+                        if (parse_u64(optarg, 1024 * 1024, &v) < 0 || v < 4096)
+                                return bad("--max-header-bytes", optarg,
+                                           "expected a byte count from 4096 to 1048576");
+                        cfg->max_header_bytes = (size_t)v;
+                        break;
+                case ARG_MAX_BODY_BYTES:
+                        if (parse_u64(optarg, 16 * 1024 * 1024, &v) < 0 || v < 1024)
+                                return bad("--max-body-bytes", optarg,
+                                           "expected a byte count from 1024 to 16777216");
+                        cfg->max_body_bytes = (size_t)v;
+                        break;
+                case ARG_HEADER_TIMEOUT:
+                        if (parse_duration_ms(optarg, 3600 * 1000, &v) < 0 || v < 100)
+                                return bad("--header-timeout", optarg,
+                                           "expected a duration from 100ms to 1h");
+                        cfg->header_timeout_ms = v;
+                        break;
+                case ARG_IDLE_TIMEOUT:
+                        if (parse_duration_ms(optarg, 24ull * 3600 * 1000, &v) < 0 || v < 1000)
+                                return bad("--idle-timeout", optarg,
+                                           "expected a duration from 1s to 24h");
+                        cfg->idle_timeout_ms = v;
+                        break;
+                case ARG_STAGING_DIR:
+                        if (cfg->n_staging_dirs >= CONFIG_MAX_STAGING_DIRS)
+                                return bad("--staging-dir", optarg, "too many staging directories");
+                        if (optarg[0] != '/' || strlen(optarg) >= 1024 || strstr(optarg, "/../") ||
+                            ends_with(optarg, "/.."))
+                                return bad("--staging-dir", optarg,
+                                           "expected an absolute directory without '..'");
+                        if (set_str(&cfg->staging_dirs[cfg->n_staging_dirs], optarg) < 0)
+                                return -ENOMEM;
+                        cfg->n_staging_dirs++;
+                        break;
+                case ARG_TLS_CERT:
+                case ARG_TLS_KEY:
+                case ARG_TLS_CLIENT_CA:
+                case ARG_TOKENS: {
+                        static const char *const names[] = { "--tls-cert", "--tls-key",
+                                                             "--tls-client-ca", "--tokens" };
+                        char **dst = c == ARG_TLS_CERT        ? &cfg->tls_cert
+                                     : c == ARG_TLS_KEY       ? &cfg->tls_key
+                                     : c == ARG_TLS_CLIENT_CA ? &cfg->tls_client_ca
+                                                              : &cfg->tokens_file;
+                        const char *name = names[c == ARG_TLS_CERT        ? 0
+                                                 : c == ARG_TLS_KEY       ? 1
+                                                 : c == ARG_TLS_CLIENT_CA ? 2
+                                                                          : 3];
+                        if (!optarg[0] || strlen(optarg) >= 4096)
+                                return bad(name, optarg, "expected a file path");
+                        if (set_str(dst, optarg) < 0)
+                                return -ENOMEM;
+                        break;
+                }
+                case ARG_TLS_CLIENT_ROLE:
+                        r = auth_role_from_string(optarg);
+                        if (r <= ROLE_NONE)
+                                return bad("--tls-client-role", optarg,
+                                           "expected viewer, operator or admin");
+                        cfg->tls_client_role = r;
+                        break;
+                case ARG_UNIX_GROUP:
+                        if (!optarg[0] || strlen(optarg) >= 256)
+                                return bad("--unix-group", optarg, "expected a group name or id");
+                        if (set_str(&cfg->unix_group, optarg) < 0)
+                                return -ENOMEM;
+                        break;
+                case ARG_ANONYMOUS:
+                        if (parse_anonymous(optarg, &cfg->anonymous) < 0)
+                                return bad("--anonymous", optarg,
+                                           "expected a comma-separated list of state, metrics, "
+                                           "or none");
+                        break;
+                case ARG_INSECURE:
+                        cfg->insecure = true;
+                        break;
+                case ARG_PRIVSEP:
+                        if (strcmp(optarg, "yes") == 0)
+                                cfg->privsep = true;
+                        else if (strcmp(optarg, "no") == 0)
+                                cfg->privsep = false;
+                        else
+                                return bad("--privsep", optarg, "expected yes or no");
+                        break;
+                case ARG_USER:
+                        if (!optarg[0] || strlen(optarg) >= 256)
+                                return bad("--user", optarg, "expected a user name or id");
+                        if (set_str(&cfg->run_user, optarg) < 0)
+                                return -ENOMEM;
+                        break;
                 default:
                         fprintf(stderr, "Try 'luofleet-agent --help'.\n");
                         return -EINVAL;
@@ -307,11 +511,78 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 cfg->n_listen = 1;
         }
         cfg->backend.state_dir = cfg->state_dir;
+        if (cfg->n_staging_dirs == 0) {
+                char kdir[4200];
+                snprintf(kdir, sizeof(kdir), "%s/kernels", cfg->state_dir);
+                if (set_str(&cfg->staging_dirs[0], "/boot") < 0 ||
+                    set_str(&cfg->staging_dirs[1], kdir) < 0)
+                        return -ENOMEM;
+                cfg->n_staging_dirs = 2;
+        }
+        return config_check_security(cfg);
+}
+
+int config_check_security(const struct agent_config *cfg)
+{
+        bool tls = cfg->tls_cert || cfg->tls_key;
+        bool auth = cfg->tokens_file || cfg->tls_client_ca;
+
+        if (!!cfg->tls_cert != !!cfg->tls_key) {
+                fprintf(stderr, "luofleet-agent: --tls-cert and --tls-key go together\n");
+                return -EINVAL;
+        }
+        if (cfg->tls_client_ca && !tls) {
+                fprintf(stderr, "luofleet-agent: --tls-client-ca needs --tls-cert and --tls-key\n");
+                return -EINVAL;
+        }
+        if (cfg->anonymous && !auth) {
+                fprintf(stderr, "luofleet-agent: --anonymous has no effect without --tokens or "
+                                "--tls-client-ca (without them every local caller is served)\n");
+                return -EINVAL;
+        }
+        for (unsigned i = 0; i < cfg->n_listen; i++) {
+                const struct listen_addr *la = &cfg->listen[i];
+                if (la->is_unix || listen_is_loopback(la) || cfg->insecure || (tls && auth))
+                        continue;
+                fprintf(stderr,
+                        "luofleet-agent: refusing to listen on %s:%s: a non-loopback address "
+                        "needs TLS (--tls-cert, --tls-key) and authentication (--tokens or "
+                        "--tls-client-ca); --insecure overrides this\n",
+                        la->host, la->port);
+                return -EINVAL;
+        }
         return 0;
+}
+
+bool listen_is_loopback(const struct listen_addr *la)
+{
+        struct in6_addr a6;
+        struct in_addr a4;
+
+        if (la->is_unix)
+                return true;
+        if (strcmp(la->host, "localhost") == 0)
+                return true;
+        if (inet_pton(AF_INET, la->host, &a4) == 1)
+                return (ntohl(a4.s_addr) >> 24) == 127;
+        if (inet_pton(AF_INET6, la->host, &a6) == 1)
+                return IN6_IS_ADDR_LOOPBACK(&a6);
+        return false;
 }
 
 void config_done(struct agent_config *cfg)
 {
         free(cfg->state_dir);
         cfg->state_dir = NULL;
+        for (unsigned i = 0; i < cfg->n_staging_dirs; i++)
+                free(cfg->staging_dirs[i]);
+        cfg->n_staging_dirs = 0;
+        free(cfg->tls_cert);
+        free(cfg->tls_key);
+        free(cfg->tls_client_ca);
+        free(cfg->tokens_file);
+        free(cfg->unix_group);
+        free(cfg->run_user);
+        cfg->tls_cert = cfg->tls_key = cfg->tls_client_ca = NULL;
+        cfg->tokens_file = cfg->unix_group = cfg->run_user = NULL;
 }

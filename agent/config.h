@@ -10,6 +10,13 @@
 #include "luofleet/backend.h"
 
 #define CONFIG_MAX_LISTEN 8
+#define CONFIG_MAX_STAGING_DIRS 8
+
+/* --anonymous: read endpoints open without credentials when auth is on. */
+enum {
+        ANON_STATE = 1u << 0,   /* GET /v1/state (and long-poll) */
+        ANON_METRICS = 1u << 1, /* GET /metrics */
+};
 
 enum sim_reboot_mode {
         SIM_REBOOT_EXEC, /* re-execute the agent: the simulated new kernel */
@@ -37,6 +44,31 @@ struct agent_config {
         uint64_t journal_max_bytes; /* default 8 MiB */
         uint64_t reboot_delay_ms;   /* after the 202 left, before the kexec (100 ms) */
         unsigned http_threads;      /* MHD threads (default 1) */
+
+        /* Limits against hostile or broken clients (server.c). */
+        unsigned max_connections_per_ip; /* default 1024 */
+        size_t max_header_bytes;         /* per-connection memory: headers (16 KiB) */
+        size_t max_body_bytes;           /* request body (64 KiB) */
+        uint64_t header_timeout_ms;      /* whole request head must arrive (10 s) */
+        uint64_t idle_timeout_ms;        /* connection idle (60 s) */
+
+        /* Kernel staging: local paths must lie under one of these (staging.c). */
+        char *staging_dirs[CONFIG_MAX_STAGING_DIRS];
+        unsigned n_staging_dirs;
+
+        /* Transport security and identity (tls.c, auth.c). */
+        char *tls_cert;      /* PEM certificate chain; NULL = plain HTTP */
+        char *tls_key;       /* PEM private key */
+        char *tls_client_ca; /* PEM CA bundle: client certificates required */
+        int tls_client_role; /* enum auth_role of a verified client certificate */
+        char *tokens_file;   /* NULL = no bearer tokens */
+        char *unix_group;    /* group whose members are operators on the Unix socket */
+        unsigned anonymous;  /* ANON_* bits: endpoints open without credentials */
+        bool insecure;       /* non-loopback without TLS and auth allowed */
+
+        /* Privilege separation (kernel/privsep.c, main.c). */
+        bool privsep;   /* kernel calls in a separate privileged process */
+        char *run_user; /* drop the network process to this user (when root) */
         enum sim_reboot_mode sim_reboot;
         int log_level;
         char hostname[256]; /* override; "" = gethostname() */
@@ -53,3 +85,7 @@ struct agent_config {
 int config_parse(struct agent_config *cfg, int argc, char **argv);
 void config_done(struct agent_config *cfg);
 int config_parse_listen(const char *spec, struct listen_addr *ret);
+/* 127.0.0.0/8, ::1, "localhost" or a Unix socket. */
+bool listen_is_loopback(const struct listen_addr *la);
+/* The cross-flag rules (TLS pairs, no non-loopback without TLS + auth). */
+int config_check_security(const struct agent_config *cfg);

@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "auth.h"
+
 struct agent;
 struct server;
 struct doc_snapshot;
@@ -59,8 +61,10 @@ struct http_req {
         const char *body; /* NUL-terminated copy, NULL when there is none */
         size_t body_len;
 
-        char peer[64]; /* "127.0.0.1:5555", "unix" */
-        bool resumed;  /* second call after a long-poll wake-up */
+        char peer[64]; /* "127.0.0.1", "::1", "unix" */
+        /* Who is asking (auth.c), filled before routing. */
+        struct auth_identity who;
+        bool resumed; /* second call after a long-poll wake-up */
 };
 
 /* Value of query argument key; NULL when absent. *ret_dup tells duplicates. */

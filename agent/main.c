@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "auth.h"
 #include "config.h"
 #include "journal.h"
 #include "luofleet/log.h"
@@ -204,7 +205,8 @@ static int run(void)
                         break;
                 }
                 if (si.ssi_signo == SIGHUP) {
-                        log_info("SIGHUP: nothing to reload in this version");
+                        /* TLS certificate and key, tokens file: the old ones stay on error. */
+                        (void)server_reload(server);
                         continue;
                 }
                 log_info("Received %s, stopping", strsignal((int)si.ssi_signo));
@@ -224,6 +226,8 @@ int main(int argc, char **argv)
 {
         int r;
 
+        if (argc > 1 && strcmp(argv[1], "token") == 0)
+                return auth_token_command(argc - 1, argv + 1);
         r = config_parse(&cfg, argc, argv);
         if (r != 0) {
                 config_done(&cfg);

@@ -45,6 +45,13 @@ void server_stop(struct server *s);
 struct server *server_free(struct server *s);
 
 /*
+ * SIGHUP (main thread): reread the TLS certificate and key and the tokens
+ * file. On any error the running configuration stays and the error is
+ * logged; returns 0 or -errno.
+ */
+int server_reload(struct server *s);
+
+/*
  * The --listen value that binds listener i again (with the port the kernel
  * chose for port 0), for the simulated reboot's re-execution. -ENOENT past
  * the last listener.
