@@ -2,10 +2,12 @@
  * metrics.c: HTTP request counters by route, method and status, and latency
  * histograms by route (answers given at once; long-poll and stream answers
  * are counted, not timed, since their duration is the client's choice).
- * Atomics only; any thread.
+ * Also the connection gauge, the configured limits and the refusals by
+ * reason (docs/limits.md). Atomics only; any thread.
  */
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +35,90 @@ struct route_metrics {
 
 static struct route_metrics routes[METRICS_MAX_ROUTES + 1]; /* last: unmatched */
 static int n_routes;
+
+static const char *const reject_names[_METRICS_REJECT_MAX] = {
+        [METRICS_REJECT_TOTAL] = "total",
+        [METRICS_REJECT_PER_IP] = "per_ip",
+        [METRICS_REJECT_HEADER_TIMEOUT] = "header_timeout",
+        [METRICS_REJECT_HEADER_TOO_LARGE] = "header_too_large",
+        [METRICS_REJECT_BODY_TOO_LARGE] = "body_too_large",
+        [METRICS_REJECT_MALFORMED] = "malformed",
+        [METRICS_REJECT_WAITERS] = "waiters",
+        [METRICS_REJECT_STREAMS] = "streams",
+};
+static atomic_uint_fast64_t rejected[_METRICS_REJECT_MAX];
+static atomic_uint connections;
+static struct metrics_limits limits;
+static atomic_bool limits_set;
+
+const char *metrics_reject_to_string(enum metrics_reject r)
+{
+        return r >= 0 && r < _METRICS_REJECT_MAX ? reject_names[r] : NULL;
+}
+
+void metrics_rejected(enum metrics_reject r)
+{
+        if (r >= 0 && r < _METRICS_REJECT_MAX)
+                atomic_fetch_add_explicit(&rejected[r], 1, memory_order_relaxed);
+}
+
+void metrics_connections_set(unsigned n)
+{
+        atomic_store_explicit(&connections, n, memory_order_relaxed);
+}
+
+void metrics_set_limits(const struct metrics_limits *l)
+{
+        limits = *l;
+        atomic_store(&limits_set, true);
+}
+
+static void render_limits(struct strbuf *sb)
+{
+        strbuf_printf(sb,
+                      "# HELP luofleet_http_connections Open HTTP connections, all listeners.\n"
+                      "# TYPE luofleet_http_connections gauge\nluofleet_http_connections %u\n",
+                      (unsigned)atomic_load(&connections));
+        if (atomic_load(&limits_set))
+                strbuf_printf(
+                        sb,
+                        "# HELP luofleet_http_connections_max Connection limit, all listeners "
+                        "(--max-connections).\n"
+                        "# TYPE luofleet_http_connections_max gauge\n"
+                        "luofleet_http_connections_max %u\n"
+                        "# HELP luofleet_http_connections_per_ip_max Connections allowed from one "
+                        "address (--max-connections-per-ip).\n"
+                        "# TYPE luofleet_http_connections_per_ip_max gauge\n"
+                        "luofleet_http_connections_per_ip_max %u\n"
+                        "# HELP luofleet_http_header_max_bytes Request line and headers per "
+                        "connection (--max-header-bytes).\n"
+                        "# TYPE luofleet_http_header_max_bytes gauge\n"
+                        "luofleet_http_header_max_bytes %llu\n"
+                        "# HELP luofleet_http_body_max_bytes Request body (--max-body-bytes).\n"
+                        "# TYPE luofleet_http_body_max_bytes gauge\n"
+                        "luofleet_http_body_max_bytes %llu\n"
+                        "# HELP luofleet_http_header_timeout_seconds Time a request has to "
+                        "arrive (--header-timeout).\n"
+                        "# TYPE luofleet_http_header_timeout_seconds gauge\n"
+                        "luofleet_http_header_timeout_seconds %.3f\n"
+                        "# HELP luofleet_http_idle_timeout_seconds Idle connections are closed "
+                        "after this (--idle-timeout).\n"
+                        "# TYPE luofleet_http_idle_timeout_seconds gauge\n"
+                        "luofleet_http_idle_timeout_seconds %.3f\n"
+                        "# HELP luofleet_sse_clients_max The event-stream cap (--max-streams).\n"
+                        "# TYPE luofleet_sse_clients_max gauge\nluofleet_sse_clients_max %u\n",
+                        limits.max_connections, limits.max_connections_per_ip,
+                        (unsigned long long)limits.max_header_bytes,
+                        (unsigned long long)limits.max_body_bytes,
+                        (double)limits.header_timeout_ms / 1000.0,
+                        (double)limits.idle_timeout_ms / 1000.0, limits.max_streams);
+        strbuf_printf(sb, "# HELP luofleet_http_rejected_total Connections and requests refused "
+                          "by a limit, by reason.\n"
+                          "# TYPE luofleet_http_rejected_total counter\n");
+        for (int r = 0; r < _METRICS_REJECT_MAX; r++)
+                strbuf_printf(sb, "luofleet_http_rejected_total{reason=\"%s\"} %llu\n",
+                              reject_names[r], (unsigned long long)atomic_load(&rejected[r]));
+}
 
 int metrics_route_register(const char *name)
 {
@@ -123,6 +209,7 @@ void strbuf_free(struct strbuf *sb)
 
 void metrics_render_requests(struct strbuf *sb)
 {
+        render_limits(sb);
         strbuf_printf(sb, "# HELP luofleet_http_requests_total HTTP requests answered, by route, "
                           "method and status code.\n"
                           "# TYPE luofleet_http_requests_total counter\n");

@@ -21,7 +21,31 @@ int metrics_n_routes(void);
 /* route -1 = unmatched */
 void metrics_request(int route, const char *method, int status, uint64_t usec, int timed);
 
-/* Append the request metrics to a growing buffer. */
+/* Requests and connections refused by a limit (docs/limits.md). */
+enum metrics_reject {
+        METRICS_REJECT_TOTAL,            /* --max-connections */
+        METRICS_REJECT_PER_IP,           /* --max-connections-per-ip */
+        METRICS_REJECT_HEADER_TIMEOUT,   /* --header-timeout */
+        METRICS_REJECT_HEADER_TOO_LARGE, /* --max-header-bytes (MHD's 431/414) */
+        METRICS_REJECT_BODY_TOO_LARGE,   /* --max-body-bytes */
+        METRICS_REJECT_MALFORMED,        /* MHD's own 400 (bad request line, Host...) */
+        METRICS_REJECT_WAITERS,          /* --max-waiters */
+        METRICS_REJECT_STREAMS,          /* --max-streams */
+        _METRICS_REJECT_MAX,
+};
+const char *metrics_reject_to_string(enum metrics_reject r);
+void metrics_rejected(enum metrics_reject r);
+/* Open connections, all listeners (a gauge). */
+void metrics_connections_set(unsigned n);
+
+/* The configured limits, exported as gauges; set once at start. */
+struct metrics_limits {
+        unsigned max_connections, max_connections_per_ip, max_waiters, max_streams;
+        uint64_t max_header_bytes, max_body_bytes, header_timeout_ms, idle_timeout_ms;
+};
+void metrics_set_limits(const struct metrics_limits *l);
+
+/* Append the request metrics (and the limits) to a growing buffer. */
 struct strbuf;
 void metrics_render_requests(struct strbuf *sb);
 

@@ -22,6 +22,7 @@
  * destroyed between being picked and being queued.
  */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <microhttpd.h>
@@ -39,6 +40,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "auth.h"
 #include "config.h"
 #include "http.h"
 #include "loop.h"
@@ -49,6 +51,8 @@
 #include "ops.h"
 #include "router.h"
 #include "server.h"
+#include "staging.h"
+#include "tls.h"
 #include "worker.h"
 
 struct server_listener {
@@ -57,6 +61,7 @@ struct server_listener {
         int fd;
         int quiesced_fd; /* returned by MHD_quiesce_daemon, closed after the stop */
         struct listen_addr addr;
+        bool tls; /* HTTPS (TCP listeners when --tls-cert is set) */
         char url[160];
         /* The cached state document response (cache_lock). */
         pthread_mutex_t cache_lock;
@@ -89,6 +94,7 @@ struct req_ctx {
         struct lp_waiter waiter;
         struct op_job *after_job; /* DEFER_AFTER: runs once the answer left */
         bool counted;             /* in server.deferred until completed */
+        bool arrived;             /* the request deadline (connlimit.c) is off */
 };
 
 static uint64_t agent_index_cb(void *ud)
@@ -188,6 +194,8 @@ static enum MHD_Result queue_reply(struct req_ctx *ctx)
         }
         if (rep->close)
                 MHD_add_response_header(r, "Connection", "close");
+        if (rep->www_authenticate)
+                MHD_add_response_header(r, "WWW-Authenticate", rep->www_authenticate);
         ret = MHD_queue_response(ctx->conn, (unsigned)rep->status, r);
         MHD_destroy_response(r);
         ctx->phase = PH_ANSWERED;
@@ -242,6 +250,7 @@ static enum MHD_Result defer(struct req_ctx *ctx)
                 if (r != 0) {
                         /* changed meanwhile (1) or over the cap: answer now */
                         if (r < 0) {
+                                metrics_rejected(METRICS_REJECT_WAITERS);
                                 http_reply_clear(rep);
                                 http_reply_problem(rep, 503, "too-many-waiters",
                                                    "%u long-poll requests are waiting already",
@@ -281,6 +290,7 @@ static enum MHD_Result defer(struct req_ctx *ctx)
                 if (!resp) {
                         http_reply_clear(rep);
                         if (r == -EBUSY) {
+                                metrics_rejected(METRICS_REJECT_STREAMS);
                                 http_reply_problem(rep, 503, "too-many-streams",
                                                    "%u event streams are open already",
                                                    srv->sse.max);
@@ -368,6 +378,214 @@ static void fill_request(struct req_ctx *ctx, const char *url, const char *metho
                 peer_string(ctx->conn, req->peer, sizeof(req->peer));
 }
 
+/* "prepare" for /v1/prepare; "stage"/"unstage" for the kernel resource. */
+static const char *audit_action(const struct http_req *req)
+{
+        const char *p = req->path;
+
+        if (strcmp(p, "/v1/kernel") == 0)
+                return req->method == HTTP_DELETE ? "unstage" : "stage";
+        if (strncmp(p, "/v1/", 4) == 0 && p[4] && !strchr(p + 4, '/'))
+                return p + 4;
+        return p;
+}
+
+/*
+ * Who is asking, and may they (auth.c)? Fills req.who; on a refusal the
+ * 401/403 problem is in ctx->rep, and a mutating request is audited.
+ */
+static enum auth_verdict authenticate(struct req_ctx *ctx)
+{
+        struct http_req *req = &ctx->req;
+        struct server_listener *lis = ctx->lis;
+        struct auth_request arq = {
+                .is_unix = lis->addr.is_unix,
+                .is_read = req->method == HTTP_GET || req->method == HTTP_HEAD,
+                .path = req->path,
+                .fd = -1,
+        };
+        char cert_name[sizeof(req->who.name)] = "", detail[256] = "";
+        const char *code = NULL;
+        enum auth_verdict v;
+
+        /* The hot path: no credentials configured and a TCP listener. */
+        if (!arq.is_unix && !auth_required()) {
+                req->who = (struct auth_identity){ .role = ROLE_OPERATOR, .method = "none" };
+                return AUTH_ALLOW;
+        }
+        arq.authorization =
+                MHD_lookup_connection_value(ctx->conn, MHD_HEADER_KIND, "Authorization");
+        if (arq.is_unix) {
+                const union MHD_ConnectionInfo *ci =
+                        MHD_get_connection_info(ctx->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+                arq.fd = ci ? ci->connect_fd : -1;
+        } else if (lis->tls) {
+                const union MHD_ConnectionInfo *ci =
+                        MHD_get_connection_info(ctx->conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+                arq.cert = tls_peer_identity(ci ? ci->tls_session : NULL, cert_name,
+                                             sizeof(cert_name));
+                arq.cert_name = cert_name;
+        }
+        v = auth_check(&arq, &req->who, &code, detail, sizeof(detail));
+        if (v == AUTH_ALLOW)
+                return v;
+        auth_count_denied(v, code);
+        if (v == AUTH_UNAUTHENTICATED) {
+                http_reply_problem(&ctx->rep, 401, code, "%s", detail);
+                ctx->rep.www_authenticate =
+                        strcmp(code, "invalid-credentials") == 0
+                                ? "Bearer realm=\"luofleet-agent\", error=\"invalid_token\""
+                                : "Bearer realm=\"luofleet-agent\"";
+        } else
+                http_reply_problem(&ctx->rep, 403, code, "%s", detail);
+        if (!arq.is_read) {
+                peer_string(ctx->conn, req->peer, sizeof(req->peer));
+                struct audit_entry ae = {
+                        .who = &req->who,
+                        .source = req->peer,
+                        .action = audit_action(req),
+                        .if_match = req->if_match,
+                        .status = ctx->rep.status,
+                        .code = code,
+                };
+                (void)agent_audit(lis->srv->agent, &ae);
+        }
+        return v;
+}
+
+/* The connection's accounting record (connlimit.c), kept in MHD's socket context. */
+static struct connlimit_conn *conn_record(struct MHD_Connection *conn)
+{
+        const union MHD_ConnectionInfo *ci =
+                MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        return ci ? ci->socket_context : NULL;
+}
+
+/* The whole request is in (or answered early): its deadline is off. */
+static void request_arrived(struct req_ctx *ctx)
+{
+        if (ctx->arrived)
+                return;
+        ctx->arrived = true;
+        connlimit_arrived(&ctx->lis->srv->conns, conn_record(ctx->conn));
+}
+
+struct head_scan {
+        unsigned content_length, transfer_encoding, host;
+        bool bad_name, bad_value;
+};
+
+/* RFC 9110 5.1: a field name is a token. */
+static bool field_name_valid(const char *s, size_t n)
+{
+        if (n == 0)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (!isalnum((unsigned char)s[i]) && !strchr("!#$%&'*+-.^_`|~", s[i]))
+                        return false;
+        return true;
+}
+
+/*
+ * A folded header line (obs-fold, RFC 9112 5.2): MHD 0.9.75 appends the
+ * continuation to the header's *name* ("If-Match: \"7\"\r\n x" arrives as a
+ * header "If-Matchx"), so the header the client sent vanishes: a folded
+ * If-Match would silently be no precondition at all. A fold cannot be told
+ * from a header of that name in general; for the headers the agent reads,
+ * a longer name starting with theirs is taken as one (no such header
+ * exists) and refused.
+ */
+static bool field_name_folded(const char *s, size_t n)
+{
+        static const char *const read[] = { "Host",          "Content-Length", "Transfer-Encoding",
+                                            "Content-Type",  "If-Match",       "If-None-Match",
+                                            "Last-Event-ID", "Authorization",  "Connection" };
+
+        for (size_t i = 0; i < ELEMENTSOF(read); i++) {
+                size_t m = strlen(read[i]);
+                if (n > m && strncasecmp(s, read[i], m) == 0)
+                        return true;
+        }
+        return false;
+}
+
+/* RFC 9110 5.5: no CTL but HTAB (a NUL would have cut the value short). */
+static bool field_value_valid(const char *s, size_t n)
+{
+        if (strlen(s) != n)
+                return false;
+        for (size_t i = 0; i < n; i++)
+                if (((unsigned char)s[i] < 0x20 && s[i] != '\t') || s[i] == 0x7f)
+                        return false;
+        return true;
+}
+
+static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key,
+                                   size_t key_size, const char *value, size_t value_size)
+{
+        struct head_scan *hs = cls;
+
+        (void)kind;
+        if (!key || strlen(key) != key_size || !field_name_valid(key, key_size) ||
+            field_name_folded(key, key_size))
+                hs->bad_name = true;
+        else if (value && !field_value_valid(value, value_size))
+                hs->bad_value = true;
+        else if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0)
+                hs->content_length++;
+        else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0)
+                hs->transfer_encoding++;
+        else if (strcasecmp(key, MHD_HTTP_HEADER_HOST) == 0)
+                hs->host++;
+        return MHD_YES;
+}
+
+/*
+ * Message framing MHD (0.9.75) lets through but RFC 9112 forbids, each a way
+ * to smuggle a second request past a proxy that frames it differently: more
+ * than one Content-Length, Content-Length with Transfer-Encoding, a transfer
+ * coding other than plain chunked (MHD would read such a body until the
+ * client closes), more than one Host, a header name that is not a token
+ * ("Content-Length : 5" is not Content-Length to MHD), a folded line (see
+ * field_name_folded()), a control character in a value. Answered 400
+ * malformed-request before the body is read; the connection closes after
+ * the answer. NULL when the head is fine.
+ */
+static const char *framing_error(struct MHD_Connection *conn)
+{
+        struct head_scan hs = { 0 };
+        const char *te;
+
+        MHD_get_connection_values_n(conn, MHD_HEADER_KIND, scan_header, &hs);
+        if (hs.bad_name)
+                return "a header name is not a token, or a header line is folded";
+        if (hs.bad_value)
+                return "a header value holds a control character";
+        if (hs.content_length > 1)
+                return "more than one Content-Length";
+        if (hs.transfer_encoding > 1)
+                return "more than one Transfer-Encoding";
+        if (hs.host > 1)
+                return "more than one Host";
+        if (hs.transfer_encoding && hs.content_length)
+                return "both Content-Length and Transfer-Encoding";
+        te = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING);
+        if (te && strcasecmp(te, "chunked") != 0)
+                return "the only transfer coding accepted is chunked";
+        return NULL;
+}
+
+/* 413, counted; the connection closes after the answer. */
+static enum MHD_Result body_too_large(struct req_ctx *ctx)
+{
+        metrics_rejected(METRICS_REJECT_BODY_TOO_LARGE);
+        request_arrived(ctx);
+        http_reply_problem(&ctx->rep, 413, "body-too-large", "the request body exceeds %zu bytes",
+                           ctx->lis->srv->cfg->max_body_bytes);
+        ctx->rep.close = true;
+        return queue_reply(ctx);
+}
+
 static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, const char *url,
                                       const char *method, const char *version,
                                       const char *upload_data, size_t *upload_data_size,
@@ -386,17 +604,23 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
                 ctx->route = -1;
                 ctx->started = now_mono_usec();
                 ctx->timed = true;
+                /* For the metrics of an answer given before fill_request(). */
+                ctx->req.method = http_method_from_string(method);
                 *con_cls = ctx;
+                const char *bad = framing_error(conn);
+                if (bad) {
+                        metrics_rejected(METRICS_REJECT_MALFORMED);
+                        request_arrived(ctx);
+                        http_reply_problem(&ctx->rep, 400, "malformed-request", "%s", bad);
+                        ctx->rep.close = true;
+                        return queue_reply(ctx);
+                }
                 /* Refuse an announced oversized body before reading it. */
                 const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                              MHD_HTTP_HEADER_CONTENT_LENGTH);
                 uint64_t n;
-                if (cl && (parse_u64(cl, UINT64_MAX, &n) < 0 || n > SERVER_MAX_BODY)) {
-                        http_reply_problem(&ctx->rep, 413, "body-too-large",
-                                           "the request body exceeds %d bytes", SERVER_MAX_BODY);
-                        ctx->rep.close = true;
-                        return queue_reply(ctx);
-                }
+                if (cl && (parse_u64(cl, UINT64_MAX, &n) < 0 || n > lis->srv->cfg->max_body_bytes))
+                        return body_too_large(ctx);
                 return MHD_YES;
         }
 
@@ -408,7 +632,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
 
         if (*upload_data_size) {
                 size_t n = *upload_data_size;
-                if (ctx->body_too_large || ctx->body_len + n > SERVER_MAX_BODY) {
+                if (ctx->body_too_large || ctx->body_len + n > lis->srv->cfg->max_body_bytes) {
                         /*
                          * MHD (0.9.75) cannot queue an answer in the middle of an upload:
                          * discard the rest and answer 413 once the request is complete.
@@ -451,18 +675,17 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
                 return MHD_YES; /* spurious call; the wake-up will come */
 
         /* The whole request is here. */
-        if (ctx->body_too_large) {
-                http_reply_problem(&ctx->rep, 413, "body-too-large",
-                                   "the request body exceeds %d bytes", SERVER_MAX_BODY);
-                ctx->rep.close = true;
-                return queue_reply(ctx);
-        }
+        request_arrived(ctx);
+        if (ctx->body_too_large)
+                return body_too_large(ctx);
         fill_request(ctx, url, method);
         if (ctx->req.too_many_args) {
                 http_reply_problem(&ctx->rep, 400, "invalid-query",
                                    "at most %d query parameters are accepted", HTTP_MAX_ARGS);
                 return queue_reply(ctx);
         }
+        if (authenticate(ctx) != AUTH_ALLOW)
+                return queue_reply(ctx);
         ctx->route = router_dispatch(&ctx->req, &ctx->rep);
         if (ctx->rep.defer != DEFER_NONE) {
                 if (ctx->rep.defer != DEFER_AFTER)
@@ -478,10 +701,12 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         struct server_listener *lis = cls;
         struct req_ctx *ctx = *con_cls;
 
-        (void)conn;
         if (!ctx)
                 return;
         *con_cls = NULL;
+        /* Answered: the next request on this connection has a deadline again. */
+        if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+                connlimit_completed(&lis->srv->conns, conn_record(conn));
         metrics_request(ctx->route, http_method_to_string(ctx->req.method), ctx->status,
                         now_mono_usec() - ctx->started, ctx->timed);
         if (ctx->after_job) {
@@ -509,12 +734,87 @@ static void mhd_logger(void *cls, const char *fmt, va_list ap)
         __attribute__((format(printf, 2, 0)));
 static void mhd_logger(void *cls, const char *fmt, va_list ap)
 {
+        static const char answered[] = "HTTP response code is ";
         char buf[512];
+        const char *p;
 
         (void)cls;
         vsnprintf(buf, sizeof(buf), fmt, ap);
         strip_trailing(buf);
         log_debug("libmicrohttpd: %s", buf);
+        /*
+         * MHD answers some requests itself, before the access handler runs
+         * ("Error processing request (HTTP response code is 431 (...)). Closing
+         * connection."): the log line is the only trace, so count it here.
+         */
+        p = strstr(buf, answered);
+        if (p) {
+                unsigned long code = strtoul(p + strlen(answered), NULL, 10);
+                if (code == 431 || code == 414)
+                        metrics_rejected(METRICS_REJECT_HEADER_TOO_LARGE);
+                else if (code == 413)
+                        metrics_rejected(METRICS_REJECT_BODY_TOO_LARGE);
+                else if (code == 400)
+                        metrics_rejected(METRICS_REJECT_MALFORMED);
+        }
+}
+
+/*
+ * MHD's own unescaping, except that "%00" stays as it is: the path and the
+ * query values reach the handlers as C strings, where a decoded NUL would
+ * silently cut "/v1/state%00junk" down to "/v1/state". Left encoded, it
+ * makes the path unknown (404) or the value invalid (400).
+ */
+static size_t unescape(void *cls, struct MHD_Connection *conn, char *s)
+{
+        char *w = s;
+
+        (void)cls;
+        (void)conn;
+        for (const char *r = s; *r;) {
+                if (r[0] == '%' && isxdigit((unsigned char)r[1]) && isxdigit((unsigned char)r[2])) {
+                        char hex[3] = { r[1], r[2], 0 };
+                        char c = (char)strtoul(hex, NULL, 16);
+                        if (c != 0) {
+                                *w++ = c;
+                                r += 3;
+                                continue;
+                        }
+                }
+                *w++ = *r++;
+        }
+        *w = 0;
+        return (size_t)(w - s);
+}
+
+/* ---- connection accounting (connlimit.c) -------------------------------- */
+
+static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, socklen_t addrlen)
+{
+        struct server *srv = cls;
+
+        return connlimit_accept(&srv->conns, addr, addrlen) ? MHD_YES : MHD_NO;
+}
+
+static void notify_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                              enum MHD_ConnectionNotificationCode toe)
+{
+        struct server *srv = cls;
+
+        if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+                const union MHD_ConnectionInfo *fd =
+                        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+                const union MHD_ConnectionInfo *ci =
+                        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+                if (!fd)
+                        return;
+                *socket_context =
+                        connlimit_opened(&srv->conns, fd->connect_fd, ci ? ci->client_addr : NULL);
+        } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+                /* Before MHD closes the socket: the loop never touches it after this. */
+                connlimit_closed(&srv->conns, *socket_context);
+                *socket_context = NULL;
+        }
 }
 
 /* ---- listeners ---------------------------------------------------------- */
@@ -581,6 +881,33 @@ static int listen_socket(const struct listen_addr *la, char *url, size_t url_siz
         return TAKE_FD(fd);
 }
 
+static bool security_ready;
+
+int server_security_setup(const struct agent_config *cfg)
+{
+        char err[512] = "";
+        int r;
+
+        if (security_ready)
+                return 0;
+        r = tls_setup(cfg, err, sizeof(err));
+        if (r >= 0)
+                r = auth_setup(cfg, err, sizeof(err));
+        if (r < 0) {
+                log_error("%s", err[0] ? err : "Failed to set up TLS or authentication");
+                tls_done();
+                return r;
+        }
+        if (cfg->tokens_file)
+                log_info("Authentication: %zu bearer tokens from %s", auth_token_count(),
+                         cfg->tokens_file);
+        if (cfg->insecure)
+                log_warning("--insecure: non-loopback listeners may serve without TLS or "
+                            "authentication");
+        security_ready = true;
+        return 0;
+}
+
 int server_new(struct agent *a, const struct agent_config *cfg, struct server **ret)
 {
         struct server *s = calloc(1, sizeof(*s));
@@ -590,6 +917,24 @@ int server_new(struct agent *a, const struct agent_config *cfg, struct server **
                 return -ENOMEM;
         s->agent = a;
         s->cfg = cfg;
+        r = server_security_setup(cfg);
+        if (r < 0) {
+                free(s);
+                return r;
+        }
+        connlimit_init(&s->conns, cfg->max_connections, cfg->max_connections_per_ip,
+                       cfg->header_timeout_ms, cfg->idle_timeout_ms);
+        metrics_set_limits(&(struct metrics_limits){
+                .max_connections = cfg->max_connections,
+                .max_connections_per_ip = cfg->max_connections_per_ip,
+                .max_waiters = cfg->max_waiters,
+                .max_streams = cfg->max_streams,
+                .max_header_bytes = cfg->max_header_bytes,
+                .max_body_bytes = cfg->max_body_bytes,
+                .header_timeout_ms = cfg->header_timeout_ms,
+                .idle_timeout_ms = cfg->idle_timeout_ms,
+        });
+        staging_set_allowed_dirs(cfg->staging_dirs, cfg->n_staging_dirs);
         lp_init(&s->lp, cfg->max_waiters);
         sse_init(&s->sse, a, cfg->max_streams, cfg->sse_heartbeat_ms);
         router_init();
@@ -602,10 +947,18 @@ int server_new(struct agent *a, const struct agent_config *cfg, struct server **
         }
         lp_set_loop(&s->lp, s->loop);
         sse_set_loop(&s->sse, s->loop);
+        connlimit_set_loop(&s->conns, s->loop);
         loop_add_timer_client(s->loop,
                               &(struct loop_timer_client){ lp_next_deadline, lp_fire, &s->lp });
         loop_add_timer_client(s->loop,
                               &(struct loop_timer_client){ sse_next_deadline, sse_fire, &s->sse });
+        r = loop_add_timer_client(
+                s->loop,
+                &(struct loop_timer_client){ connlimit_next_deadline, connlimit_fire, &s->conns });
+        if (r < 0) {
+                server_free(s);
+                return r;
+        }
         agent_add_listener(a, lp_notify, &s->lp);
         agent_add_listener(a, sse_notify, &s->sse);
         *ret = s;
@@ -637,26 +990,67 @@ int server_start(struct server *s)
                                                lis->addr.is_unix ? "" : ":",
                                                lis->addr.is_unix ? "" : lis->addr.port);
                 lis->fd = r;
+                if (lis->addr.is_unix) {
+                        r = auth_chown_socket(lis->addr.path);
+                        if (r < 0)
+                                return log_error_errno(r,
+                                                       "Failed to give %s to --unix-group=%s: %m",
+                                                       lis->addr.path, s->cfg->unix_group);
+                }
+                lis->tls = !lis->addr.is_unix && tls_enabled();
+                if (lis->tls) { /* "http://..." -> "https://..." */
+                        size_t len = strlen(lis->url);
+                        if (len + 1 < sizeof(lis->url)) {
+                                memmove(lis->url + 5, lis->url + 4, len - 4 + 1);
+                                lis->url[4] = 's';
+                        }
+                }
                 /*
                  * The logger first, so MHD's own option warnings reach it. The pool
                  * size option only when asked for: MHD warns about a size of 0/1.
-                 * MHD zeroes the connection pool per request: 16 KiB holds any sane
-                 * header set (bodies are copied out) at a third of the cost of 64 KiB.
+                 * MHD zeroes the connection pool per request: the default 16 KiB
+                 * (--max-header-bytes) holds any sane header set (bodies are copied
+                 * out) at a third of the cost of 64 KiB.
                  */
-                struct MHD_OptionItem pool[] = {
-                        { s->cfg->http_threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END,
-                          (intptr_t)s->cfg->http_threads, NULL },
-                        { MHD_OPTION_END, 0, NULL },
-                };
+                struct MHD_OptionItem opts[8];
+                unsigned n = 0;
+                if (s->cfg->http_threads > 1)
+                        opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_THREAD_POOL_SIZE,
+                                                             (intptr_t)s->cfg->http_threads, NULL };
+                if (lis->tls) {
+                        /* The certificate comes from tls.c per handshake: SIGHUP reloads it. */
+                        opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_CERT_CALLBACK, 0,
+                                                             tls_cert_callback() };
+                        opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_PRIORITIES, 0,
+                                                             (void *)TLS_PRIORITIES };
+                        /* A trust list makes MHD request client certificates; tls.c verifies. */
+                        if (tls_client_ca_pem())
+                                opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_TRUST, 0,
+                                                                     (void *)tls_client_ca_pem() };
+                }
+                opts[n] = (struct MHD_OptionItem){ MHD_OPTION_END, 0, NULL };
+                /*
+                 * Limits (docs/limits.md): connlimit.c counts connections over every
+                 * listener in the accept policy, so MHD's own per-daemon limit (split
+                 * between its threads; at the limit it stops accepting instead of
+                 * refusing) is only a backstop above ours. The per-connection memory
+                 * pool bounds the request head (MHD answers 431 past it); the idle
+                 * timeout is in whole seconds.
+                 */
+                unsigned mhd_limit = (s->cfg->max_connections + 64) *
+                                     (s->cfg->http_threads ? s->cfg->http_threads : 1);
+                unsigned idle_sec = (unsigned)((s->cfg->idle_timeout_ms + 999) / 1000);
                 lis->daemon = MHD_start_daemon(
                         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME |
-                                MHD_USE_ERROR_LOG | MHD_USE_ITC,
-                        0, NULL, NULL, access_handler, lis, MHD_OPTION_EXTERNAL_LOGGER, mhd_logger,
-                        NULL, MHD_OPTION_ARRAY, pool, MHD_OPTION_LISTEN_SOCKET, lis->fd,
-                        MHD_OPTION_NOTIFY_COMPLETED, completed, lis, MHD_OPTION_CONNECTION_LIMIT,
-                        s->cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,
-                        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)(16 * 1024),
-                        MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1, MHD_OPTION_END);
+                                MHD_USE_ERROR_LOG | MHD_USE_ITC | (lis->tls ? MHD_USE_TLS : 0),
+                        0, accept_policy, s, access_handler, lis, MHD_OPTION_EXTERNAL_LOGGER,
+                        mhd_logger, NULL, MHD_OPTION_ARRAY, opts, MHD_OPTION_LISTEN_SOCKET, lis->fd,
+                        MHD_OPTION_NOTIFY_COMPLETED, completed, lis, MHD_OPTION_NOTIFY_CONNECTION,
+                        notify_connection, s, MHD_OPTION_CONNECTION_LIMIT, mhd_limit,
+                        MHD_OPTION_CONNECTION_TIMEOUT, idle_sec, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+                        s->cfg->max_header_bytes, MHD_OPTION_UNESCAPE_CALLBACK, unescape, NULL,
+                        MHD_OPTION_STRICT_FOR_CLIENT, (int)1, MHD_OPTION_LISTENING_ADDRESS_REUSE,
+                        (unsigned)1, MHD_OPTION_END);
                 if (!lis->daemon)
                         return log_error_errno(EIO, "Failed to start the HTTP server on %s",
                                                lis->url);
@@ -724,8 +1118,8 @@ int server_listen_spec(struct server *s, unsigned i, char *buf, size_t size)
         lis = s->listeners[i];
         if (lis->addr.is_unix)
                 n = snprintf(buf, size, "unix:%s", lis->addr.path);
-        else /* url is http://HOST:PORT or http://[V6]:PORT */
-                n = snprintf(buf, size, "%s", lis->url + strlen("http://"));
+        else /* url is http(s)://HOST:PORT or http(s)://[V6]:PORT */
+                n = snprintf(buf, size, "%s", strstr(lis->url, "://") + 3);
         return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
 }
 
@@ -742,6 +1136,10 @@ struct server *server_free(struct server *s)
                 free(lis);
         }
         s->loop = loop_free(s->loop);
+        connlimit_done(&s->conns);
+        auth_done();
+        tls_done();
+        security_ready = false;
         lp_done(&s->lp);
         sse_done(&s->sse);
         free(s);
@@ -750,7 +1148,22 @@ struct server *server_free(struct server *s)
 
 int server_reload(struct server *s)
 {
+        char err[512] = "";
+        int r, ret = 0;
+
         (void)s;
-        log_info("SIGHUP: nothing to reload");
-        return 0;
+        r = tls_reload(err, sizeof(err));
+        if (r < 0) {
+                log_error("SIGHUP: TLS not reloaded, the running certificate stays: %s", err);
+                ret = r;
+        }
+        err[0] = 0;
+        r = auth_reload(err, sizeof(err));
+        if (r < 0) {
+                log_error("SIGHUP: tokens not reloaded, the running table stays: %s", err);
+                ret = ret ? ret : r;
+        } else if (s->cfg->tokens_file)
+                log_info("SIGHUP: %zu tokens loaded from %s", auth_token_count(),
+                         s->cfg->tokens_file);
+        return ret;
 }

@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "connlimit.h"
 #include "longpoll.h"
 #include "sse.h"
 
@@ -20,13 +21,12 @@ struct worker;
 struct loop;
 struct server_listener;
 
-#define SERVER_MAX_BODY (64 * 1024)
-
 struct server {
         struct agent *agent;
         const struct agent_config *cfg;
         struct longpoll lp;
         struct sse sse;
+        struct connlimit conns; /* connection limits and request deadlines */
         struct worker *worker;
         struct loop *loop;
         struct server_listener *listeners[8];
@@ -35,6 +35,13 @@ struct server {
         bool stopped;
         atomic_uint deferred; /* suspended or resumed requests not completed yet */
 };
+
+/*
+ * Load the TLS credentials and the tokens file (tls.c, auth.c). main calls
+ * it while it may still read root-only files, before dropping privileges;
+ * server_new() calls it when main did not. Logs why on failure; -errno.
+ */
+int server_security_setup(const struct agent_config *cfg);
 
 int server_new(struct agent *a, const struct agent_config *cfg, struct server **ret);
 /* Bind and start every listener; prints "listening on ..." lines to stdout. */

@@ -1,12 +1,25 @@
 /*
- * staging.c: local kernel staging: open, fstat, stream SHA-256, compare,
- * kexec_file_load on the same fds. Worker thread; no state.
+ * staging.c: local kernel staging: resolve, check the allowed directories,
+ * open, fstat, stream SHA-256, compare, kexec_file_load on the same fds.
+ * Worker thread. Its one piece of state, the allowed directories, is set
+ * once by the server before any request (staging_set_allowed_dirs()).
+ *
+ * A path is taken only when its canonical form (realpath(3): no symlinks,
+ * no '.' or '..') lies inside one of the allowed directories, themselves
+ * resolved at each request (they may appear after the start, and a relative
+ * --state-dir makes the default STATE_DIR/kernels relative). The file is
+ * then opened by its canonical path with O_NOFOLLOW, and the opened inode
+ * must be the one stat(2) saw at that path: a symlink swapped in meanwhile
+ * anywhere on the way fails the comparison. A symlink inside an allowed
+ * directory that points outside is refused like any outside path.
  */
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
@@ -19,6 +32,15 @@
 #include "problem.h"
 #include "staging.h"
 
+static char *const *allowed_dirs;
+static unsigned n_allowed_dirs;
+
+void staging_set_allowed_dirs(char *const *dirs, unsigned n)
+{
+        allowed_dirs = dirs;
+        n_allowed_dirs = n;
+}
+
 bool staging_path_valid(const char *path)
 {
         size_t n;
@@ -28,17 +50,52 @@ bool staging_path_valid(const char *path)
         n = strlen(path);
         if (n < 2 || n >= 4096)
                 return false;
-        /* Reject ".." components: staging takes what it is told, literally. */
-        for (const char *p = path; (p = strstr(p, "..")); p += 2) {
-                bool start = p == path || p[-1] == '/';
-                bool end = p[2] == 0 || p[2] == '/';
-                if (start && end)
+        /* Reject "." and ".." components and empty ones ("//"): a path is
+         * taken literally, and the allowed-directory check compares names. */
+        for (const char *p = path; *p;) {
+                const char *c = p + 1, *e = strchrnul(c, '/');
+                size_t len = (size_t)(e - c);
+                if ((len == 0 && *e) || (len == 1 && c[0] == '.') ||
+                    (len == 2 && c[0] == '.' && c[1] == '.'))
                         return false;
+                p = e;
         }
         for (const char *p = path; *p; p++)
                 if ((unsigned char)*p < 0x20 || *p == 0x7f)
                         return false;
         return true;
+}
+
+/* Is the canonical path inside the canonical directory (not the directory itself)? */
+static bool path_inside(const char *path, const char *dir)
+{
+        size_t n = strlen(dir);
+
+        if (n == 1 && dir[0] == '/')
+                return path[0] == '/' && path[1] != 0;
+        return strncmp(path, dir, n) == 0 && path[n] == '/' && path[n + 1] != 0;
+}
+
+/*
+ * Is path inside an allowed directory? canonical: realpath() of the path,
+ * or NULL when it does not resolve; then the literal path is compared with
+ * the directories as configured and as resolved, so that a missing file in
+ * an allowed directory is "not found" and anything else "not allowed".
+ */
+static bool path_allowed(const char *path, const char *canonical)
+{
+        char dir[PATH_MAX];
+
+        for (unsigned i = 0; i < n_allowed_dirs; i++) {
+                const char *d = allowed_dirs[i];
+                if (!canonical && d[0] == '/' && path_inside(path, d))
+                        return true;
+                if (!realpath(d, dir))
+                        continue; /* not there (yet): nothing inside it either */
+                if (path_inside(canonical ? canonical : path, dir))
+                        return true;
+        }
+        return false;
 }
 
 bool staging_sha256_valid(const char *hex)
@@ -116,24 +173,34 @@ static int stage_open(const char *field, const char *path, const char *want,
 {
         _cleanup_close_ int fd = -1;
         struct stat st;
-        char got[65];
+        char got[65], canonical[PATH_MAX];
+        const char *real = realpath(path, canonical);
+        int real_errno = real ? 0 : errno;
         uint64_t size = 0;
         int r;
 
+        /* Only inside the allowed directories; checked before anything else is
+         * said about the file, so the answer tells nothing about other places. */
+        if (!path_allowed(path, real)) {
+                fail(res, 422, "path-not-allowed",
+                     "%s: %s is not inside an allowed staging directory", field, path);
+                res->extra = json_pack("{s:s}", "field", field);
+                return -1;
+        }
         /*
          * Look before opening: opening a FIFO blocks the worker until a writer
          * comes, and opening some devices acts (a watchdog starts ticking).
          * Then open without blocking and check it is still the same file.
          */
         struct stat before = { 0 };
-        if (stat(path, &before) == 0 && !S_ISREG(before.st_mode)) {
+        if (real && stat(real, &before) == 0 && !S_ISREG(before.st_mode)) {
                 fail(res, 422, "not-a-regular-file", "%s: %s is not a regular file", field, path);
                 res->extra = json_pack("{s:s}", "field", field);
                 return -1;
         }
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        fd = real ? open(real, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW) : -1;
         if (fd < 0) {
-                int e = errno;
+                int e = real ? errno : real_errno;
                 if (e == ENOENT || e == ENOTDIR)
                         fail(res, 422, "file-not-found", "%s: %s does not exist", field, path);
                 else

@@ -24,7 +24,16 @@ struct stage_result {
 int staging_run(struct backend *b, const struct op_request *rq, struct stage_result *res);
 void stage_result_done(struct stage_result *res);
 
-/* Path rules for a staging request: absolute, no "..", no "//" oddities. */
+/*
+ * The directories staged files must lie in (canonical paths are compared;
+ * see staging.c). The array is borrowed (the configuration's) and must
+ * outlive every staging_run(). Set once, before any request; none set
+ * refuses every path.
+ */
+void staging_set_allowed_dirs(char *const *dirs, unsigned n);
+
+/* Path rules for a staging request: absolute, no "." or ".." components,
+ * no empty ones ("//"), no control characters. */
 bool staging_path_valid(const char *path);
 /* 64 hex digits (any case). */
 bool staging_sha256_valid(const char *hex);

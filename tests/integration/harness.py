@@ -4,7 +4,9 @@ Prism validating proxy so that every response is checked against api/openapi.yam
 Python 3 standard library only (plus Prism, a Node.js program, when contract mode is on).
 Used by every tests/integration/test_*.py.
 
-- Agent: starts `luofleet-agent --backend=sim --state-dir=DIR --listen=127.0.0.1:PORT [flags]`,
+- Agent: starts `luofleet-agent --backend=sim --state-dir=DIR --listen=127.0.0.1:PORT
+  [--staging-dir=TEST_TMP] [flags]` (the test's temporary directory is the one staging
+  directory unless the flags name their own --staging-dir),
   learns the port from the stdout line `luofleet-agent: listening on http://127.0.0.1:PORT`,
   keeps stdout and stderr in files under the test's temporary directory, stops with SIGTERM
   and insists on exit code 0 (under ASan/UBSan a leak or a sanitizer report makes it
@@ -55,7 +57,7 @@ import unittest
 import urllib.parse
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-LISTEN_RE = re.compile(rb"luofleet-agent: listening on http://127\.0\.0\.1:(\d+)\n")
+LISTEN_RE = re.compile(rb"luofleet-agent: listening on https?://127\.0\.0\.1:(\d+)\n")
 SCALE = float(os.environ.get("LUOFLEET_TEST_TIMEOUT_SCALE", "1") or "1")
 START_TIMEOUT = 10.0 * SCALE
 STOP_TIMEOUT = 10.0 * SCALE
@@ -732,8 +734,18 @@ class Agent:
     def command(self, args=None):
         cmd = [self.binary, "--backend=%s" % self.backend, "--state-dir=%s" % self.state_dir,
                "--listen=127.0.0.1:%d" % self.port]
-        cmd += list(self.args if args is None else args)
-        return cmd
+        args = list(self.args if args is None else args)
+        # Kernel images may be staged only from --staging-dir directories (default /boot
+        # and STATE_DIR/kernels): the suites stage files from the test's temporary
+        # directory, so allow that one unless the test chose its own.
+        if not any(a.startswith("--staging-dir") for a in args):
+            cmd.append("--staging-dir=%s" % os.path.realpath(self.workdir))
+        # Run as root, the agent drops its network process to --user (default luofleet or
+        # nobody), which cannot read the suites' private temporary files: keep root there
+        # unless the test chose (the kernel calls still go through the privileged helper).
+        if os.geteuid() == 0 and not any(a.startswith(("--user", "--privsep")) for a in args):
+            cmd.append("--user=root")
+        return cmd + args
 
     def start(self, args=None, timeout=START_TIMEOUT):
         """Start the process and wait for its listening line. Returns self."""

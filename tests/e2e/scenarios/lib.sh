@@ -58,7 +58,7 @@ expect_field() {
 
 # start_agent ARGS...: start the agent in the background, wait for /healthz
 start_agent() {
-        luofleet-agent --listen=127.0.0.1:8421 "$@" >/tmp/agent.log 2>&1 &
+        luofleet-agent --listen=127.0.0.1:8421 --staging-dir=/mnt "$@" >/tmp/agent.log 2>&1 &
         AGENT_PID=$!
         _i=0
         while [ $_i -lt 100 ]; do
