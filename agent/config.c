@@ -37,7 +37,7 @@ static void usage(FILE *f)
               "  --max-wait=DURATION     longest long-poll wait (default 10m; units ms, s, m)\n"
               "  --max-waiters=N         suspended long-polls before 503 (default 10000)\n"
               "  --max-streams=N         event-stream clients before 503 (default 1000)\n"
-              "  --max-connections=N     connections per listener (default 16384)\n"
+              "  --max-connections=N     open connections, all listeners together (16384)\n"
               "  --sse-heartbeat=DURATION  comment line on idle streams (default 15s)\n"
               "  --reboot-delay=DURATION time between the 202 leaving and the kexec (100ms)\n"
               "  --http-threads=N        HTTP threads per listener (default 1; more answer\n"
@@ -47,7 +47,8 @@ static void usage(FILE *f)
               "  --max-connections-per-ip=N  connections from one address (default 1024)\n"
               "  --max-header-bytes=N    request line and headers per connection (16384)\n"
               "  --max-body-bytes=N      request body (default 65536)\n"
-              "  --header-timeout=DURATION  a request head must arrive within this (10s)\n"
+              "  --header-timeout=DURATION  a request (head and body) must arrive within\n"
+              "                          this, however slowly it trickles in (default 10s)\n"
               "  --idle-timeout=DURATION close connections idle this long (default 60s)\n"
               "\n"
               "Security:\n"
@@ -59,8 +60,9 @@ static void usage(FILE *f)
               "  --tokens=FILE           bearer tokens (lines: NAME ROLE SHA256); the file must\n"
               "                          not be readable by group or others; reread on SIGHUP\n"
               "  --unix-group=GROUP      members are operators on the Unix socket (root always)\n"
-              "  --anonymous=LIST        with tokens or client certificates: open state and/or\n"
-              "                          metrics to callers without credentials (default none)\n"
+              "  --anonymous=LIST        with tokens or client certificates: open any of state,\n"
+              "                          metrics, readyz to callers without credentials\n"
+              "                          (default none; /healthz is always open)\n"
               "  --insecure              allow a non-loopback listener without TLS and auth\n"
               "  --staging-dir=DIR       kernel images may be staged from under DIR only\n"
               "                          (default /boot and STATE_DIR/kernels); repeatable\n"
@@ -203,6 +205,8 @@ static int parse_anonymous(const char *v, unsigned *ret)
                         bits |= ANON_STATE;
                 else if (strcmp(t, "metrics") == 0)
                         bits |= ANON_METRICS;
+                else if (strcmp(t, "readyz") == 0)
+                        bits |= ANON_READYZ;
                 else if (strcmp(t, "none") != 0)
                         return -EINVAL;
         }
@@ -476,7 +480,7 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                         if (parse_anonymous(optarg, &cfg->anonymous) < 0)
                                 return bad("--anonymous", optarg,
                                            "expected a comma-separated list of state, metrics, "
-                                           "or none");
+                                           "readyz, or none");
                         break;
                 case ARG_INSECURE:
                         cfg->insecure = true;

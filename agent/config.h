@@ -16,6 +16,7 @@
 enum {
         ANON_STATE = 1u << 0,   /* GET /v1/state (and long-poll) */
         ANON_METRICS = 1u << 1, /* GET /metrics */
+        ANON_READYZ = 1u << 2,  /* GET /readyz */
 };
 
 enum sim_reboot_mode {

@@ -8,6 +8,8 @@
 #include <string.h>
 
 #include "agent.h"
+#include "auth.h"
+#include "config.h"
 #include "http.h"
 #include "journal.h"
 #include "loop.h"
@@ -30,16 +32,37 @@ static void check(json_t *arr, const char *name, bool ok, const char *detail, bo
                 *all = false;
 }
 
+/* How callers are authenticated; says so loudly when --insecure is in force. */
+static void security_detail(const struct agent_config *cfg, char *buf, size_t size)
+{
+        bool exposed = false;
+
+        for (unsigned i = 0; i < cfg->n_listen; i++)
+                exposed |= !listen_is_loopback(&cfg->listen[i]);
+        if (exposed && cfg->insecure &&
+            !(cfg->tls_cert && (cfg->tokens_file || cfg->tls_client_ca)))
+                snprintf(buf, size,
+                         "INSECURE (--insecure): a non-loopback listener without TLS and "
+                         "authentication");
+        else if (cfg->tokens_file || cfg->tls_client_ca)
+                snprintf(buf, size, "%s, %s%s", cfg->tls_cert ? "TLS" : "plain HTTP on loopback",
+                         cfg->tls_client_ca ? "client certificates" : "",
+                         cfg->tokens_file
+                                 ? (cfg->tls_client_ca ? " and bearer tokens" : "bearer tokens")
+                                 : "");
+        else
+                snprintf(buf, size, "%s on loopback and the Unix socket only, no authentication",
+                         cfg->tls_cert ? "TLS" : "plain HTTP");
+}
+
 int h_readyz_get(struct http_req *req, struct http_reply *rep)
 {
         struct agent *a = req->agent;
         json_t *checks = json_array();
         bool all = true, shutting;
-        char detail[160], eb[16];
-        int jerr;
+        char detail[160];
 
         agent_lock(a);
-        jerr = a->journal_error;
         shutting = a->shutting_down;
         enum luo_state s = a->state;
         agent_unlock(a);
@@ -47,15 +70,15 @@ int h_readyz_get(struct http_req *req, struct http_reply *rep)
         snprintf(detail, sizeof(detail), "%s backend open, kernel state %s", a->backend->ops->name,
                  luo_state_to_string(s));
         check(checks, "backend", s != LUO_STATE_UNDEFINED, detail, &all);
-        if (jerr)
-                snprintf(detail, sizeof(detail), "last append failed: %s", errno_name(jerr, eb));
-        else
-                snprintf(detail, sizeof(detail), "writable");
-        check(checks, "journal", jerr == 0, detail, &all);
+        /* Full or read-only state directory (probed), or a failed append (the audit's too). */
+        bool jok = agent_journal_health(a, detail, sizeof(detail));
+        check(checks, "journal", jok, detail, &all);
         check(checks, "kernel-consistent", a->self_check[0] == 0,
               a->self_check[0] ? a->self_check : "GET_STATE and sysfs agreed at start-up", &all);
         check(checks, "accepting", !shutting, shutting ? "shutting down" : "accepting operations",
               &all);
+        security_detail(a->cfg, detail, sizeof(detail));
+        check(checks, "security", true, detail, &all);
         return http_reply_json(
                 rep, all ? 200 : 503,
                 json_pack("{s:s, s:o}", "status", all ? "ready" : "not-ready", "checks", checks));
@@ -165,6 +188,7 @@ int h_metrics_get(struct http_req *req, struct http_reply *rep)
                       "luofleet_agent_info{version=\"%s\",backend=\"%s\"} 1\n",
                       LUOFLEET_VERSION, a->backend->ops->name);
         metrics_render_requests(&sb);
+        auth_render_metrics(&sb);
         if (sb.oom) {
                 strbuf_free(&sb);
                 return -ENOMEM;

@@ -85,11 +85,12 @@ struct http_reply {
         struct doc_snapshot *snap; /* owned reference: the state document as body */
         char *text;                /* owned raw body (metrics) */
         size_t text_len;
-        const char *content_type; /* for text */
-        char allow[64];           /* 405: the Allow header, "" = none */
-        unsigned retry_after;     /* seconds, 0 = none */
-        bool etag_from_snap;      /* ETag: "<snap->index>" */
-        bool close;               /* Connection: close */
+        const char *content_type;     /* for text */
+        char allow[64];               /* 405: the Allow header, "" = none */
+        unsigned retry_after;         /* seconds, 0 = none */
+        bool etag_from_snap;          /* ETag: "<snap->index>" */
+        bool close;                   /* Connection: close */
+        const char *www_authenticate; /* 401: the WWW-Authenticate challenge (static) */
 
         enum http_defer defer;
         uint64_t wait_index;    /* DEFER_LONGPOLL */

@@ -209,7 +209,8 @@ class UnixSocketTest(AgentTestCase):
         self.assertGreater(self.assertStateDoc(lp.get())["index"], n)
         r = unix("POST", "/v1/cancel")
         d = self.assertStateDoc(r)
-        self.assertEqual(d["operation"]["requested_by"], "unix")
+        # Who, not where from: the peer's uid (SO_PEERCRED); the address is in the audit record.
+        self.assertEqual(d["operation"]["requested_by"], "uid:%d" % os.getuid())
         self.assertEqual(c.state(), d)
         a.stop()
         self.assertFalse(os.path.exists(sock_path))
@@ -559,7 +560,7 @@ class HealthTest(AgentTestCase):
         self.assertEqual(set(r.json), {"status", "checks"})
         self.assertEqual(r.json["status"], "ready")
         self.assertEqual([x["name"] for x in r.json["checks"]],
-                         ["backend", "journal", "kernel-consistent", "accepting"])
+                         ["backend", "journal", "kernel-consistent", "accepting", "security"])
         for chk in r.json["checks"]:
             self.assertEqual(set(chk), {"name", "ok", "detail"})
             self.assertIs(chk["ok"], True)
@@ -568,6 +569,8 @@ class HealthTest(AgentTestCase):
         self.assertEqual(r.json["checks"][1]["detail"], "writable")
         self.assertEqual(r.json["checks"][2]["detail"], "GET_STATE and sysfs agreed at start-up")
         self.assertEqual(r.json["checks"][3]["detail"], "accepting operations")
+        self.assertEqual(r.json["checks"][4]["detail"],
+                         "plain HTTP on loopback and the Unix socket only, no authentication")
 
 
 METRIC_LINE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*"'
