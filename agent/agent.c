@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -62,11 +63,28 @@ int agent_new(const struct agent_config *cfg, struct backend *b, struct journal 
         a->backend = b;
         a->journal = j;
         a->state_dir_fd = state_dir_fd;
+        pthread_mutex_init(&a->audit_lock, NULL);
         a->ops = json_object();
         a->ops_order = json_array();
         if (!a->ops || !a->ops_order) {
                 agent_free(a);
                 return -ENOMEM;
+        }
+        if (state_dir_fd >= 0) {
+                struct journal_load_report rep = { 0 };
+                r = journal_open(state_dir_fd, "audit", cfg ? cfg->journal_max_bytes : 0, &a->audit,
+                                 &rep);
+                if (r < 0) {
+                        log_error_errno(r, "Failed to open the audit journal: %m");
+                        agent_free(a);
+                        return r;
+                }
+                if (rep.dropped_bytes)
+                        log_warning("Audit journal: dropped %s of %llu bytes at offset %llu, "
+                                    "kept %zu records",
+                                    rep.torn ? "a torn tail" : "invalid data",
+                                    (unsigned long long)rep.dropped_bytes,
+                                    (unsigned long long)rep.first_bad_offset, rep.records);
         }
         if (cfg && cfg->hostname[0])
                 snprintf(a->hostname, sizeof(a->hostname), "%s", cfg->hostname);
@@ -91,6 +109,8 @@ struct agent *agent_free(struct agent *a)
         json_decref(a->ops_order);
         json_decref(a->last_start);
         doc_snapshot_unref(a->snap);
+        journal_free(a->audit);
+        pthread_mutex_destroy(&a->audit_lock);
         pthread_mutex_destroy(&a->lock);
         free(a);
         return NULL;
@@ -175,21 +195,22 @@ uint64_t agent_index(struct agent *a)
 }
 
 /*
- * Append one record for a change already applied in memory. The index moves
- * even when the journal cannot be written: the document must keep telling
- * the kernel's truth; /readyz reports the journal failure.
+ * Append one record (fields: stolen). For a change already applied in memory
+ * (must_persist false) the index moves even when the journal cannot be
+ * written: the document must keep telling the kernel's truth; /readyz
+ * reports the journal failure. For an intent (must_persist true: the start
+ * of an operation, before any kernel call) a failed append changes nothing,
+ * not even the index, and the caller refuses to act.
  */
-static int agent_record_locked(struct agent *a, const char *kind, json_t *fields)
+static int agent_append_locked(struct agent *a, const char *kind, json_t *fields, bool must_persist)
 {
-        uint64_t now = now_real_usec();
+        uint64_t now = now_real_usec(), next = a->index + 1;
         int r;
 
         json_t *rec;
 
-        a->index++;
-        a->changed_at = now;
         /* The common members first, for people reading the journal with jq. */
-        rec = json_pack("{s:I, s:o, s:s, s:s, s:s}", "index", (json_int_t)a->index, "time",
+        rec = json_pack("{s:I, s:o, s:s, s:s, s:s}", "index", (json_int_t)next, "time",
                         time_json(now), "boot_id", a->info.boot_id, "kind", kind, "state",
                         luo_state_to_string(a->state));
         if (rec && fields)
@@ -198,14 +219,23 @@ static int agent_record_locked(struct agent *a, const char *kind, json_t *fields
         r = rec ? journal_append(a->journal, rec) : -ENOMEM;
         json_decref(rec);
         if (r < 0) {
-                if (a->journal_error == 0)
+                if (a->journal_error == 0 || must_persist)
                         log_error_errno(r, "Failed to append to the journal: %m");
                 a->journal_error = r;
+                if (must_persist)
+                        return r;
         } else
                 a->journal_error = 0;
+        a->index = next;
+        a->changed_at = now;
         if (agent_rebuild_snapshot_locked(a) < 0)
                 log_error("Out of memory rebuilding the state document");
         return r;
+}
+
+static int agent_record_locked(struct agent *a, const char *kind, json_t *fields)
+{
+        return agent_append_locked(a, kind, fields, false);
 }
 
 static int agent_transition_locked(struct agent *a, enum luo_state to, const char *cause,
@@ -294,6 +324,30 @@ int agent_record_op_extra_locked(struct agent *a, json_t *op, int http_status, j
         if (json_is_object(extra))
                 json_object_set(rec, "problem_extra", extra);
         return agent_record_locked(a, "operation", rec);
+}
+
+int agent_record_op_begin_locked(struct agent *a, json_t *op)
+{
+        json_t *old = a->operation, *rec;
+        bool old_running = a->op_running;
+        int r;
+
+        rec = json_pack("{s:O, s:i}", "operation", op, "http_status", 0);
+        if (!rec)
+                return -ENOMEM;
+        /* In the document before the append, so that the rebuilt snapshot shows it. */
+        a->operation = json_incref(op);
+        a->op_running = true;
+        r = agent_append_locked(a, "operation", rec, true);
+        if (r < 0) {
+                json_decref(a->operation);
+                a->operation = old;
+                a->op_running = old_running;
+                return r;
+        }
+        json_decref(old);
+        agent_ops_put_locked(a, op, 0, NULL);
+        return 0;
 }
 
 int agent_record_op_locked(struct agent *a, json_t *op, int http_status)
@@ -629,9 +683,195 @@ int agent_reconcile(struct agent *a)
         return 0;
 }
 
+/* ---- audit and storage ---------------------------------------------------- */
+
+void agent_requested_by(const struct auth_identity *who, char *buf, size_t size)
+{
+        if (!who || !who->method[0])
+                snprintf(buf, size, "anonymous");
+        else
+                auth_identity_string(who, buf, size);
+}
+
+int agent_storage_check(struct agent *a, uint64_t reserve, uint64_t *ret_free)
+{
+        struct statvfs sv;
+        uint64_t avail;
+
+        if (ret_free)
+                *ret_free = UINT64_MAX;
+        if (a->state_dir_fd < 0)
+                return 0;
+        if (fstatvfs(a->state_dir_fd, &sv) < 0)
+                return negative_errno();
+        if (sv.f_flag & ST_RDONLY)
+                return -EROFS;
+        /* Root may write into the blocks reserved for it; anyone else may not. */
+        avail = (uint64_t)(geteuid() == 0 ? sv.f_bfree : sv.f_bavail) * sv.f_frsize;
+        if (ret_free)
+                *ret_free = avail;
+        return avail < reserve ? -ENOSPC : 0;
+}
+
+/*
+ * A full directory that the probe finds roomy again has recovered. Not a
+ * read-only one: a file system turned read-only by an error still says
+ * "rw" to statvfs, so only the next successful append tells.
+ */
+static bool space_errno(int r)
+{
+        return r == -ENOSPC || r == -EDQUOT || r == -EFBIG;
+}
+
+bool agent_journal_health(struct agent *a, char *detail, size_t size)
+{
+        uint64_t avail = 0;
+        char eb[16];
+        int probe = agent_storage_check(a, AGENT_STORAGE_RESERVE, &avail), jerr, aerr;
+
+        agent_lock(a);
+        jerr = a->journal_error;
+        agent_unlock(a);
+        pthread_mutex_lock(&a->audit_lock);
+        aerr = a->audit_error;
+        pthread_mutex_unlock(&a->audit_lock);
+
+        if (probe == -EROFS) {
+                snprintf(detail, size,
+                         "the state directory is read-only: operations are refused "
+                         "(state-dir-read-only)");
+                return false;
+        }
+        if (probe == -ENOSPC) {
+                snprintf(detail, size,
+                         "%llu bytes free in the state directory, %llu needed: operations are "
+                         "refused (journal-full)",
+                         (unsigned long long)avail, (unsigned long long)AGENT_STORAGE_RESERVE);
+                return false;
+        }
+        if (probe < 0) {
+                snprintf(detail, size, "the state directory cannot be probed: %s",
+                         errno_name(probe, eb));
+                return false;
+        }
+        if (jerr && !space_errno(jerr)) {
+                snprintf(detail, size, "last append failed: %s", errno_name(jerr, eb));
+                return false;
+        }
+        if (aerr && !space_errno(aerr)) {
+                snprintf(detail, size, "last audit append failed: %s", errno_name(aerr, eb));
+                return false;
+        }
+        snprintf(detail, size, "writable");
+        return true;
+}
+
+struct journal *agent_audit_lock(struct agent *a)
+{
+        pthread_mutex_lock(&a->audit_lock);
+        return a->audit;
+}
+
+void agent_audit_unlock(struct agent *a)
+{
+        pthread_mutex_unlock(&a->audit_lock);
+}
+
+/*
+ * Client bytes (an If-Match header, a certificate subject) for the audit
+ * record: at most max bytes, control characters as '?', and if the result is
+ * not UTF-8, every non-ASCII byte as '?' too. Never NULL unless out of memory.
+ */
+static json_t *audit_string(const char *s, size_t max)
+{
+        char buf[256];
+        size_t n = 0;
+        json_t *j;
+
+        max = MIN(max, sizeof(buf) - 1);
+        for (; s[n] && n < max; n++)
+                buf[n] = (unsigned char)s[n] < 0x20 || s[n] == 0x7f ? '?' : s[n];
+        buf[n] = 0;
+        j = json_stringn(buf, n);
+        if (j)
+                return j;
+        for (size_t i = 0; i < n; i++)
+                if ((unsigned char)buf[i] >= 0x80)
+                        buf[i] = '?';
+        return json_stringn(buf, n);
+}
+
+static json_t *audit_identity(const struct auth_identity *who)
+{
+        bool none = !who || !who->method[0];
+
+        return json_pack("{s:s, s:o, s:s}", "method", none ? "none" : who->method, "name",
+                         none || !who->name[0] ? json_null()
+                                               : audit_string(who->name, sizeof(who->name)),
+                         "role", auth_role_to_string(none ? ROLE_NONE : who->role));
+}
+
+/*
+ * The audit journal is written under its own lock (never while agent.lock
+ * is held: the state and index are read first, under agent.lock, and the
+ * lock released). Its records do not change the state document, so no
+ * listener is woken. A record that cannot be written (full or read-only
+ * directory, I/O error) goes to the log instead: it holds nothing secret
+ * (token names, never tokens), so the log may have it.
+ */
 int agent_audit(struct agent *a, const struct audit_entry *e)
 {
-        (void)a;
-        (void)e;
-        return 0; /* filled in by the audit work */
+        _cleanup_free_ char *line = NULL;
+        uint64_t now = now_real_usec(), state_index;
+        enum luo_state state;
+        json_t *rec;
+        char eb[16];
+        int r;
+
+        agent_lock(a);
+        state = a->state;
+        state_index = a->index;
+        agent_unlock(a);
+
+        /* "o*": no operation_id member when there is none (OperationId is a string). */
+        rec = json_pack(
+                "{s:I, s:o, s:s, s:s, s:s, s:I, s:o, s:s, s:s, s:o*, s:o, s:{s:i, s:s, "
+                "s:b}}",
+                "index", (json_int_t)0, "time", time_json(now), "boot_id", a->info.boot_id, "kind",
+                "audit", "state", luo_state_to_string(state), "state_index",
+                (json_int_t)state_index, "identity", audit_identity(e->who), "source",
+                e->source ? e->source : "unknown", "action", e->action ? e->action : "unknown",
+                "operation_id",
+                e->operation_id && e->operation_id[0] ? audit_string(e->operation_id, OP_ID_MAX)
+                                                      : NULL,
+                "precondition",
+                e->if_match ? audit_string(e->if_match, AUDIT_PRECONDITION_MAX) : json_null(),
+                "result", "status", e->status, "code", e->code ? e->code : "unknown", "replayed",
+                e->replayed);
+        if (!rec)
+                return log_oom();
+
+        pthread_mutex_lock(&a->audit_lock);
+        if (!a->audit) {
+                r = 0;
+                goto out;
+        }
+        json_object_set_new(rec, "index",
+                            json_integer((json_int_t)(journal_last_index(a->audit) + 1)));
+        /* Half the operations' reserve: refused requests cannot eat an admitted one's room. */
+        r = agent_storage_check(a, AGENT_STORAGE_RESERVE / 2, NULL);
+        if (r >= 0)
+                r = journal_append(a->audit, rec);
+        if (r < 0) {
+                a->audit_error = r;
+                a->audit_dropped++;
+                line = json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER);
+                log_warning("Audit record not journaled (%s): %s", errno_name(r, eb),
+                            line ? line : "(out of memory)");
+        } else
+                a->audit_error = 0;
+out:
+        pthread_mutex_unlock(&a->audit_lock);
+        json_decref(rec);
+        return r;
 }

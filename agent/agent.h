@@ -40,6 +40,8 @@ int op_action_from_string(const char *s);
 #define OP_ID_MAX 64
 #define OP_REASON_MAX 256
 #define OPS_TABLE_MAX 1024
+/* An audit record keeps at most this much of an If-Match header. */
+#define AUDIT_PRECONDITION_MAX 128
 
 /* A validated action request (from h_actions.c / h_kernel.c). */
 struct op_request {
@@ -55,6 +57,11 @@ struct op_request {
         char initrd_path[4096]; /* "" = none */
         char initrd_sha256[65];
         char cmdline[2048];
+        /* For the audit record written when the job ends (agent_op_execute). */
+        struct auth_identity who;
+        char source[64];
+        char precondition[AUDIT_PRECONDITION_MAX + 1]; /* sanitized If-Match, "" = none */
+        bool has_precondition;
 };
 
 typedef void (*agent_listener_fn)(void *userdata, uint64_t index);
@@ -91,6 +98,18 @@ struct agent {
         uint64_t applied_ticket;
 
         int journal_error; /* last append error, 0 = writable */
+
+        /*
+         * The audit trail (agent_audit): its own journal file ("audit"), index
+         * sequence and lock, so that a flood of refused requests neither moves
+         * the state index (If-Match, long-poll, SSE ids) nor pushes state
+         * history out through compaction, nor waits on agent.lock. Lock order:
+         * agent.lock is never taken while audit_lock is held.
+         */
+        pthread_mutex_t audit_lock;
+        struct journal *audit;  /* NULL when there is no state directory (unit tests) */
+        int audit_error;        /* last audit append error, 0 = fine */
+        uint64_t audit_dropped; /* audit records that could not be written */
         bool shutting_down;
         uint64_t transitions[_LUO_STATE_MAX][_LUO_STATE_MAX];
         uint64_t ops_done[_OP_ACTION_MAX][2]; /* [action][0 ok, 1 failed] */
@@ -158,6 +177,12 @@ int agent_journal_status(struct agent *a);
  * notification of listeners once the lock is released.
  */
 int agent_record_op_locked(struct agent *a, json_t *op, int http_status);
+/*
+ * The "running" record of an accepted operation, before any kernel call: on
+ * failure nothing changes (document, index, operation table) and -errno is
+ * returned; on success op is the current operation (a new reference is taken).
+ */
+int agent_record_op_begin_locked(struct agent *a, json_t *op);
 int agent_record_op_extra_locked(struct agent *a, json_t *op, int http_status, json_t *extra);
 int agent_transition_op_locked(struct agent *a, enum luo_state to, const char *op_id);
 int agent_record_staging_locked(struct agent *a, json_t *staged);
@@ -176,8 +201,38 @@ struct audit_entry {
         const char *if_match;     /* the raw If-Match header or NULL */
         int status;               /* HTTP status of the answer */
         const char *code;         /* problem code, or "accepted" / "ok" / "replayed" */
+        bool replayed;            /* answered from an earlier request with this operation_id */
 };
 int agent_audit(struct agent *a, const struct audit_entry *e);
+
+/* The audit journal for readers (h_history.c), with audit_lock held; NULL when none. */
+struct journal *agent_audit_lock(struct agent *a);
+void agent_audit_unlock(struct agent *a);
+
+/*
+ * "token:ci-bot", "cert:CN=x", "uid:0" or "anonymous": the requested_by of
+ * an operation started by who.
+ */
+void agent_requested_by(const struct auth_identity *who, char *buf, size_t size);
+
+/*
+ * Can the state directory take an operation's records? A probe
+ * (fstatvfs), not a write: 0 when it can, -EROFS (mounted read-only),
+ * -ENOSPC (fewer than reserve bytes free: an operation writes several
+ * records after its kernel call, which must not be the first to fail), or
+ * the probe's -errno. What a probe cannot see (EIO, a file system turned
+ * read-only by an error) shows at the append itself. *ret_free: bytes free
+ * (may be NULL). Any thread; no lock needed.
+ */
+#define AGENT_STORAGE_RESERVE ((uint64_t)64 * 1024)
+int agent_storage_check(struct agent *a, uint64_t reserve, uint64_t *ret_free);
+/*
+ * The /readyz "journal" check: false with a detail when operations would be
+ * refused (read-only or full state directory) or the last append of the
+ * journal or the audit journal failed for a reason the probe cannot see
+ * recovering (EIO). Takes agent.lock and audit_lock in turn, never both.
+ */
+bool agent_journal_health(struct agent *a, char *detail, size_t size);
 
 /* Mark shutting down: new operations are refused. */
 void agent_set_shutting_down(struct agent *a);

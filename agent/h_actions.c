@@ -3,7 +3,9 @@
  * finish} and PUT/GET/DELETE /v1/kernel. They validate the request, let
  * agent_op_begin() admit it (durably), and defer the kernel call to the
  * worker: the answer comes when it is done, except reboot, answered 202
- * before the jump. MHD thread.
+ * before the jump. Every answer of a mutating request leaves one audit
+ * record (agent_audit): here when it is given at once, at the end of the
+ * job when the worker gives it. MHD thread.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -50,8 +52,53 @@ static int parse_common(json_t *body, struct op_request *rq, struct http_reply *
 
 static void request_init(struct http_req *req, enum op_action act, struct op_request *rq)
 {
-        *rq = (struct op_request){ .action = act, .if_match = req->if_match };
-        snprintf(rq->requested_by, sizeof(rq->requested_by), "%s", req->peer);
+        *rq = (struct op_request){ .action = act, .if_match = req->if_match, .who = req->who };
+        agent_requested_by(&req->who, rq->requested_by, sizeof(rq->requested_by));
+        snprintf(rq->source, sizeof(rq->source), "%s", req->peer[0] ? req->peer : "unknown");
+        if (req->if_match) {
+                /* Kept for the audit record of a job that outlives the request's headers. */
+                snprintf(rq->precondition, sizeof(rq->precondition), "%.*s", AUDIT_PRECONDITION_MAX,
+                         req->if_match);
+                rq->has_precondition = true;
+        }
+}
+
+/*
+ * The audit record of an answer given now. An operation that went to the
+ * worker (DEFER_WORKER) is audited when it ends, with its real answer
+ * (agent_op_execute); a reboot (DEFER_AFTER) now, with its 202. r < 0: the
+ * router answers 500 internal-error.
+ */
+static void audit_answer(struct http_req *req, const struct op_request *rq,
+                         const struct http_reply *rep, int r)
+{
+        struct audit_entry e = {
+                .who = &req->who,
+                .source = rq->source,
+                .action = op_action_to_string(rq->action),
+                /* An id that failed validation is not repeated. */
+                .operation_id = op_id_valid(rq->id) ? rq->id : NULL,
+                .if_match = req->if_match,
+                .status = rep->status,
+        };
+
+        if (r >= 0 && rep->defer == DEFER_WORKER)
+                return;
+        if (r < 0) {
+                e.status = 500;
+                e.code = "internal-error";
+        } else if (rep->problem) {
+                e.code = json_string_value(json_object_get(rep->json, "code"));
+                e.replayed = json_is_true(json_object_get(rep->json, "replayed"));
+        } else if (rep->defer == DEFER_AFTER && rep->job) {
+                e.code = "accepted";
+                e.operation_id = rep->job->rq.id;
+        } else {
+                /* A success answered at once is a replay of an earlier request. */
+                e.code = "replayed";
+                e.replayed = true;
+        }
+        agent_audit(req->agent, &e);
 }
 
 static int begin(struct http_req *req, struct http_reply *rep, const struct op_request *rq)
@@ -78,25 +125,32 @@ static int begin(struct http_req *req, struct http_reply *rep, const struct op_r
         return 0;
 }
 
-int h_action_post(struct http_req *req, struct http_reply *rep)
+static int action_post(struct http_req *req, struct http_reply *rep, struct op_request *rq)
 {
         static const char *const fields[] = { "operation_id", "reason", NULL };
+        json_t *body = NULL;
+
+        if (!body_parse(req, rep, false, &body))
+                return 0;
+        if (body && (!body_only_fields(body, fields, NULL, rep) || !parse_common(body, rq, rep))) {
+                json_decref(body);
+                return 0;
+        }
+        json_decref(body);
+        return begin(req, rep, rq);
+}
+
+int h_action_post(struct http_req *req, struct http_reply *rep)
+{
         const char *name = strrchr(req->path, '/') + 1;
         struct op_request rq;
-        json_t *body = NULL;
         int act = op_action_from_string(name), r;
 
         if (act < 0 || act == OP_STAGE || act == OP_UNSTAGE)
                 return -EINVAL; /* the route table only maps the four actions here */
         request_init(req, act, &rq);
-        if (!body_parse(req, rep, false, &body))
-                return 0;
-        if (body && (!body_only_fields(body, fields, NULL, rep) || !parse_common(body, &rq, rep))) {
-                json_decref(body);
-                return 0;
-        }
-        json_decref(body);
-        r = begin(req, rep, &rq);
+        r = action_post(req, rep, &rq);
+        audit_answer(req, &rq, rep, r);
         return r;
 }
 
@@ -129,7 +183,9 @@ static int parse_file(json_t *body, const char *key, bool required, char *path, 
                 return 0;
         if (!present || !staging_path_valid(path)) {
                 http_reply_problem(rep, 400, "invalid-field",
-                                   "%s.path must be an absolute path without '..' components", key);
+                                   "%s.path must be an absolute path without '.', '..' or empty "
+                                   "components",
+                                   key);
                 json_object_set_new(rep->json, "field", json_string(key));
                 return 0;
         }
@@ -144,29 +200,38 @@ static int parse_file(json_t *body, const char *key, bool required, char *path, 
         return 1;
 }
 
-int h_kernel_put(struct http_req *req, struct http_reply *rep)
+static int kernel_put(struct http_req *req, struct http_reply *rep, struct op_request *rq)
 {
         static const char *const fields[] = { "kernel", "initrd",       "cmdline",
                                               "reason", "operation_id", NULL };
-        struct op_request rq;
         json_t *body = NULL;
         bool present;
         int ok;
 
-        request_init(req, OP_STAGE, &rq);
         if (!body_parse(req, rep, true, &body))
                 return 0;
-        ok = body_only_fields(body, fields, NULL, rep) && parse_common(body, &rq, rep) &&
-             parse_file(body, "kernel", true, rq.kernel_path, sizeof(rq.kernel_path),
-                        rq.kernel_sha256, rep) &&
-             parse_file(body, "initrd", false, rq.initrd_path, sizeof(rq.initrd_path),
-                        rq.initrd_sha256, rep) &&
-             body_string(body, "cmdline", 0, sizeof(rq.cmdline) - 1, rq.cmdline, sizeof(rq.cmdline),
-                         &present, rep);
+        ok = body_only_fields(body, fields, NULL, rep) && parse_common(body, rq, rep) &&
+             parse_file(body, "kernel", true, rq->kernel_path, sizeof(rq->kernel_path),
+                        rq->kernel_sha256, rep) &&
+             parse_file(body, "initrd", false, rq->initrd_path, sizeof(rq->initrd_path),
+                        rq->initrd_sha256, rep) &&
+             body_string(body, "cmdline", 0, sizeof(rq->cmdline) - 1, rq->cmdline,
+                         sizeof(rq->cmdline), &present, rep);
         json_decref(body);
         if (!ok)
                 return 0;
-        return begin(req, rep, &rq);
+        return begin(req, rep, rq);
+}
+
+int h_kernel_put(struct http_req *req, struct http_reply *rep)
+{
+        struct op_request rq;
+        int r;
+
+        request_init(req, OP_STAGE, &rq);
+        r = kernel_put(req, rep, &rq);
+        audit_answer(req, &rq, rep, r);
+        return r;
 }
 
 int h_kernel_get(struct http_req *req, struct http_reply *rep)
@@ -184,17 +249,12 @@ int h_kernel_get(struct http_req *req, struct http_reply *rep)
 
 int h_kernel_delete(struct http_req *req, struct http_reply *rep)
 {
-        static const char *const fields[] = { "operation_id", "reason", NULL };
         struct op_request rq;
-        json_t *body = NULL;
+        int r;
 
         request_init(req, OP_UNSTAGE, &rq);
-        if (!body_parse(req, rep, false, &body))
-                return 0;
-        if (body && (!body_only_fields(body, fields, NULL, rep) || !parse_common(body, &rq, rep))) {
-                json_decref(body);
-                return 0;
-        }
-        json_decref(body);
-        return begin(req, rep, &rq);
+        /* The same body as the four actions: operation_id and reason. */
+        r = action_post(req, rep, &rq);
+        audit_answer(req, &rq, rep, r);
+        return r;
 }

@@ -1,7 +1,8 @@
 /*
  * h_history.c: GET /v1/history (the journal, oldest first) and
  * GET /v1/events (the journal as a live Server-Sent Events stream; the
- * streaming itself is sse.c). MHD thread; the agent lock is held only while
+ * streaming itself is sse.c); kind=audit pages through the audit journal
+ * instead. MHD thread; the agent lock (or the audit lock) is held only while
  * records are copied.
  */
 #include <errno.h>
@@ -43,6 +44,54 @@ static bool kind_filter_valid(const char *f)
         return true;
 }
 
+/*
+ * One page of j (lock held: agent.lock for the journal, audit_lock for the
+ * audit journal). Returns the page or NULL when out of memory.
+ */
+static json_t *history_page(struct journal *j, bool since_given, uint64_t since, uint64_t limit,
+                            const char *kind)
+{
+        json_t *records = json_array();
+        size_t n = j ? journal_count(j) : 0, pos, end;
+        bool more = false;
+
+        if (!records)
+                return NULL;
+        if (since_given) {
+                /* Paging forward: the oldest `limit` records after since. */
+                for (pos = j ? journal_find_after(j, since) : 0; pos < n; pos++) {
+                        const struct journal_rec *r = journal_get(j, pos);
+                        if (!kind_matches(kind, r->kind))
+                                continue;
+                        if (json_array_size(records) == limit) {
+                                more = true;
+                                break;
+                        }
+                        json_array_append_new(records, json_loadb(r->json, r->len, 0, NULL));
+                }
+        } else {
+                /* The newest `limit` records, oldest first. */
+                size_t take = 0;
+                for (pos = n; pos > 0 && take < limit; pos--)
+                        if (kind_matches(kind, journal_get(j, pos - 1)->kind))
+                                take++;
+                for (size_t p = pos; p > 0; p--)
+                        if (kind_matches(kind, journal_get(j, p - 1)->kind)) {
+                                more = true;
+                                break;
+                        }
+                for (end = n; pos < end; pos++) {
+                        const struct journal_rec *r = journal_get(j, pos);
+                        if (kind_matches(kind, r->kind))
+                                json_array_append_new(records,
+                                                      json_loadb(r->json, r->len, 0, NULL));
+                }
+        }
+        return json_pack("{s:o, s:I, s:I, s:b}", "records", records, "first_index",
+                         (json_int_t)(j ? journal_first_index(j) : 0), "last_index",
+                         (json_int_t)(j ? journal_last_index(j) : 0), "more", more);
+}
+
 int h_history_get(struct http_req *req, struct http_reply *rep)
 {
         bool dup1 = false, dup2 = false, dup3 = false;
@@ -51,8 +100,7 @@ int h_history_get(struct http_req *req, struct http_reply *rep)
         const char *kind = http_req_arg(req, "kind", &dup3);
         uint64_t since = 0, limit = HISTORY_DEFAULT_LIMIT;
         struct agent *a = req->agent;
-        json_t *records, *out;
-        bool more = false;
+        json_t *out;
 
         if (dup1 || dup2 || dup3)
                 return http_reply_problem(rep, 400, "invalid-query",
@@ -69,45 +117,24 @@ int h_history_get(struct http_req *req, struct http_reply *rep)
                 return http_reply_problem(rep, 400, "invalid-query",
                                           "kind must be a comma-separated list of record kinds");
 
-        records = json_array();
-        if (!records)
-                return -ENOMEM;
-        agent_lock(a);
-        size_t n = journal_count(a->journal), pos, end;
-        if (since_s) {
-                /* Paging forward: the oldest `limit` records after since. */
-                for (pos = journal_find_after(a->journal, since); pos < n; pos++) {
-                        const struct journal_rec *r = journal_get(a->journal, pos);
-                        if (!kind_matches(kind, r->kind))
-                                continue;
-                        if (json_array_size(records) == limit) {
-                                more = true;
-                                break;
-                        }
-                        json_array_append_new(records, json_loadb(r->json, r->len, 0, NULL));
-                }
+        if (kind && kind_matches(kind, "audit")) {
+                /*
+                 * Audit records live in their own journal, numbered on their own
+                 * (agent.h): since, first_index and last_index are its indexes, so
+                 * it cannot share a page with the state journal's kinds.
+                 */
+                if (strcmp(kind, "audit") != 0)
+                        return http_reply_problem(rep, 400, "invalid-query",
+                                                  "kind=audit cannot be combined with other "
+                                                  "kinds: audit records have their own indexes");
+                struct journal *aj = agent_audit_lock(a);
+                out = history_page(aj, since_s != NULL, since, limit, kind);
+                agent_audit_unlock(a);
         } else {
-                /* The newest `limit` records, oldest first. */
-                size_t take = 0;
-                for (pos = n; pos > 0 && take < limit; pos--)
-                        if (kind_matches(kind, journal_get(a->journal, pos - 1)->kind))
-                                take++;
-                for (size_t p = pos; p > 0; p--)
-                        if (kind_matches(kind, journal_get(a->journal, p - 1)->kind)) {
-                                more = true;
-                                break;
-                        }
-                for (end = n; pos < end; pos++) {
-                        const struct journal_rec *r = journal_get(a->journal, pos);
-                        if (kind_matches(kind, r->kind))
-                                json_array_append_new(records,
-                                                      json_loadb(r->json, r->len, 0, NULL));
-                }
+                agent_lock(a);
+                out = history_page(a->journal, since_s != NULL, since, limit, kind);
+                agent_unlock(a);
         }
-        out = json_pack("{s:o, s:I, s:I, s:b}", "records", records, "first_index",
-                        (json_int_t)journal_first_index(a->journal), "last_index",
-                        (json_int_t)journal_last_index(a->journal), "more", more);
-        agent_unlock(a);
         if (!out)
                 return -ENOMEM;
         return http_reply_json(rep, 200, out);

@@ -22,6 +22,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -64,6 +68,69 @@ struct journal {
         uint64_t compactions;
         int last_error;
 };
+
+/* ---- the crash-point test hook (journal.h) ---------------------------------- */
+
+static struct {
+        char point[32];
+        char arg[32]; /* "" = any */
+        unsigned nth;
+        atomic_uint hits;
+} crash;
+static pthread_once_t crash_once = PTHREAD_ONCE_INIT;
+
+static void crash_init(void)
+{
+        const char *s = getenv("LUOFLEET_TEST_CRASH_POINT");
+        char buf[96], *arg, *nth;
+        uint64_t n = 1;
+
+        if (!s || !*s || strlen(s) >= sizeof(buf))
+                return;
+        memcpy(buf, s, strlen(s) + 1);
+        arg = strchr(buf, ':');
+        if (arg) {
+                *arg++ = 0;
+                nth = strchr(arg, ':');
+                if (nth) {
+                        *nth++ = 0;
+                        if (parse_u64(nth, UINT32_MAX, &n) < 0 || n == 0)
+                                return;
+                }
+                if (strlen(arg) >= sizeof(crash.arg))
+                        return;
+                memcpy(crash.arg, arg, strlen(arg) + 1);
+        }
+        if (strlen(buf) >= sizeof(crash.point))
+                return;
+        memcpy(crash.point, buf, strlen(buf) + 1);
+        crash.nth = (unsigned)n;
+}
+
+static bool crash_due(const char *point, const char *arg)
+{
+        if (!crash.point[0] || strcmp(crash.point, point) != 0)
+                return false;
+        if (crash.arg[0] && (!arg || strcmp(crash.arg, arg) != 0))
+                return false;
+        return atomic_fetch_add(&crash.hits, 1) + 1 == crash.nth;
+}
+
+static _Noreturn void crash_now(const char *point, const char *arg)
+{
+        /* One line for the test to find; the process dies as a kill -9 would kill it. */
+        fprintf(stderr, "luofleet test hook: crash point %s:%s reached, SIGKILL\n", point,
+                arg ? arg : "");
+        fflush(stderr);
+        raise(SIGKILL);
+        abort();
+}
+
+void journal_crash_point(const char *point, const char *arg)
+{
+        if (crash_due(point, arg))
+                crash_now(point, arg);
+}
 
 static void journal_freep(struct journal **j)
 {
@@ -331,6 +398,7 @@ int journal_open(int dir_fd, const char *name, uint64_t max_bytes, struct journa
         struct stat st;
         int r;
 
+        pthread_once(&crash_once, crash_init);
         if (!ret || !name_valid(name))
                 return -EINVAL;
         if (max_bytes == 0)
@@ -489,6 +557,12 @@ int journal_append(struct journal *j, json_t *rec)
         }
 
         line[len] = '\n';
+        if (crash_due("journal-mid-record", r->kind)) {
+                /* What a crash in the middle of the write leaves: half a line, on disk. */
+                (void)write_all(j->fd, line, (len + 1) / 2);
+                (void)fdatasync(j->fd);
+                crash_now("journal-mid-record", r->kind);
+        }
         k = write_all(j->fd, line, len + 1);
         if (k >= 0 && fdatasync(j->fd) < 0)
                 k = negative_errno();
@@ -510,6 +584,8 @@ int journal_append(struct journal *j, json_t *rec)
                 return k;
         }
 
+        if (crash_due("journal-after-record", r->kind))
+                crash_now("journal-after-record", r->kind); /* durable, not acknowledged */
         j->recs[j->n_recs++] = r;
         j->size += len + 1;
 

@@ -149,3 +149,19 @@ uint64_t journal_compactions(const struct journal *j);
  * or called directly), 0 after a successful one or if none failed yet.
  */
 int journal_last_error(const struct journal *j);
+
+/*
+ * Test hook, for the crash tests only (tests/integration/test_faults.py,
+ * test_crash.py; docs/journal.md): the environment variable
+ * LUOFLEET_TEST_CRASH_POINT=POINT[:ARG[:N]], read once at the first
+ * journal_open(), names one place where the process kills itself with
+ * SIGKILL, the N-th time (default 1) it gets there with ARG (any when
+ * omitted). No API reaches it. Points:
+ *   journal-mid-record:KIND   half of a KIND record's line written and synced
+ *   journal-after-record:KIND a KIND record durable, not yet acknowledged
+ *   op-before-kernel:ACTION   an operation's running record durable, no kernel call yet
+ *   op-after-kernel:ACTION    the kernel call returned, nothing recorded yet
+ * journal_crash_point() kills the process when (point, arg) is the one due
+ * and returns otherwise. Unset (always in production), it costs a compare.
+ */
+void journal_crash_point(const char *point, const char *arg);

@@ -105,6 +105,42 @@ static void problem_invalid_transition(struct agent *a, struct http_reply *rep, 
         json_object_set_new(rep->json, "allowed_actions", agent_allowed_actions(a->state));
 }
 
+/*
+ * The journal cannot take the operation's records: refuse before any kernel
+ * call. Full (ENOSPC, EDQUOT, EFBIG): 507 journal-full; read-only: 503
+ * state-dir-read-only; anything else (EIO): 503 journal-error. Nothing was
+ * done, the index did not move and the operation_id stays unused, so the
+ * same request succeeds once the directory is usable again.
+ */
+static void problem_storage(struct http_reply *rep, int r, uint64_t avail)
+{
+        char eb[16];
+
+        if (r == -ENOSPC || r == -EDQUOT || r == -EFBIG) {
+                if (avail != UINT64_MAX)
+                        http_reply_problem(rep, 507, "journal-full",
+                                           "the state directory has %llu bytes free, %llu are "
+                                           "needed to journal an operation: nothing was done",
+                                           (unsigned long long)avail,
+                                           (unsigned long long)AGENT_STORAGE_RESERVE);
+                else
+                        http_reply_problem(rep, 507, "journal-full",
+                                           "the journal cannot be written (%s): nothing was done",
+                                           errno_name(r, eb));
+        } else if (r == -EROFS)
+                http_reply_problem(rep, 503, "state-dir-read-only",
+                                   "the state directory is read-only, the journal cannot record "
+                                   "the operation: nothing was done");
+        else if (r == -ENOMEM) {
+                http_reply_problem(rep, 500, "internal-error", "out of memory");
+                return;
+        } else
+                http_reply_problem(rep, 503, "journal-error",
+                                   "the journal cannot be written (%s): nothing was done",
+                                   errno_name(r, eb));
+        json_object_set_new(rep->json, "errno", json_string(errno_name(r, eb)));
+}
+
 /* Replay of a known operation id: the first result, nothing done again. */
 static void op_replay_locked(struct agent *a, json_t *entry, struct http_reply *rep)
 {
@@ -140,7 +176,7 @@ int agent_op_begin(struct agent *a, const struct op_request *rq, struct http_rep
 {
         const char *action = op_action_to_string(rq->action);
         char id[OP_ID_MAX + 1], when[RFC3339_MAX];
-        uint64_t idx;
+        uint64_t idx, avail;
         json_t *op;
         int r;
 
@@ -200,6 +236,17 @@ int agent_op_begin(struct agent *a, const struct op_request *rq, struct http_rep
                 }
         }
 
+        /*
+         * Last of the checks: replays, refusals and reads need no room, an
+         * operation does (its records after the kernel call must not be the
+         * first append to fail).
+         */
+        r = agent_storage_check(a, AGENT_STORAGE_RESERVE, &avail);
+        if (r < 0) {
+                problem_storage(rep, r, avail);
+                goto refuse;
+        }
+
         if (rq->id[0])
                 snprintf(id, sizeof(id), "%s", rq->id);
         else if (uuid_v4(id) < 0) {
@@ -215,27 +262,12 @@ int agent_op_begin(struct agent *a, const struct op_request *rq, struct http_rep
                 http_reply_problem(rep, 500, "internal-error", "out of memory");
                 goto refuse;
         }
-        json_decref(a->operation);
-        a->operation = op;
-        a->op_running = true;
-        r = agent_record_op_locked(a, op, 0);
+        /* The intent is durable before the kernel hears of it, or nothing happens. */
+        r = agent_record_op_begin_locked(a, op);
+        json_decref(op);
         if (r < 0) {
-                /* Not durable: do not act. */
-                char eb[16];
-                json_object_set_new(op, "status", json_string("failed"));
-                json_object_set_new(op, "error",
-                                    json_pack("{s:s, s:s, s:s}", "code", "internal-error", "detail",
-                                              "the journal cannot be written", "errno",
-                                              errno_name(r, eb)));
-                a->op_running = false;
-                agent_record_op_locked(a, op, 500);
-                http_reply_problem(rep, 500, "internal-error",
-                                   "the journal cannot be written (%s): refusing to act",
-                                   errno_name(r, eb));
-                idx = a->index;
-                agent_unlock(a);
-                agent_notify_index(a, idx);
-                return 0;
+                problem_storage(rep, r, UINT64_MAX);
+                goto refuse;
         }
         *ret_job = op_job_new(a, rq);
         if (!*ret_job) {
@@ -274,6 +306,8 @@ void agent_op_execute(struct op_job *job)
         uint64_t idx;
         bool jump = false;
 
+        /* Test hooks (LUOFLEET_TEST_CRASH_POINT, docs/journal.md): die around the kernel call. */
+        journal_crash_point("op-before-kernel", action);
         switch (job->rq.action) {
         case OP_PREPARE:
                 r = b->ops->set_event(b, LUO_EVENT_PREPARE);
@@ -300,6 +334,8 @@ void agent_op_execute(struct op_job *job)
         default:
                 r = -EINVAL;
         }
+
+        journal_crash_point("op-after-kernel", action);
 
         /* After any kernel call, success or not, the kernel is re-read: it is the truth. */
         uint64_t ticket = agent_read_ticket(a);
@@ -374,6 +410,22 @@ void agent_op_execute(struct op_job *job)
         agent_unlock(a);
         stage_result_done(&sr);
         agent_notify_index(a, idx);
+
+        /* The request's audit record, with its answer; a reboot's was written at its 202. */
+        if (job->rq.action != OP_REBOOT) {
+                const char *code =
+                        job->problem ? json_string_value(json_object_get(job->body, "code")) : "ok";
+                agent_audit(a, &(struct audit_entry){
+                                       .who = &job->rq.who,
+                                       .source = job->rq.source,
+                                       .action = action,
+                                       .operation_id = job->rq.id,
+                                       .if_match = job->rq.has_precondition ? job->rq.precondition
+                                                                            : NULL,
+                                       .status = job->status,
+                                       .code = code,
+                               });
+        }
 
         if (jump && a->sim_jump) {
                 /* The simulated kexec: the process goes away as a kernel would. */

@@ -8,8 +8,12 @@
  * Persistence: <state_dir>/sim/ (0700) holds
  *   kernel.json  the simulated machine: {state, boot_id, release,
  *                kexec: null | {kernel_sha256, initrd_sha256 | null, cmdline,
- *                kernel_size}, reboot_pending, boots}, replaced atomically on
- *                every change;
+ *                kernel_size}, reboot_pending, boots, applied}, replaced
+ *                atomically on every change; applied counts what the machine
+ *                carried out, per kind ({prepare, cancel, finish, freeze,
+ *                kexec, load, unload}: successful calls only), persisted with
+ *                the change itself, so a test can tell that nothing ran twice
+ *                across crashes and restarts (a file without it counts from 0);
  *   faults       optional, read again by every faultable operation: one
  *                backend_config_add_fault() spec per line, "#" comments; an
  *                op named there overrides the cfg->faults entry;
@@ -58,6 +62,26 @@
 #define SIM_FILE_MAX (64 * 1024)
 #define SHA256_HEX_LEN 64
 
+/* What the simulated machine carried out, counted in kernel.json's "applied". */
+enum sim_applied {
+        SIM_APPLIED_PREPARE,
+        SIM_APPLIED_CANCEL,
+        SIM_APPLIED_FINISH,
+        SIM_APPLIED_FREEZE,
+        SIM_APPLIED_KEXEC,
+        SIM_APPLIED_LOAD,
+        SIM_APPLIED_UNLOAD,
+        _SIM_APPLIED_MAX,
+};
+
+static const char *const sim_applied_names[_SIM_APPLIED_MAX] = {
+        /* contract-enums: ignore */
+        [SIM_APPLIED_PREPARE] = "prepare", [SIM_APPLIED_CANCEL] = "cancel",
+        [SIM_APPLIED_FINISH] = "finish",   [SIM_APPLIED_FREEZE] = "freeze",
+        [SIM_APPLIED_KEXEC] = "kexec",     [SIM_APPLIED_LOAD] = "load",
+        [SIM_APPLIED_UNLOAD] = "unload",
+};
+
 /* The simulated machine, as persisted in kernel.json. A value type: copied, never shared. */
 struct sim_kstate {
         enum luo_state state;
@@ -70,6 +94,7 @@ struct sim_kstate {
         uint64_t kernel_size;
         bool reboot_pending; /* the simulated kexec happened; next open boots */
         uint64_t boots;
+        uint64_t applied[_SIM_APPLIED_MAX];
 };
 
 struct sim {
@@ -210,6 +235,22 @@ static int sim_kstate_from_json(const char *text, size_t len, struct sim_kstate 
         k.boots = (uint64_t)boots;
         k.reboot_pending = pending;
 
+        json_t *applied = json_object_get(j, "applied");
+        if (applied && !json_is_object(applied)) {
+                backend_msgf(why, why_size, "applied is not an object");
+                goto out;
+        }
+        for (int i = 0; applied && i < _SIM_APPLIED_MAX; i++) {
+                json_t *v = json_object_get(applied, sim_applied_names[i]);
+                if (!v)
+                        continue;
+                if (!json_is_integer(v) || json_integer_value(v) < 0) {
+                        backend_msgf(why, why_size, "invalid applied.%s", sim_applied_names[i]);
+                        goto out;
+                }
+                k.applied[i] = (uint64_t)json_integer_value(v);
+        }
+
         if (!json_is_null(kexec)) {
                 const char *ksha, *isha = NULL, *cmdline;
                 json_t *initrd;
@@ -266,6 +307,14 @@ static int sim_persist(struct sim *s, const struct sim_kstate *k)
                       "reboot_pending", (int)k->reboot_pending, "boots", (json_int_t)k->boots);
         if (!j)
                 return -ENOMEM;
+        json_t *applied = json_object();
+        for (int i = 0; applied && i < _SIM_APPLIED_MAX; i++)
+                json_object_set_new(applied, sim_applied_names[i],
+                                    json_integer((json_int_t)k->applied[i]));
+        if (!applied || json_object_set_new(j, "applied", applied) < 0) {
+                json_decref(j);
+                return -ENOMEM;
+        }
         text = json_dumps(j, JSON_INDENT(2));
         json_decref(j);
         if (!text)
@@ -489,6 +538,9 @@ static int sim_set_event(struct backend *b, enum luo_event ev)
                 return r; /* a failing callback: the state stays */
 
         n.state = to;
+        n.applied[ev == LUO_EVENT_PREPARE  ? SIM_APPLIED_PREPARE
+                  : ev == LUO_EVENT_CANCEL ? SIM_APPLIED_CANCEL
+                                           : SIM_APPLIED_FINISH]++;
         return sim_update(s, &n);
 }
 
@@ -529,6 +581,7 @@ static int sim_kexec_load(struct backend *b, int kernel_fd, int initrd_fd, const
         n.kexec = true;
         n.kernel_size = size;
         memcpy(n.cmdline, cmdline, strlen(cmdline) + 1);
+        n.applied[SIM_APPLIED_LOAD]++;
         return sim_update(s, &n);
 }
 
@@ -546,6 +599,7 @@ static int sim_kexec_unload(struct backend *b)
         n.kexec = false;
         n.kernel_sha256[0] = n.initrd_sha256[0] = n.cmdline[0] = 0;
         n.kernel_size = 0;
+        n.applied[SIM_APPLIED_UNLOAD]++;
         return sim_update(s, &n);
 }
 
@@ -590,6 +644,7 @@ static int sim_reboot(struct backend *b)
                         return r < 0 ? r : -faults[SIM_FAULT_FREEZE].error;
                 }
                 n.state = LUO_STATE_FROZEN;
+                n.applied[SIM_APPLIED_FREEZE]++;
                 r = sim_update(s, &n);
                 if (r < 0)
                         return r;
@@ -599,6 +654,7 @@ static int sim_reboot(struct backend *b)
                 return -EINVAL; /* kernel_kexec() without an image */
 
         n.reboot_pending = true;
+        n.applied[SIM_APPLIED_KEXEC]++;
         return sim_update(s, &n);
 }
 

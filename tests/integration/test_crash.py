@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """test_crash.py: kill -9 between (and during) the steps of the cycle, then restart on the
 same state directory: reconciliation with the simulated kernel, indexes that never go
-back, operation ids that replay without acting again. Also a torn journal tail, a second
+back, operation ids that replay without acting again. StepCrashTest kills at each step of
+each transition with the LUOFLEET_TEST_CRASH_POINT test hook (test_faults.py tears journal
+writes). Also a torn journal tail, a second
 agent on the same state directory, a missing kernel backend and bad flags."""
 
 import json
@@ -611,6 +613,126 @@ class SnapshotStartTest(AgentTestCase):
         self.a.restart()
         starts = self.a.client().history("kind=start")["records"]
         self.assertEqual([r["kernel"] for r in starts], ["r2"], self.snapshot)
+
+
+class StepCrashTest(AgentTestCase):
+    """kill -9 at each step of each transition, with the LUOFLEET_TEST_CRASH_POINT test hook
+    (docs/journal.md): op-before-kernel (the running record is durable, the kernel was not
+    called) and op-after-kernel (the kernel call returned, nothing recorded yet). After the
+    restart: the acknowledged records are intact, the index did not go back, the state is the
+    simulated kernel's, the operation is judged by the kernel and its id replays without
+    acting, and the kernel carried the action out at most once (kernel.json "applied")."""
+
+    stage = CrashTest.stage
+    crash_and_restart = CrashTest.crash_and_restart
+    assert_replay_does_nothing = CrashTest.assert_replay_does_nothing
+
+    # action -> (method, path, kernel.json "applied" counters the action bumps)
+    ACTIONS = {
+        "prepare": ("POST", "/v1/prepare", ("prepare",)),
+        "cancel": ("POST", "/v1/cancel", ("cancel",)),
+        "finish": ("POST", "/v1/finish", ("finish",)),
+        "reboot": ("POST", "/v1/reboot", ("freeze", "kexec")),
+        "stage": ("PUT", "/v1/kernel", ("load",)),
+        "unstage": ("DELETE", "/v1/kernel", ("unload",)),
+    }
+
+    def setup_for(self, a, action):
+        """Bring the host to a state where action is allowed."""
+        c = a.client()
+        if action in ("cancel", "reboot", "unstage"):
+            self.stage(a, op_id="setup-stage")
+        if action in ("cancel", "reboot"):
+            self.assertEqual(c.post("/v1/prepare").status, 200)
+        if action == "finish":
+            # Boot into "updated": the simulated machine went down frozen.
+            a.stop()
+            k = a.sim_kernel()
+            k.update(state="frozen", reboot_pending=True)
+            with open(a.sim_path("kernel.json"), "w") as f:
+                json.dump(k, f)
+            a.restart()
+            self.assertEqual(a.client().state()["state"], "updated")
+
+    def body_for(self, action, op_id):
+        if action != "stage":
+            return {"operation_id": op_id}
+        files = os.path.join(self.tmp, "files")
+        os.makedirs(files, exist_ok=True)
+        kpath, ksha = make_file(files, "vmlinuz-next", 3500)
+        return {"kernel": {"path": kpath, "sha256": ksha}, "operation_id": op_id}
+
+    def crash_at(self, action, point):
+        # Set while the setup (re)starts the agent; none of the setup's requests is action.
+        os.environ["LUOFLEET_TEST_CRASH_POINT"] = "%s:%s" % (point, action)
+        try:
+            a = self.agent("--privsep=no", name="agent-%s-%s" % (action, point))
+            self.setup_for(a, action)
+        finally:
+            del os.environ["LUOFLEET_TEST_CRASH_POINT"]
+        method, path, counters = self.ACTIONS[action]
+        c = a.client()
+        acked = c.all_records()
+        before = c.state()
+        k0 = a.sim_kernel()
+        op_id = "step-%s" % action
+        body = self.body_for(action, op_id)
+        try:
+            r = a.direct().request(method, path, json_body=body)
+            # Only a reboot answers (202) before its kernel call.
+            self.assertEqual((action, r.status), ("reboot", 202), r)
+        except OSError:
+            self.assertNotEqual(action, "reboot")
+        a.proc.wait()
+        a.returncodes.append(a.proc.returncode)
+        self.assertEqual(a.returncodes[-1], -9, a.log())
+        self.assertIn("crash point %s:%s reached" % (point, action), a.log())
+        k = a.sim_kernel()
+        for name, n in k["applied"].items():
+            want = k0["applied"][name] + (1 if point == "op-after-kernel" and
+                                          name in counters else 0)
+            self.assertEqual(n, want, (name, k0, k))
+        # The restart: crash_and_restart's checks (state = kernel, index, contiguity).
+        a.kill9()
+        d, _ = self.crash_and_restart(a, before["index"])
+        c = a.client()
+        self.assertEqual(c.all_records()[:len(acked)], acked)
+        return a, d, body, k
+
+    def test_each_step_of_each_transition(self):
+        for action in ("prepare", "cancel", "finish", "stage", "unstage", "reboot"):
+            for point in ("op-before-kernel", "op-after-kernel"):
+                with self.subTest(action=action, point=point):
+                    self.one_step(action, point)
+
+    def one_step(self, action, point):
+        a, d, body, k = self.crash_at(action, point)
+        method, path, _ = self.ACTIONS[action]
+        op = d["operation"]
+        done = point == "op-after-kernel"
+        # Judged by the kernel: succeeded when the kernel shows it done. A stage (a loaded
+        # image proves nothing about which one) and a reboot in the same boot are failed.
+        ok = done and action not in ("stage",)
+        self.assertOperation(op, action=action, status="succeeded" if ok else "failed",
+                             id=body["operation_id"])
+        if not ok:
+            self.assertEqual(op["error"]["code"], "kernel-error")
+        want = {"prepare": "prepared", "cancel": "normal", "finish": "normal",
+                "reboot": "updated"}.get(action) if done else None
+        if want:
+            self.assertEqual(d["state"], want)
+        if action == "reboot":
+            self.assertEqual(a.sim_kernel()["boots"], 2 if done else 1)
+        if action == "unstage":
+            self.assertEqual(d["staged"] is None, done)
+        status = (202 if action == "reboot" else 200) if ok else 500
+        r = self.assert_replay_does_nothing(a, method, path, body, status)
+        if not ok:
+            self.assertProblem(r, 500, "kernel-error", replayed=True,
+                               operation_id=body["operation_id"])
+        # Nothing ran again at the restart or the replay (a reboot's new boot counts nothing).
+        self.assertEqual(a.sim_kernel()["applied"], k["applied"])
+        a.stop()
 
 
 class ProcessTest(AgentTestCase):

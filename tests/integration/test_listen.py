@@ -68,7 +68,7 @@ class UnixSocketTest(harness.AgentTestCase):
         doc = json.loads(body)
         self.assertEqual(doc["state"], "prepared")
         self.assertEqual(doc["operation"]["id"], "over-unix")
-        self.assertEqual(doc["operation"]["requested_by"], "unix")
+        self.assertEqual(doc["operation"]["requested_by"], "uid:%d" % os.getuid())
 
         status, hdrs, body = unix_request(sock, "GET", "/v1/nope")
         self.assertEqual(status, 404)
@@ -144,7 +144,7 @@ class IPv6Test(harness.AgentTestCase):
         doc = json.loads(r.read())
         c.close()
         self.assertEqual(r.status, 200)
-        self.assertEqual(doc["operation"]["requested_by"], "::1")
+        self.assertEqual(doc["operation"]["requested_by"], "anonymous")
 
 
 if __name__ == "__main__":

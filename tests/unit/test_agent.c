@@ -69,7 +69,10 @@ static void close_all(void)
 
 static void setup(void)
 {
+        static char *staging_dirs[1] = { tmpdir };
+
         testutil_mkdtemp(tmpdir, sizeof(tmpdir), "test_agent");
+        staging_set_allowed_dirs(staging_dirs, 1); /* files are staged from tmpdir */
         memset(&cfg, 0, sizeof(cfg));
         log_set_max_level(LOG_LEVEL_ERR);
         router_init();
