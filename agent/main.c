@@ -3,18 +3,32 @@
  * its lock, the backend, the journal, reconciliation, the HTTP server, and
  * the orderly stop. Signals are blocked in every thread and read from a
  * signalfd here, so no code runs in a signal handler.
+ *
+ * Privilege separation (docs/privsep.md): before any thread exists, the
+ * privileged helper is forked (kernel/privsep.c) and the backend the agent
+ * sees is its proxy; started as root, this process then hands the state
+ * directory to the run user (--user) and becomes that user, with no
+ * capabilities, before it reads a journal record or a byte from the network.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
+#include <linux/capability.h>
+#include <pwd.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -23,7 +37,9 @@
 #include "journal.h"
 #include "luofleet/log.h"
 #include "luofleet/macro.h"
+#include "luofleet/privsep.h"
 #include "luofleet/util.h"
+#include "notify.h"
 #include "server.h"
 
 enum {
@@ -33,8 +49,67 @@ enum {
         EXIT_BUSY = 4,
 };
 
+/* The run user when --user is not given: this one if it exists, else nobody. */
+#define RUN_USER_DEFAULT "luofleet"
+#define RUN_USER_FALLBACK "nobody"
+/* How long the simulated kexec waits for the old helper to be gone. */
+#define HELPER_STOP_MS 5000
+/* How long a new helper retries a busy backend (its predecessor may still be exiting). */
+#define HELPER_BUSY_RETRY_MS 3000
+
 static struct agent_config cfg;
 static struct server *the_server;
+static struct backend *the_backend; /* set before any thread starts */
+static pid_t helper_pid;
+
+/*
+ * The privileged helper is gone (killed, crashed) or broke the protocol
+ * (privsep.h's lost hook; any thread). What was in flight has an unknown
+ * outcome, so nothing more may be recorded: the process ends here, exit
+ * status 1, as a crash would, and the next start reconciles the journal's
+ * "running" operation with the kernel (never redoing it). An orderly stop
+ * would have to let the worker record a result nobody knows.
+ */
+static void privsep_lost(void *userdata, const char *why)
+{
+        static atomic_flag once = ATOMIC_FLAG_INIT;
+        char how[96] = "is gone";
+        int status;
+
+        (void)userdata;
+        if (atomic_flag_test_and_set(&once))
+                for (;;)
+                        pause(); /* the first thread to notice ends the process */
+        for (int i = 0; helper_pid > 0 && i < 200; i++) {
+                pid_t w = waitpid(helper_pid, &status, WNOHANG);
+                if (w == helper_pid) {
+                        if (WIFSIGNALED(status))
+                                snprintf(how, sizeof(how), "was killed by signal %d (%s)",
+                                         WTERMSIG(status), strsignal(WTERMSIG(status)));
+                        else if (WIFEXITED(status))
+                                snprintf(how, sizeof(how), "exited with status %d",
+                                         WEXITSTATUS(status));
+                        break;
+                }
+                if (w < 0)
+                        break;
+                usleep(5000);
+        }
+        log_error("The privileged helper (pid %d) %s (%s): stopping now; the next start "
+                  "reconciles with the kernel",
+                  (int)helper_pid, how, why);
+        _exit(EXIT_RUNTIME);
+}
+
+/*
+ * Before the simulated kexec: the old helper must be gone before the new
+ * process forks its own, so two helpers never share the simulated kernel.
+ */
+static void sim_jump_stop_helper(void)
+{
+        if (privsep_is_proxy(the_backend))
+                (void)privsep_proxy_stop(the_backend, HELPER_STOP_MS);
+}
 
 /*
  * The simulated kexec (worker thread): the process ends like a kernel would.
@@ -48,6 +123,7 @@ static void sim_jump(void *userdata)
         size_t n = 0;
 
         (void)userdata;
+        sim_jump_stop_helper();
         if (cfg.sim_reboot == SIM_REBOOT_EXIT) {
                 log_notice("Simulated kexec: exiting for the supervisor to start the new boot");
                 _exit(0);
@@ -110,6 +186,200 @@ static int open_state_dir(const char *path, int *ret_fd, int *ret_lock)
         return 0;
 }
 
+/*
+ * The run user's ids (root only, before the helper is forked: it needs them
+ * too). Returns 0 to drop, 1 when --user names root itself (an explicit
+ * choice, for tests and debugging: the kernel calls are still separated, the
+ * network process keeps root), -errno.
+ */
+static int resolve_run_user(uid_t *ret_uid, gid_t *ret_gid, char *name, size_t name_size)
+{
+        const char *want = cfg.run_user;
+        struct passwd *pw;
+
+        errno = 0;
+        if (want) {
+                uint64_t id;
+                pw = getpwnam(want);
+                /* --user takes a name or a numeric id (which must have a passwd entry). */
+                if (!pw && parse_u64(want, UINT32_MAX - 1, &id) == 0) {
+                        errno = 0;
+                        pw = getpwuid((uid_t)id);
+                }
+        } else {
+                want = RUN_USER_DEFAULT;
+                pw = getpwnam(want);
+                if (!pw) {
+                        log_notice("No user %s on this host: the network process runs as %s "
+                                   "(create a %s user, or pass --user=NAME)",
+                                   RUN_USER_DEFAULT, RUN_USER_FALLBACK, RUN_USER_DEFAULT);
+                        want = RUN_USER_FALLBACK;
+                        errno = 0;
+                        pw = getpwnam(want);
+                }
+        }
+        if (!pw)
+                return log_error_errno(errno ? errno : ENOENT,
+                                       "Cannot drop privileges: no user %s: %m", want);
+        if (pw->pw_uid == 0) {
+                if (!cfg.run_user)
+                        return log_error_errno(EINVAL,
+                                               "Refusing to run the network process "
+                                               "as %s (uid 0): pass --user=NAME",
+                                               want);
+                log_warning("--user=%s: the network process keeps root's privileges; only the "
+                            "kernel calls are separated",
+                            want);
+                return 1;
+        }
+        if (snprintf(name, name_size, "%s", pw->pw_name) >= (int)name_size)
+                return log_error_errno(ENAMETOOLONG, "User name %s is too long", pw->pw_name);
+        *ret_uid = pw->pw_uid;
+        *ret_gid = pw->pw_gid;
+        return 0;
+}
+
+/*
+ * Hand the state directory (created by root, 0700, so every entry is ours)
+ * to the run user: the directory, its files and its subdirectories (the
+ * simulated kernel's), symlinks themselves, never followed.
+ */
+static int chown_tree(int dfd, uid_t uid, gid_t gid, unsigned depth)
+{
+        struct dirent *de;
+        DIR *d;
+        int fd, r = 0;
+
+        /* The directory itself last: root without CAP_DAC_* (the systemd unit's
+         * bounding set) cannot read a 0700 directory it has given away already. */
+        fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return negative_errno();
+        d = fdopendir(fd);
+        if (!d) {
+                r = negative_errno();
+                close(fd);
+                return r;
+        }
+        while (r == 0 && (de = readdir(d))) {
+                struct stat st;
+                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+                        continue;
+                if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0) {
+                        if (errno != ENOENT)
+                                r = negative_errno();
+                        continue;
+                }
+                if (S_ISDIR(st.st_mode) && depth < 8) {
+                        int sub = openat(dirfd(d), de->d_name,
+                                         O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+                        if (sub < 0) {
+                                r = negative_errno();
+                                continue;
+                        }
+                        r = chown_tree(sub, uid, gid, depth + 1);
+                        close(sub);
+                } else if (fchownat(dirfd(d), de->d_name, uid, gid, AT_SYMLINK_NOFOLLOW) < 0 &&
+                           errno != ENOENT)
+                        r = negative_errno();
+        }
+        closedir(d);
+        if (r == 0 && fchown(dfd, uid, gid) < 0)
+                r = negative_errno();
+        return r;
+}
+
+/*
+ * Become the run user for good: groups, gid, uid (all three ids), then
+ * prove it: setuid(0) must fail, and no capability may be left.
+ */
+static int drop_privileges(const char *user, uid_t uid, gid_t gid)
+{
+        struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3 };
+        struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3] = {};
+
+        /* The user's own groups: --unix-group may name one of them (the socket's chown). */
+        if (initgroups(user, gid) < 0)
+                return log_error_errno(errno, "initgroups(%s) failed: %m", user);
+        if (setresgid(gid, gid, gid) < 0)
+                return log_error_errno(errno, "setresgid(%u) failed: %m", (unsigned)gid);
+        if (setresuid(uid, uid, uid) < 0)
+                return log_error_errno(errno, "setresuid(%u) failed: %m", (unsigned)uid);
+        if (setuid(0) == 0 || errno != EPERM)
+                return log_error_errno(EPERM, "Dropping privileges did not stick: setuid(0) "
+                                              "still works");
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+                return log_error_errno(errno, "PR_SET_NO_NEW_PRIVS failed: %m");
+        if (syscall(SYS_capget, &hdr, data) < 0)
+                return log_error_errno(errno, "capget() failed: %m");
+        for (unsigned i = 0; i < _LINUX_CAPABILITY_U32S_3; i++)
+                if (data[i].effective || data[i].permitted || data[i].inheritable)
+                        return log_error_errno(EPERM, "Capabilities left after dropping "
+                                                      "privileges");
+        return 0;
+}
+
+/*
+ * The backend: in this process (--privsep=no), or the privileged helper's
+ * proxy; then, as root, the drop. Returns 0 or an exit status; the
+ * helper's backend_open() errors keep their exit codes and sentences.
+ */
+static int open_backend(int dir_fd, struct backend **ret)
+{
+        struct privsep_hooks hooks = { .lost = privsep_lost };
+        struct privsep_spawn_config pc = {
+                .backend = &cfg.backend,
+                .busy_retry_ms = HELPER_BUSY_RETRY_MS,
+        };
+        char msg[512] = "", user[64] = "";
+        bool root = geteuid() == 0;
+        int r;
+
+        if (!cfg.privsep) {
+                if (root)
+                        log_notice("--privsep=no: the network process keeps root's privileges");
+                r = backend_open(&cfg.backend, ret, msg, sizeof(msg));
+        } else {
+                if (root) {
+                        r = resolve_run_user(&pc.drop_uid, &pc.drop_gid, user, sizeof(user));
+                        if (r < 0)
+                                return EXIT_RUNTIME;
+                        pc.drop = r == 0;
+                } else if (cfg.run_user)
+                        log_notice("--user=%s has no effect: not started as root", cfg.run_user);
+                r = privsep_spawn(&pc, &hooks, ret, msg, sizeof(msg));
+        }
+        if (r < 0) {
+                log_error("%s", msg[0] ? msg : "failed to open the kernel backend");
+                if (!msg[0])
+                        log_error_errno(r, "backend_open: %m");
+                return r == -EBUSY ? EXIT_BUSY : EXIT_NO_BACKEND;
+        }
+        if (!cfg.privsep)
+                return 0;
+        helper_pid = privsep_proxy_helper(*ret);
+        if (pc.drop) {
+                r = chown_tree(dir_fd, pc.drop_uid, pc.drop_gid, 0);
+                if (r < 0)
+                        log_error_errno(r, "Failed to hand the state directory %s to %s: %m",
+                                        cfg.state_dir, user);
+                if (r >= 0)
+                        r = drop_privileges(user, pc.drop_uid, pc.drop_gid);
+                if (r < 0) {
+                        *ret = backend_free(*ret);
+                        return EXIT_RUNTIME;
+                }
+                log_info("Privilege separation: this process runs as %s (uid %u), without "
+                         "capabilities; the helper (pid %d) keeps CAP_SYS_BOOT",
+                         user, (unsigned)pc.drop_uid, (int)helper_pid);
+        } else {
+                (void)prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+                log_info("Privilege separation: kernel calls go through the helper (pid %d)",
+                         (int)helper_pid);
+        }
+        return 0;
+}
+
 static int run(void)
 {
         _cleanup_close_ int dir_fd = -1, lock_fd = -1, sig_fd = -1;
@@ -118,7 +388,7 @@ static int run(void)
         struct agent *agent = NULL;
         struct server *server = NULL;
         struct journal_load_report rep = { 0 };
-        char msg[512] = "", abs_dir[PATH_MAX];
+        char abs_dir[PATH_MAX];
         enum luo_state ks_ioctl, ks_sysfs;
         sigset_t mask;
         int r, ret = EXIT_RUNTIME;
@@ -147,13 +417,10 @@ static int run(void)
                 cfg.backend.state_dir = cfg.state_dir;
         }
 
-        r = backend_open(&cfg.backend, &backend, msg, sizeof(msg));
-        if (r < 0) {
-                log_error("%s", msg[0] ? msg : "failed to open the kernel backend");
-                if (!msg[0])
-                        log_error_errno(r, "backend_open: %m");
-                return r == -EBUSY ? EXIT_BUSY : EXIT_NO_BACKEND;
-        }
+        r = open_backend(dir_fd, &backend);
+        if (r != 0)
+                return r;
+        the_backend = backend;
         int self = backend->ops->self_check(backend, &ks_ioctl, &ks_sysfs);
 
         r = journal_open(dir_fd, "journal", cfg.journal_max_bytes, &journal, &rep);
@@ -194,6 +461,7 @@ static int run(void)
                 goto out;
         log_info("luofleet-agent %s ready: backend %s, state dir %s", LUOFLEET_VERSION,
                  backend->ops->name, cfg.state_dir);
+        notify_ready("Serving: backend %s, state dir %s", backend->ops->name, cfg.state_dir);
 
         for (;;) {
                 struct signalfd_siginfo si;
@@ -206,18 +474,23 @@ static int run(void)
                 }
                 if (si.ssi_signo == SIGHUP) {
                         /* TLS certificate and key, tokens file: the old ones stay on error. */
+                        notify_reloading();
                         (void)server_reload(server);
+                        notify_ready("Serving: backend %s, state dir %s (reloaded)",
+                                     backend->ops->name, cfg.state_dir);
                         continue;
                 }
                 log_info("Received %s, stopping", strsignal((int)si.ssi_signo));
                 break;
         }
+        notify_stopping();
         ret = 0;
 out:
         the_server = NULL;
         server = server_free(server);
         agent = agent_free(agent);
         journal = journal_free(journal);
+        the_backend = NULL;
         backend = backend_free(backend);
         return ret;
 }

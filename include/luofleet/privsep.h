@@ -1,0 +1,200 @@
+/*
+ * privsep.h: privilege separation for the kernel backend (kernel/privsep.c,
+ * docs/privsep.md), in the manner of OpenBSD's daemons: a small privileged
+ * helper process owns the real backend (the /dev/liveupdate handle, the
+ * kexec and reboot system calls) and the network-facing process reaches it
+ * over three SOCK_SEQPACKET socketpairs with fixed-size, fully checked
+ * messages, through a proxy backend that implements every member of
+ * struct backend_ops. The agent above never knows which one it talks to.
+ *
+ * Channels (one socketpair each, index into the fds arrays below):
+ *   PRIVSEP_CHAN_CMD    the blocking operations (set_event, kexec_load with
+ *                       its fds, kexec_unload, reboot) and the helper's
+ *                       HELLO; one request at a time (the worker);
+ *   PRIVSEP_CHAN_QUERY  the quick reads (get_state, kexec_loaded, get_info,
+ *                       self_check) from any thread, served by a second
+ *                       helper thread so a stalled operation never delays them;
+ *   PRIVSEP_CHAN_EVENT  helper -> network: STATE_CHANGED doorbells; the
+ *                       proxy's watch fd.
+ *
+ * Threads: privsep_spawn() on the main thread before any other thread
+ * exists (it forks); the proxy's ops as backend.h says, each channel behind
+ * its own mutex; the helper's lost hook may run on any of them.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "luofleet/backend.h"
+
+#define PRIVSEP_MAGIC 0x5350464cu /* "LFPS" little-endian */
+#define PRIVSEP_VERSION 1
+/* x86's COMMAND_LINE_SIZE, NUL included: what the kernel takes at most. */
+#define PRIVSEP_CMDLINE_MAX 2048
+#define PRIVSEP_MSG_MAX 512
+#define PRIVSEP_NAME_MAX 16
+/* kexec_load carries one or two fds; room for more so extras are seen and closed. */
+#define PRIVSEP_MAX_FDS 4
+
+enum privsep_chan {
+        PRIVSEP_CHAN_CMD,
+        PRIVSEP_CHAN_QUERY,
+        PRIVSEP_CHAN_EVENT,
+        _PRIVSEP_CHAN_MAX,
+};
+
+enum privsep_type {
+        PRIVSEP_HELLO = 1,     /* helper -> net, CMD, once: open result, name, info */
+        PRIVSEP_GET_STATE,     /* QUERY */
+        PRIVSEP_KEXEC_LOADED,  /* QUERY */
+        PRIVSEP_GET_INFO,      /* QUERY */
+        PRIVSEP_SELF_CHECK,    /* QUERY */
+        PRIVSEP_SET_EVENT,     /* CMD: arg = PREPARE, CANCEL or FINISH */
+        PRIVSEP_KEXEC_LOAD,    /* CMD: arg = 0 (kernel fd) or 1 (kernel, initrd fds) */
+        PRIVSEP_KEXEC_UNLOAD,  /* CMD */
+        PRIVSEP_REBOOT,        /* CMD */
+        PRIVSEP_STATE_CHANGED, /* helper -> net, EVENT: a doorbell with the state */
+        _PRIVSEP_TYPE_MAX,
+};
+
+const char *privsep_type_to_string(enum privsep_type t);
+
+/* network -> helper. Every unused field is zero; the size is exact. */
+struct privsep_req {
+        uint32_t magic;
+        uint16_t version;
+        uint16_t type;
+        uint64_t seq; /* per channel: 1, 2, 3, ... */
+        uint32_t arg;
+        uint32_t cmdline_len; /* KEXEC_LOAD: strlen(cmdline) */
+        char cmdline[PRIVSEP_CMDLINE_MAX];
+};
+
+/* helper -> network. */
+struct privsep_reply {
+        uint32_t magic;
+        uint16_t version;
+        uint16_t type;
+        uint64_t seq;                /* the request's; HELLO 0; STATE_CHANGED counts on its own */
+        int32_t result;              /* 0 or -errno (-4095..0) */
+        uint32_t state;              /* GET_STATE, STATE_CHANGED, SELF_CHECK (ioctl) */
+        uint32_t state2;             /* SELF_CHECK (sysfs) */
+        uint32_t flag;               /* KEXEC_LOADED: 0 or 1 */
+        char name[PRIVSEP_NAME_MAX]; /* HELLO: "sim" or "luo-v3" */
+        char boot_id[40];            /* HELLO, GET_INFO */
+        char release[128];           /* HELLO, GET_INFO */
+        char msg[PRIVSEP_MSG_MAX];   /* HELLO on failure: the operator's sentence */
+};
+
+/* How many fds a request of this type (and arg) must carry; -1 for an unknown type. */
+int privsep_req_fds(uint16_t type, uint32_t arg);
+
+/*
+ * The helper's decoder: one datagram of len bytes as received (flags are
+ * recvmsg()'s msg_flags), with n_fds descriptors. Checks the size, magic,
+ * version, the type (a request type valid on channel chan), the sequence
+ * number (want_seq), the argument's range, the fd count, that unused fields
+ * are zero and the command line's length and terminator. Returns 0 with the
+ * request in *ret, or -EPROTO. Pure: closes nothing, calls nothing.
+ */
+int privsep_req_decode(const void *buf, size_t len, int flags, size_t n_fds, enum privsep_chan chan,
+                       uint64_t want_seq, struct privsep_req *ret);
+
+/*
+ * The network side's decoder of a reply to a request of type want_type and
+ * sequence want_seq (PRIVSEP_HELLO with seq 0; PRIVSEP_STATE_CHANGED with
+ * want_seq 0 accepts any). Returns 0 or -EPROTO.
+ */
+int privsep_reply_decode(const void *buf, size_t len, int flags, size_t n_fds, uint16_t want_type,
+                         uint64_t want_seq, struct privsep_reply *ret);
+
+/*
+ * Receive one datagram of at most size bytes and up to PRIVSEP_MAX_FDS
+ * descriptors (into fds, *ret_n_fds of them, O_CLOEXEC). Returns its length
+ * (0 at EOF) and its msg_flags in *ret_flags, or -errno. Descriptors beyond
+ * the buffer are closed by the kernel and flagged MSG_CTRUNC.
+ */
+ssize_t privsep_recv(int fd, void *buf, size_t size, int *ret_flags, int fds[PRIVSEP_MAX_FDS],
+                     size_t *ret_n_fds, bool nonblock);
+/* Send one datagram with n_fds descriptors (SCM_RIGHTS). 0 or -errno. */
+int privsep_send(int fd, const void *buf, size_t len, const int *fds, size_t n_fds, bool nonblock);
+
+/* ---- the helper ----------------------------------------------------------- */
+
+/*
+ * Serve a backend on the helper's ends of the three channels: send HELLO,
+ * answer QUERY and push EVENT on a second thread, execute CMD requests on
+ * the calling thread. A malformed request is answered with -EPROTO and
+ * never acted on (its fds are closed). Returns 0 when the network side
+ * closes the command or query channel, -errno on a failure to communicate.
+ * Closes nothing it was given.
+ */
+int privsep_helper_serve(struct backend *b, const int fds[_PRIVSEP_CHAN_MAX]);
+
+/* Send a failed HELLO (backend_open's result and sentence) on the command channel. */
+int privsep_helper_hello_error(int cmd_fd, int error, const char *msg);
+
+/* ---- the network side ----------------------------------------------------- */
+
+struct privsep_hooks {
+        /*
+         * Called (on whichever thread noticed) when the helper is gone or
+         * broke the protocol while the proxy was not being stopped: whatever
+         * was in flight has an unknown outcome. May not return (main.c's
+         * ends the process). When NULL, or when it returns, the call fails
+         * with -ENOTCONN, as does every later one.
+         */
+        void (*lost)(void *userdata, const char *why);
+        void *userdata;
+};
+
+/*
+ * Wrap the network side's ends of the channels (taken, closed on failure
+ * too) in a proxy backend: read the helper's HELLO. On failure returns the
+ * helper's error with its sentence in msg, like backend_open(). helper is
+ * the helper's pid (0 when it is a thread, in tests): privsep_proxy_stop()
+ * and backend_free() wait for it.
+ */
+int privsep_proxy_new(int fds[_PRIVSEP_CHAN_MAX], pid_t helper, const struct privsep_hooks *hooks,
+                      struct backend **ret, char *msg, size_t msg_size);
+
+/* Is b a privsep proxy? */
+bool privsep_is_proxy(const struct backend *b);
+pid_t privsep_proxy_helper(const struct backend *b);
+
+/*
+ * Stop talking to the helper: shut the channels down (the helper sees EOF
+ * and exits) and wait up to timeout_ms for it to be gone (then SIGKILL and
+ * wait). Later calls fail with -ENOTCONN and do not count as a loss. Used
+ * before the simulated kexec so that no two helpers ever share the
+ * simulated kernel. Returns 0, or -errno.
+ */
+int privsep_proxy_stop(struct backend *b, unsigned timeout_ms);
+
+/* What the helper process needs to know (privsep_spawn()). */
+struct privsep_spawn_config {
+        const struct backend_config *backend;
+        /*
+         * Running as root with the network side about to drop to drop_uid:
+         * the helper keeps uid 0 and only CAP_SYS_BOOT, and its file system
+         * identity (fsuid/fsgid) becomes drop_uid/drop_gid so the files it
+         * writes (the simulated kernel's) stay the run user's.
+         */
+        bool drop;
+        uid_t drop_uid;
+        gid_t drop_gid;
+        /* -EBUSY from the backend: retry this long (a predecessor may still be exiting). */
+        unsigned busy_retry_ms;
+};
+
+/*
+ * Fork the helper (which opens the real backend, drops what it does not
+ * need and serves it) and return the proxy backend. Call before any thread
+ * exists. On failure returns -errno with the helper's sentence in msg (the
+ * helper's backend_open() result, so the caller keeps its exit codes).
+ */
+int privsep_spawn(const struct privsep_spawn_config *cfg, const struct privsep_hooks *hooks,
+                  struct backend **ret, char *msg, size_t msg_size);

@@ -1,0 +1,1172 @@
+/*
+ * privsep.c: privilege separation for the kernel backend (privsep.h,
+ * docs/privsep.md). Three parts:
+ *   - the wire: fixed-size messages over SOCK_SEQPACKET socketpairs, fds by
+ *     SCM_RIGHTS, and the two decoders that check every field before use;
+ *   - the helper: a forked process that opens the real backend, keeps only
+ *     what it needs (CAP_SYS_BOOT when root), and serves it: command
+ *     requests on its main thread, queries and state-change doorbells on a
+ *     second thread (the backend's "worker" and "loop" roles of backend.h);
+ *   - the proxy: a struct backend whose ops send requests and read replies,
+ *     one mutex per channel, so a stalled SET_EVENT (a simulator fault
+ *     delay) never holds up a query or the watcher.
+ *
+ * The helper answers a malformed request with -EPROTO and never acts on it
+ * (its fds are closed unread): SEQPACKET keeps message boundaries, so one
+ * bad datagram cannot desynchronise the stream, and the answer lets the
+ * caller fail one operation rather than the whole agent. The proxy treats a
+ * malformed reply, or the helper's EOF, as the loss of the helper: the
+ * outcome of what was in flight is unknown, so the hook (main.c) ends the
+ * process and the next start reconciles with the kernel.
+ *
+ * Logging: only the helper side logs (it is a program's main loop, and the
+ * operator must hear of a rejected request); the proxy returns -errno.
+ * Lock order (proxy): cmd_lock and query_lock are never held together.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/prctl.h>
+#include <linux/securebits.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/fsuid.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <grp.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "backend-private.h"
+#include "luofleet/backend.h"
+#include "luofleet/log.h"
+#include "luofleet/macro.h"
+#include "luofleet/privsep.h"
+#include "luofleet/util.h"
+
+#define ERRNO_MAX 4095
+
+/* No padding anywhere: every byte is a field, so "unused fields are zero" covers them all. */
+_Static_assert(sizeof(struct privsep_req) == 2072, "privsep_req layout");
+_Static_assert(sizeof(struct privsep_reply) == 728, "privsep_reply layout");
+
+static const char *const type_names[_PRIVSEP_TYPE_MAX] = {
+        [PRIVSEP_HELLO] = "HELLO",
+        [PRIVSEP_GET_STATE] = "GET_STATE",
+        [PRIVSEP_KEXEC_LOADED] = "KEXEC_LOADED",
+        [PRIVSEP_GET_INFO] = "GET_INFO",
+        [PRIVSEP_SELF_CHECK] = "SELF_CHECK",
+        [PRIVSEP_SET_EVENT] = "SET_EVENT",
+        [PRIVSEP_KEXEC_LOAD] = "KEXEC_LOAD",
+        [PRIVSEP_KEXEC_UNLOAD] = "KEXEC_UNLOAD",
+        [PRIVSEP_REBOOT] = "REBOOT",
+        [PRIVSEP_STATE_CHANGED] = "STATE_CHANGED",
+};
+
+const char *privsep_type_to_string(enum privsep_type t)
+{
+        if ((unsigned)t >= _PRIVSEP_TYPE_MAX)
+                return NULL;
+        return type_names[t];
+}
+
+/* ---- the wire ------------------------------------------------------------- */
+
+static bool all_zero(const void *p, size_t n)
+{
+        const unsigned char *c = p;
+
+        for (size_t i = 0; i < n; i++)
+                if (c[i])
+                        return false;
+        return true;
+}
+
+/* The channel a request type travels on; -1 for what is not a request. */
+static int req_chan(uint16_t type)
+{
+        switch (type) {
+        case PRIVSEP_GET_STATE:
+        case PRIVSEP_KEXEC_LOADED:
+        case PRIVSEP_GET_INFO:
+        case PRIVSEP_SELF_CHECK:
+                return PRIVSEP_CHAN_QUERY;
+        case PRIVSEP_SET_EVENT:
+        case PRIVSEP_KEXEC_LOAD:
+        case PRIVSEP_KEXEC_UNLOAD:
+        case PRIVSEP_REBOOT:
+                return PRIVSEP_CHAN_CMD;
+        default:
+                return -1;
+        }
+}
+
+int privsep_req_fds(uint16_t type, uint32_t arg)
+{
+        if (req_chan(type) < 0)
+                return -1;
+        if (type == PRIVSEP_KEXEC_LOAD)
+                return arg == 1 ? 2 : 1;
+        return 0;
+}
+
+int privsep_req_decode(const void *buf, size_t len, int flags, size_t n_fds, enum privsep_chan chan,
+                       uint64_t want_seq, struct privsep_req *ret)
+{
+        struct privsep_req q;
+
+        if (!buf || len != sizeof(q) || (flags & (MSG_TRUNC | MSG_CTRUNC)))
+                return -EPROTO;
+        memcpy(&q, buf, sizeof(q));
+        if (q.magic != PRIVSEP_MAGIC || q.version != PRIVSEP_VERSION || q.seq != want_seq)
+                return -EPROTO;
+        if (req_chan(q.type) < 0 || req_chan(q.type) != (int)chan)
+                return -EPROTO;
+
+        switch (q.type) {
+        case PRIVSEP_SET_EVENT:
+                /* FREEZE never travels: only the reboot call freezes. */
+                if (q.arg != LUO_EVENT_PREPARE && q.arg != LUO_EVENT_CANCEL &&
+                    q.arg != LUO_EVENT_FINISH)
+                        return -EPROTO;
+                break;
+        case PRIVSEP_KEXEC_LOAD:
+                if (q.arg > 1)
+                        return -EPROTO;
+                break;
+        default:
+                if (q.arg != 0)
+                        return -EPROTO;
+        }
+        if ((int)n_fds != privsep_req_fds(q.type, q.arg))
+                return -EPROTO;
+
+        if (q.type == PRIVSEP_KEXEC_LOAD) {
+                /* Exactly cmdline_len bytes without a NUL, the NUL, then zeros. */
+                if (q.cmdline_len >= PRIVSEP_CMDLINE_MAX ||
+                    memchr(q.cmdline, 0, q.cmdline_len) != NULL ||
+                    !all_zero(q.cmdline + q.cmdline_len, PRIVSEP_CMDLINE_MAX - q.cmdline_len))
+                        return -EPROTO;
+        } else if (q.cmdline_len != 0 || !all_zero(q.cmdline, sizeof(q.cmdline)))
+                return -EPROTO;
+
+        *ret = q;
+        return 0;
+}
+
+enum {
+        F_STATE = 1u << 0,
+        F_STATE2 = 1u << 1,
+        F_FLAG = 1u << 2,
+        F_NAME = 1u << 3,
+        F_INFO = 1u << 4,
+        F_MSG = 1u << 5,
+};
+
+/* The fields a reply of this type carries (the others must be zero). */
+static unsigned reply_fields(uint16_t type, int32_t result)
+{
+        if (type == PRIVSEP_HELLO)
+                return result < 0 ? F_MSG : F_NAME | F_INFO;
+        if (result < 0 && type != PRIVSEP_SELF_CHECK)
+                return 0;
+        switch (type) {
+        case PRIVSEP_GET_STATE:
+        case PRIVSEP_STATE_CHANGED:
+                return F_STATE;
+        case PRIVSEP_KEXEC_LOADED:
+                return F_FLAG;
+        case PRIVSEP_GET_INFO:
+                return F_INFO;
+        case PRIVSEP_SELF_CHECK:
+                return F_STATE | F_STATE2;
+        default:
+                return 0;
+        }
+}
+
+static bool str_ok(const char *s, size_t size, bool used)
+{
+        const char *nul = memchr(s, 0, size);
+
+        if (!nul)
+                return false;
+        /* Nothing after the terminator; an unused field is all zeros. */
+        if (!all_zero(nul, size - (size_t)(nul - s)))
+                return false;
+        return used || nul == s;
+}
+
+int privsep_reply_decode(const void *buf, size_t len, int flags, size_t n_fds, uint16_t want_type,
+                         uint64_t want_seq, struct privsep_reply *ret)
+{
+        struct privsep_reply p;
+        unsigned f;
+
+        if (!buf || len != sizeof(p) || (flags & (MSG_TRUNC | MSG_CTRUNC)) || n_fds != 0)
+                return -EPROTO;
+        memcpy(&p, buf, sizeof(p));
+        if (p.magic != PRIVSEP_MAGIC || p.version != PRIVSEP_VERSION || p.type != want_type ||
+            p.seq != want_seq)
+                return -EPROTO;
+        if (p.result > 0 || p.result < -ERRNO_MAX)
+                return -EPROTO;
+        f = reply_fields(p.type, p.result);
+        if ((!(f & F_STATE) && p.state != 0) || p.state >= _LUO_STATE_MAX)
+                return -EPROTO;
+        if ((!(f & F_STATE2) && p.state2 != 0) || p.state2 >= _LUO_STATE_MAX)
+                return -EPROTO;
+        if ((!(f & F_FLAG) && p.flag != 0) || p.flag > 1)
+                return -EPROTO;
+        if (!str_ok(p.name, sizeof(p.name), f & F_NAME) ||
+            !str_ok(p.boot_id, sizeof(p.boot_id), f & F_INFO) ||
+            !str_ok(p.release, sizeof(p.release), f & F_INFO) ||
+            !str_ok(p.msg, sizeof(p.msg), f & F_MSG))
+                return -EPROTO;
+        if (f & F_NAME) {
+                int k = backend_kind_from_string(p.name);
+                if (k < 0 || k == BACKEND_AUTO)
+                        return -EPROTO;
+        }
+        if ((f & F_INFO) && (!uuid_valid(p.boot_id) || p.release[0] == 0))
+                return -EPROTO;
+        *ret = p;
+        return 0;
+}
+
+static void close_fds(int *fds, size_t n)
+{
+        for (size_t i = 0; i < n; i++)
+                if (fds[i] >= 0) {
+                        close(fds[i]);
+                        fds[i] = -1;
+                }
+}
+
+ssize_t privsep_recv(int fd, void *buf, size_t size, int *ret_flags, int fds[PRIVSEP_MAX_FDS],
+                     size_t *ret_n_fds, bool nonblock)
+{
+        union {
+                struct cmsghdr h;
+                char buf[CMSG_SPACE(sizeof(int) * PRIVSEP_MAX_FDS)];
+        } control;
+        struct iovec iov = { .iov_base = buf, .iov_len = size };
+        struct msghdr mh = {
+                .msg_iov = &iov,
+                .msg_iovlen = 1,
+                .msg_control = control.buf,
+                .msg_controllen = sizeof(control.buf),
+        };
+        size_t n = 0;
+        ssize_t k;
+
+        *ret_n_fds = 0;
+        *ret_flags = 0;
+        for (;;) {
+                k = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC | (nonblock ? MSG_DONTWAIT : 0));
+                if (k >= 0 || errno != EINTR)
+                        break;
+        }
+        if (k < 0)
+                return negative_errno();
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+                if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+                        continue;
+                size_t m = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                const unsigned char *data = CMSG_DATA(c);
+                for (size_t i = 0; i < m; i++) {
+                        int x;
+                        memcpy(&x, data + i * sizeof(int), sizeof(int));
+                        if (n < PRIVSEP_MAX_FDS)
+                                fds[n++] = x;
+                        else
+                                close(x); /* cannot happen: the buffer holds MAX */
+                }
+        }
+        *ret_n_fds = n;
+        *ret_flags = mh.msg_flags;
+        return k;
+}
+
+int privsep_send(int fd, const void *buf, size_t len, const int *fds, size_t n_fds, bool nonblock)
+{
+        union {
+                struct cmsghdr h;
+                char buf[CMSG_SPACE(sizeof(int) * PRIVSEP_MAX_FDS)];
+        } control;
+        struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
+        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
+        ssize_t k;
+
+        if (n_fds > PRIVSEP_MAX_FDS)
+                return -EINVAL;
+        if (n_fds > 0) {
+                memset(&control, 0, sizeof(control));
+                mh.msg_control = control.buf;
+                mh.msg_controllen = CMSG_SPACE(sizeof(int) * n_fds);
+                struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
+                c->cmsg_level = SOL_SOCKET;
+                c->cmsg_type = SCM_RIGHTS;
+                c->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
+                memcpy(CMSG_DATA(c), fds, sizeof(int) * n_fds);
+        }
+        for (;;) {
+                k = sendmsg(fd, &mh, MSG_NOSIGNAL | (nonblock ? MSG_DONTWAIT : 0));
+                if (k >= 0 || errno != EINTR)
+                        break;
+        }
+        if (k < 0)
+                return negative_errno();
+        return (size_t)k == len ? 0 : -EIO; /* SEQPACKET: all or nothing */
+}
+
+static void reply_init(struct privsep_reply *p, uint16_t type, uint64_t seq)
+{
+        memset(p, 0, sizeof(*p));
+        p->magic = PRIVSEP_MAGIC;
+        p->version = PRIVSEP_VERSION;
+        p->type = type;
+        p->seq = seq;
+}
+
+static void copy_str(char *dst, size_t size, const char *src)
+{
+        size_t n = src ? strnlen(src, size - 1) : 0;
+
+        memset(dst, 0, size);
+        if (n)
+                memcpy(dst, src, n);
+}
+
+/* ---- the helper ----------------------------------------------------------- */
+
+struct helper {
+        struct backend *b;
+        int fds[_PRIVSEP_CHAN_MAX];
+        int stop_fd;
+        uint64_t ev_seq;
+        /*
+         * The helper process: end at once when the network side hangs up,
+         * even with a command in flight. Its parent-death signal cannot be
+         * relied on: a network process that dropped to --user may not
+         * signal a uid 0 helper, and the kernel checks that.
+         */
+        bool exit_on_hangup;
+};
+
+/* A kernel or initrd image: a regular file open for reading. */
+static int helper_check_image_fd(int fd)
+{
+        struct stat st;
+        int fl;
+
+        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
+                return -EBADF;
+        fl = fcntl(fd, F_GETFL);
+        if (fl < 0 || (fl & O_ACCMODE) == O_WRONLY)
+                return -EBADF;
+        return 0;
+}
+
+static void helper_execute(struct helper *h, const struct privsep_req *q, const int *fds,
+                           struct privsep_reply *p)
+{
+        struct backend *b = h->b;
+        struct backend_info info;
+        enum luo_state s = LUO_STATE_UNDEFINED, s2 = LUO_STATE_UNDEFINED;
+        bool loaded = false;
+        int r;
+
+        switch (q->type) {
+        case PRIVSEP_GET_STATE:
+                r = b->ops->get_state(b, &s);
+                if (r >= 0)
+                        p->state = (uint32_t)s;
+                break;
+        case PRIVSEP_KEXEC_LOADED:
+                r = b->ops->kexec_loaded(b, &loaded);
+                if (r >= 0)
+                        p->flag = loaded;
+                break;
+        case PRIVSEP_GET_INFO:
+                r = b->ops->get_info(b, &info);
+                if (r >= 0) {
+                        copy_str(p->boot_id, sizeof(p->boot_id), info.boot_id);
+                        copy_str(p->release, sizeof(p->release), info.release);
+                }
+                break;
+        case PRIVSEP_SELF_CHECK:
+                r = b->ops->self_check(b, &s, &s2);
+                if (r >= 0 || r == -EPROTO) {
+                        p->state = (uint32_t)s;
+                        p->state2 = (uint32_t)s2;
+                }
+                break;
+        case PRIVSEP_SET_EVENT:
+                r = b->ops->set_event(b, (enum luo_event)q->arg);
+                break;
+        case PRIVSEP_KEXEC_LOAD:
+                r = helper_check_image_fd(fds[0]);
+                if (r >= 0 && q->arg == 1)
+                        r = helper_check_image_fd(fds[1]);
+                if (r >= 0)
+                        r = b->ops->kexec_load(b, fds[0], q->arg == 1 ? fds[1] : -1, q->cmdline);
+                break;
+        case PRIVSEP_KEXEC_UNLOAD:
+                r = b->ops->kexec_unload(b);
+                break;
+        case PRIVSEP_REBOOT:
+                r = b->ops->reboot(b);
+                break;
+        default:
+                r = -EPROTO; /* the decoder lets no other type through */
+        }
+        if (r > 0)
+                r = 0;
+        if (r < -ERRNO_MAX)
+                r = -EIO;
+        p->result = r;
+        if ((unsigned)s >= _LUO_STATE_MAX || (unsigned)s2 >= _LUO_STATE_MAX)
+                p->state = p->state2 = LUO_STATE_UNDEFINED;
+}
+
+/*
+ * One request on chan: receive, check, act, answer. Returns 1 when served
+ * (or rejected and answered), 0 at EOF, -errno when the channel failed.
+ */
+static int helper_one(struct helper *h, enum privsep_chan chan, uint64_t *seq)
+{
+        struct privsep_req q;
+        struct privsep_reply p;
+        int fds[PRIVSEP_MAX_FDS], flags, r;
+        size_t n_fds;
+        ssize_t n;
+
+        n = privsep_recv(h->fds[chan], &q, sizeof(q), &flags, fds, &n_fds, false);
+        if (n <= 0) {
+                close_fds(fds, n_fds);
+                return (int)n;
+        }
+        /* Every datagram takes a number, so a rejected one keeps the count in step. */
+        (*seq)++;
+        r = privsep_req_decode(&q, (size_t)n, flags, n_fds, chan, *seq, &q);
+        if (r < 0) {
+                uint16_t type = 0;
+                if ((size_t)n >= offsetof(struct privsep_req, type) + sizeof(q.type))
+                        memcpy(&type, (char *)&q + offsetof(struct privsep_req, type),
+                               sizeof(type));
+                close_fds(fds, n_fds);
+                log_warning("Privileged helper: rejected a malformed request on the %s channel "
+                            "(%zd bytes, %zu fds, type %u): not acted on",
+                            chan == PRIVSEP_CHAN_CMD ? "command" : "query", n, n_fds,
+                            (unsigned)type);
+                reply_init(&p, type, *seq);
+                p.result = -EPROTO;
+        } else {
+                reply_init(&p, q.type, q.seq);
+                helper_execute(h, &q, fds, &p);
+                close_fds(fds, n_fds);
+        }
+        r = privsep_send(h->fds[chan], &p, sizeof(p), NULL, 0, false);
+        return r < 0 ? r : 1;
+}
+
+static void helper_push_state(struct helper *h)
+{
+        struct privsep_reply p;
+        enum luo_state s;
+        int r;
+
+        r = h->b->ops->watch_read(h->b, &s);
+        if (r < 0 || (unsigned)s >= _LUO_STATE_MAX)
+                return; /* the proxy re-reads at the next doorbell */
+        reply_init(&p, PRIVSEP_STATE_CHANGED, h->ev_seq + 1);
+        p.state = (uint32_t)s;
+        /*
+         * A doorbell: the proxy drains the channel and then asks for the
+         * state, so when the queue is full a dropped doorbell loses nothing
+         * (the queued ones ring). Never block the query thread on it.
+         */
+        if (privsep_send(h->fds[PRIVSEP_CHAN_EVENT], &p, sizeof(p), NULL, 0, true) == 0)
+                h->ev_seq++;
+}
+
+/*
+ * The helper process ends: descriptors first (the device handle goes with
+ * them, as it always did with the agent), so nothing is left open even for
+ * a checker that looks at exit (valgrind follows the fork).
+ */
+static _Noreturn void helper_exit(int status)
+{
+        (void)close_range(3, ~0u, 0);
+        _exit(status);
+}
+
+/* The "loop" role: queries and the backend's watch fd. */
+static void *helper_query_main(void *userdata)
+{
+        struct helper *h = userdata;
+        struct backend *b = h->b;
+        uint64_t seq = 0;
+        struct pollfd pfd[4] = {
+                { .fd = h->stop_fd, .events = POLLIN },
+                { .fd = h->fds[PRIVSEP_CHAN_QUERY], .events = POLLIN },
+                /* no events: POLLHUP and POLLERR only, when the network side is gone */
+                { .fd = h->fds[PRIVSEP_CHAN_EVENT], .events = 0 },
+                { .fd = b->ops->watch_fd(b), .events = b->ops->watch_events(b) },
+        };
+
+        for (;;) {
+                bool gone = false;
+                int n = poll(pfd, pfd[3].fd >= 0 ? 4 : 3, -1);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        break;
+                }
+                if (pfd[0].revents)
+                        break;
+                if (pfd[3].revents)
+                        helper_push_state(h);
+                if (pfd[1].revents && helper_one(h, PRIVSEP_CHAN_QUERY, &seq) <= 0)
+                        gone = true;
+                if (pfd[2].revents & (POLLHUP | POLLERR))
+                        gone = true;
+                if (gone) {
+                        /* The network side is gone: so is the reason to be. */
+                        if (h->exit_on_hangup)
+                                helper_exit(0); /* a call in flight is cut, as by a crash */
+                        shutdown(h->fds[PRIVSEP_CHAN_CMD], SHUT_RD);
+                        break;
+                }
+        }
+        return NULL;
+}
+
+static int helper_send_hello(int cmd_fd, struct backend *b, int error, const char *msg)
+{
+        struct privsep_reply p;
+        struct backend_info info;
+        int r = error;
+
+        reply_init(&p, PRIVSEP_HELLO, 0);
+        if (r >= 0 && b) {
+                r = b->ops->get_info(b, &info);
+                if (r < 0)
+                        msg = "the kernel backend cannot tell its boot id";
+        }
+        if (r < 0) {
+                p.result = r < -ERRNO_MAX ? -EIO : r;
+                copy_str(p.msg, sizeof(p.msg), msg);
+        } else {
+                copy_str(p.name, sizeof(p.name), b->ops->name);
+                copy_str(p.boot_id, sizeof(p.boot_id), info.boot_id);
+                copy_str(p.release, sizeof(p.release), info.release);
+        }
+        r = privsep_send(cmd_fd, &p, sizeof(p), NULL, 0, false);
+        return r < 0 ? r : p.result;
+}
+
+int privsep_helper_hello_error(int cmd_fd, int error, const char *msg)
+{
+        return helper_send_hello(cmd_fd, NULL, error < 0 ? error : -EIO, msg);
+}
+
+static int helper_serve(struct backend *b, const int fds[_PRIVSEP_CHAN_MAX], bool exit_on_hangup)
+{
+        struct helper h = { .b = b, .stop_fd = -1, .exit_on_hangup = exit_on_hangup };
+        pthread_t thread;
+        uint64_t seq = 0, one = 1;
+        int r;
+
+        memcpy(h.fds, fds, sizeof(h.fds));
+        /* Before HELLO: once the network side hears it, our fd table is settled. */
+        h.stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (h.stop_fd < 0)
+                return negative_errno();
+        r = helper_send_hello(fds[PRIVSEP_CHAN_CMD], b, 0, NULL);
+        if (r < 0) {
+                close(h.stop_fd);
+                return r;
+        }
+        r = pthread_create(&thread, NULL, helper_query_main, &h);
+        if (r != 0) {
+                close(h.stop_fd);
+                return -r;
+        }
+        /* The "worker" role: the blocking operations, one at a time. */
+        do
+                r = helper_one(&h, PRIVSEP_CHAN_CMD, &seq);
+        while (r > 0);
+        (void)!write(h.stop_fd, &one, sizeof(one));
+        pthread_join(thread, NULL);
+        close(h.stop_fd);
+        return r;
+}
+
+int privsep_helper_serve(struct backend *b, const int fds[_PRIVSEP_CHAN_MAX])
+{
+        return helper_serve(b, fds, false);
+}
+
+/* ---- the helper process ----------------------------------------------------- */
+
+/* Close every fd but 0, 1, 2 and keep[] (three of them). */
+static void helper_close_other_fds(const int keep[_PRIVSEP_CHAN_MAX])
+{
+        int k[_PRIVSEP_CHAN_MAX];
+        unsigned from = 3;
+
+        memcpy(k, keep, sizeof(k));
+        /* sort three */
+        for (int i = 0; i < _PRIVSEP_CHAN_MAX; i++)
+                for (int j = i + 1; j < _PRIVSEP_CHAN_MAX; j++)
+                        if (k[j] < k[i]) {
+                                int t = k[i];
+                                k[i] = k[j];
+                                k[j] = t;
+                        }
+        for (int i = 0; i < _PRIVSEP_CHAN_MAX; i++) {
+                if ((unsigned)k[i] > from)
+                        (void)close_range(from, (unsigned)k[i] - 1, 0);
+                if ((unsigned)k[i] + 1 > from)
+                        from = (unsigned)k[i] + 1;
+        }
+        (void)close_range(from, ~0u, 0);
+}
+
+static int helper_open(const struct privsep_spawn_config *cfg, struct backend **ret, char *msg,
+                       size_t msg_size)
+{
+        uint64_t deadline = now_mono_usec() + (uint64_t)cfg->busy_retry_ms * 1000u;
+        int r;
+
+        for (;;) {
+                r = backend_open(cfg->backend, ret, msg, msg_size);
+                if (r != -EBUSY || now_mono_usec() >= deadline)
+                        return r;
+                /* A predecessor (killed with its network process) may still be exiting. */
+                struct timespec ts = { .tv_nsec = 20 * 1000 * 1000 };
+                nanosleep(&ts, NULL);
+        }
+}
+
+/*
+ * Root: keep uid 0 and exactly CAP_SYS_BOOT (kexec_file_load, reboot). The
+ * luo-v3 device needs CAP_SYS_ADMIN only to be opened, which happened
+ * before; its ioctls are not checked again. The file system identity
+ * becomes the run user's: what the helper still writes (the simulated
+ * kernel's files) stays readable by the network side and by a re-executed,
+ * unprivileged agent, and uid 0 without capabilities cannot write root's
+ * files (it would still own them).
+ */
+static int helper_drop(const struct privsep_spawn_config *cfg)
+{
+        struct __user_cap_header_struct hdr = { .version = _LINUX_CAPABILITY_VERSION_3 };
+        struct __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3] = {};
+        const uint32_t boot = CAP_TO_MASK(CAP_SYS_BOOT);
+        const unsigned bi = CAP_TO_INDEX(CAP_SYS_BOOT);
+
+        if (setgroups(0, NULL) < 0)
+                return negative_errno();
+        (void)setfsgid(cfg->drop_gid);
+        if ((gid_t)setfsgid((gid_t)-1) != cfg->drop_gid)
+                return -EPERM;
+        (void)setfsuid(cfg->drop_uid);
+        if ((uid_t)setfsuid((uid_t)-1) != cfg->drop_uid)
+                return -EPERM;
+        /* The bounding set: what an exec could ever give back. */
+        for (unsigned long cap = 0; cap < 64; cap++) {
+                if (cap == CAP_SYS_BOOT)
+                        continue;
+                if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
+                        if (errno == EINVAL)
+                                break; /* past the kernel's last capability */
+                        return negative_errno();
+                }
+        }
+        if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+                return negative_errno();
+        /* uid 0 gains nothing by exec, and that cannot be undone. */
+        if (prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_KEEP_CAPS_LOCKED,
+                  0, 0, 0) < 0)
+                return negative_errno();
+        data[bi].effective = data[bi].permitted = boot;
+        if (syscall(SYS_capset, &hdr, data) < 0)
+                return negative_errno();
+        memset(data, 0, sizeof(data));
+        if (syscall(SYS_capget, &hdr, data) < 0)
+                return negative_errno();
+        for (unsigned i = 0; i < _LINUX_CAPABILITY_U32S_3; i++) {
+                uint32_t want = i == bi ? boot : 0;
+                if (data[i].effective != want || data[i].permitted != want ||
+                    data[i].inheritable != 0)
+                        return -EPERM;
+        }
+        return 0;
+}
+
+static _Noreturn void helper_main(const struct privsep_spawn_config *cfg,
+                                  const int fds[_PRIVSEP_CHAN_MAX], pid_t parent)
+{
+        struct backend *b = NULL;
+        char msg[PRIVSEP_MSG_MAX] = "";
+        int r;
+
+        /* Dies with the network process: a kernel call in flight is cut like a crash. */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 || getppid() != parent)
+                helper_exit(1);
+        (void)prctl(PR_SET_NAME, "luofleet-priv", 0, 0, 0);
+        /*
+         * The state directory's lock, the signalfd, the listeners to come:
+         * nothing of the network side's. Signals stay blocked as inherited
+         * (SIGTERM to the process group stops the network side, whose EOF
+         * stops us in order).
+         */
+        helper_close_other_fds(fds);
+
+        r = helper_open(cfg, &b, msg, sizeof(msg));
+        if (r < 0) {
+                (void)privsep_helper_hello_error(fds[PRIVSEP_CHAN_CMD], r, msg);
+                helper_exit(0);
+        }
+        if (cfg->drop) {
+                r = helper_drop(cfg);
+                if (r < 0) {
+                        snprintf(msg, sizeof(msg),
+                                 "the privileged helper could not drop its privileges: %s",
+                                 strerror(-r));
+                        (void)privsep_helper_hello_error(fds[PRIVSEP_CHAN_CMD], r, msg);
+                        helper_exit(1);
+                }
+                /* A change of the fsuid/fsgid clears the parent-death signal: again. */
+                if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 || getppid() != parent)
+                        helper_exit(1);
+        }
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+                r = negative_errno();
+                (void)privsep_helper_hello_error(fds[PRIVSEP_CHAN_CMD], r,
+                                                 "the privileged helper could not set "
+                                                 "no_new_privs");
+                helper_exit(1);
+        }
+        r = helper_serve(b, fds, true);
+        if (r < 0)
+                log_error_errno(r, "Privileged helper: lost the network process: %m");
+        helper_exit(r < 0 ? 1 : 0);
+}
+
+int privsep_spawn(const struct privsep_spawn_config *cfg, const struct privsep_hooks *hooks,
+                  struct backend **ret, char *msg, size_t msg_size)
+{
+        int pair[_PRIVSEP_CHAN_MAX][2], mine[_PRIVSEP_CHAN_MAX], theirs[_PRIVSEP_CHAN_MAX];
+        pid_t parent = getpid(), pid;
+        int r;
+
+        if (msg && msg_size)
+                msg[0] = 0;
+        for (int i = 0; i < _PRIVSEP_CHAN_MAX; i++)
+                pair[i][0] = pair[i][1] = -1;
+        for (int i = 0; i < _PRIVSEP_CHAN_MAX; i++)
+                if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair[i]) < 0) {
+                        r = negative_errno();
+                        backend_msgf(msg, msg_size, "socketpair() failed: %s", strerror(-r));
+                        close_fds(&pair[0][0], 2 * _PRIVSEP_CHAN_MAX);
+                        return r;
+                }
+        for (int i = 0; i < _PRIVSEP_CHAN_MAX; i++) {
+                mine[i] = pair[i][0];
+                theirs[i] = pair[i][1];
+        }
+        pid = fork();
+        if (pid < 0) {
+                r = negative_errno();
+                backend_msgf(msg, msg_size, "fork() failed: %s", strerror(-r));
+                close_fds(&pair[0][0], 2 * _PRIVSEP_CHAN_MAX);
+                return r;
+        }
+        if (pid == 0) {
+                close_fds(mine, _PRIVSEP_CHAN_MAX);
+                helper_main(cfg, theirs, parent);
+        }
+        close_fds(theirs, _PRIVSEP_CHAN_MAX);
+        return privsep_proxy_new(mine, pid, hooks, ret, msg, msg_size);
+}
+
+/* ---- the proxy -------------------------------------------------------------- */
+
+struct proxy {
+        struct backend base; /* first: a struct backend * is a struct proxy * */
+        struct backend_ops ops;
+        char name[PRIVSEP_NAME_MAX];
+        int fds[_PRIVSEP_CHAN_MAX];
+        int quiet_fd; /* an eventfd never written: dup2()ed over a dead event channel */
+        pid_t helper;
+        bool reaped;
+        pthread_mutex_t lock[_PRIVSEP_CHAN_MAX]; /* CMD and QUERY; EVENT: loop thread only */
+        uint64_t seq[_PRIVSEP_CHAN_MAX];         /* under lock[chan] */
+        struct privsep_hooks hooks;
+        atomic_bool stopping, lost;
+        atomic_uint last_state; /* the last state the helper told, for the stop */
+};
+
+static const struct backend_ops proxy_ops_template;
+
+static struct proxy *to_proxy(struct backend *b)
+{
+        return (struct proxy *)b;
+}
+
+bool privsep_is_proxy(const struct backend *b)
+{
+        return b && b->ops && b->ops->free == proxy_ops_template.free;
+}
+
+pid_t privsep_proxy_helper(const struct backend *b)
+{
+        return privsep_is_proxy(b) ? ((const struct proxy *)b)->helper : 0;
+}
+
+/* The helper is gone or broke the protocol: whatever was in flight is unknown. */
+static int proxy_lost(struct proxy *p, const char *why)
+{
+        if (atomic_load(&p->stopping))
+                return -ENOTCONN;
+        if (!atomic_exchange(&p->lost, true) && p->hooks.lost)
+                p->hooks.lost(p->hooks.userdata, why);
+        return -ENOTCONN;
+}
+
+static int proxy_call(struct proxy *p, enum privsep_chan chan, uint16_t type, uint32_t arg,
+                      const char *cmdline, const int *fds, size_t n_fds, struct privsep_reply *ret)
+{
+        struct privsep_req q = { .magic = PRIVSEP_MAGIC, .version = PRIVSEP_VERSION, .type = type };
+        struct privsep_reply rep;
+        int rfds[PRIVSEP_MAX_FDS], flags, r;
+        size_t n_rfds;
+        const char *why = NULL;
+        char wbuf[160];
+        ssize_t n;
+
+        if (atomic_load(&p->lost) || atomic_load(&p->stopping))
+                return -ENOTCONN;
+        q.arg = arg;
+        if (cmdline) {
+                size_t len = strlen(cmdline);
+                if (len >= PRIVSEP_CMDLINE_MAX)
+                        return -EINVAL;
+                q.cmdline_len = (uint32_t)len;
+                memcpy(q.cmdline, cmdline, len);
+        }
+        pthread_mutex_lock(&p->lock[chan]);
+        q.seq = ++p->seq[chan];
+        r = privsep_send(p->fds[chan], &q, sizeof(q), fds, n_fds, false);
+        if (r < 0) {
+                snprintf(wbuf, sizeof(wbuf), "sending %s failed: %s", type_names[type],
+                         strerror(-r));
+                why = wbuf;
+                goto out;
+        }
+        n = privsep_recv(p->fds[chan], &rep, sizeof(rep), &flags, rfds, &n_rfds, false);
+        close_fds(rfds, n_rfds);
+        if (n <= 0) {
+                snprintf(wbuf, sizeof(wbuf), "no answer to %s: %s", type_names[type],
+                         n == 0 ? "the channel closed" : strerror((int)-n));
+                why = wbuf;
+                goto out;
+        }
+        if (privsep_reply_decode(&rep, (size_t)n, flags, n_rfds, type, q.seq, ret) < 0) {
+                snprintf(wbuf, sizeof(wbuf), "malformed answer to %s", type_names[type]);
+                why = wbuf;
+        }
+out:
+        pthread_mutex_unlock(&p->lock[chan]);
+        if (why)
+                return proxy_lost(p, why);
+        return ret->result;
+}
+
+static int proxy_get_state(struct backend *b, enum luo_state *ret)
+{
+        struct privsep_reply rep;
+        struct proxy *p = to_proxy(b);
+        int r = proxy_call(p, PRIVSEP_CHAN_QUERY, PRIVSEP_GET_STATE, 0, NULL, NULL, 0, &rep);
+        if (r < 0)
+                return r;
+        /* Replies arrive in channel order: the last one stored is the freshest. */
+        atomic_store(&p->last_state, rep.state);
+        *ret = (enum luo_state)rep.state;
+        return 0;
+}
+
+static int proxy_watch_fd(struct backend *b)
+{
+        return to_proxy(b)->fds[PRIVSEP_CHAN_EVENT];
+}
+
+static short proxy_watch_events(struct backend *b)
+{
+        (void)b;
+        return POLLIN;
+}
+
+static int proxy_watch_read(struct backend *b, enum luo_state *ret)
+{
+        struct proxy *p = to_proxy(b);
+        int ev = p->fds[PRIVSEP_CHAN_EVENT];
+
+        if (atomic_load(&p->stopping)) {
+                /*
+                 * The helper is being stopped for the simulated kexec: nothing can
+                 * change the kernel through us any more, so the last state it told
+                 * is the final one of this process. Quiet the poll() for good.
+                 */
+                (void)dup3(p->quiet_fd, ev, O_CLOEXEC);
+                *ret = (enum luo_state)atomic_load(&p->last_state);
+                return 0;
+        }
+        /* Drain the doorbells (they coalesce), then ask: the answer is the state now. */
+        for (;;) {
+                struct privsep_reply rep;
+                int rfds[PRIVSEP_MAX_FDS], flags;
+                size_t n_rfds;
+                ssize_t n = privsep_recv(ev, &rep, sizeof(rep), &flags, rfds, &n_rfds, true);
+
+                close_fds(rfds, n_rfds);
+                if (n == -EAGAIN)
+                        break;
+                if (n <= 0) {
+                        /* Quiet the watcher's poll() for good: a hung-up fd always fires. */
+                        (void)dup3(p->quiet_fd, ev, O_CLOEXEC);
+                        return proxy_lost(p, n == 0 ? "the event channel closed"
+                                                    : "the event channel failed");
+                }
+                if (privsep_reply_decode(&rep, (size_t)n, flags, n_rfds, PRIVSEP_STATE_CHANGED,
+                                         p->seq[PRIVSEP_CHAN_EVENT] + 1, &rep) < 0) {
+                        (void)dup3(p->quiet_fd, ev, O_CLOEXEC);
+                        return proxy_lost(p, "malformed state-change message");
+                }
+                p->seq[PRIVSEP_CHAN_EVENT]++;
+        }
+        return proxy_get_state(b, ret);
+}
+
+static int proxy_set_event(struct backend *b, enum luo_event ev)
+{
+        struct privsep_reply rep;
+
+        if (ev != LUO_EVENT_PREPARE && ev != LUO_EVENT_CANCEL && ev != LUO_EVENT_FINISH)
+                return -EINVAL; /* the kernel's answer to FREEZE through SET_EVENT */
+        return proxy_call(to_proxy(b), PRIVSEP_CHAN_CMD, PRIVSEP_SET_EVENT, (uint32_t)ev, NULL,
+                          NULL, 0, &rep);
+}
+
+static int proxy_kexec_load(struct backend *b, int kernel_fd, int initrd_fd, const char *cmdline)
+{
+        struct privsep_reply rep;
+        int fds[2] = { kernel_fd, initrd_fd };
+
+        if (kernel_fd < 0)
+                return -EBADF;
+        return proxy_call(to_proxy(b), PRIVSEP_CHAN_CMD, PRIVSEP_KEXEC_LOAD, initrd_fd >= 0,
+                          cmdline ? cmdline : "", fds, initrd_fd >= 0 ? 2 : 1, &rep);
+}
+
+static int proxy_kexec_unload(struct backend *b)
+{
+        struct privsep_reply rep;
+
+        return proxy_call(to_proxy(b), PRIVSEP_CHAN_CMD, PRIVSEP_KEXEC_UNLOAD, 0, NULL, NULL, 0,
+                          &rep);
+}
+
+static int proxy_kexec_loaded(struct backend *b, bool *ret)
+{
+        struct privsep_reply rep;
+        int r = proxy_call(to_proxy(b), PRIVSEP_CHAN_QUERY, PRIVSEP_KEXEC_LOADED, 0, NULL, NULL, 0,
+                           &rep);
+        if (r < 0)
+                return r;
+        *ret = rep.flag != 0;
+        return 0;
+}
+
+static int proxy_reboot(struct backend *b)
+{
+        struct privsep_reply rep;
+
+        return proxy_call(to_proxy(b), PRIVSEP_CHAN_CMD, PRIVSEP_REBOOT, 0, NULL, NULL, 0, &rep);
+}
+
+static int proxy_get_info(struct backend *b, struct backend_info *ret)
+{
+        struct privsep_reply rep;
+        struct backend_info info = {};
+        int r = proxy_call(to_proxy(b), PRIVSEP_CHAN_QUERY, PRIVSEP_GET_INFO, 0, NULL, NULL, 0,
+                           &rep);
+        if (r < 0)
+                return r;
+        /* Checked by the decoder: terminated, and they fit. */
+        memcpy(info.boot_id, rep.boot_id, sizeof(info.boot_id));
+        memcpy(info.release, rep.release, sizeof(info.release));
+        *ret = info;
+        return 0;
+}
+
+static int proxy_self_check(struct backend *b, enum luo_state *ret_ioctl, enum luo_state *ret_sysfs)
+{
+        struct privsep_reply rep;
+        int r = proxy_call(to_proxy(b), PRIVSEP_CHAN_QUERY, PRIVSEP_SELF_CHECK, 0, NULL, NULL, 0,
+                           &rep);
+        if (r < 0 && r != -EPROTO)
+                return r;
+        if (ret_ioctl)
+                *ret_ioctl = (enum luo_state)rep.state;
+        if (ret_sysfs)
+                *ret_sysfs = (enum luo_state)rep.state2;
+        return r;
+}
+
+/* Wait for the helper process to end, up to timeout_ms; then SIGKILL it. */
+static void proxy_reap(struct proxy *p, unsigned timeout_ms)
+{
+        uint64_t deadline = now_mono_usec() + (uint64_t)timeout_ms * 1000u;
+
+        if (p->helper <= 0 || p->reaped)
+                return;
+        for (;;) {
+                pid_t w = waitpid(p->helper, NULL, WNOHANG);
+                if (w == p->helper || (w < 0 && errno != EINTR))
+                        break;
+                if (w == 0 && now_mono_usec() >= deadline) {
+                        (void)kill(p->helper, SIGKILL);
+                        while (waitpid(p->helper, NULL, 0) < 0 && errno == EINTR)
+                                ;
+                        break;
+                }
+                struct timespec ts = { .tv_nsec = 2 * 1000 * 1000 };
+                nanosleep(&ts, NULL);
+        }
+        p->reaped = true;
+}
+
+int privsep_proxy_stop(struct backend *b, unsigned timeout_ms)
+{
+        struct proxy *p;
+
+        if (!privsep_is_proxy(b))
+                return -EINVAL;
+        p = to_proxy(b);
+        atomic_store(&p->stopping, true);
+        for (int i = 0; i < _PRIVSEP_CHAN_MAX; i++)
+                if (p->fds[i] >= 0)
+                        (void)shutdown(p->fds[i], SHUT_RDWR);
+        proxy_reap(p, timeout_ms);
+        return 0;
+}
+
+static void proxy_free(struct backend *b)
+{
+        struct proxy *p = to_proxy(b);
+
+        if (!p)
+                return;
+        (void)privsep_proxy_stop(b, 5000);
+        close_fds(p->fds, _PRIVSEP_CHAN_MAX);
+        if (p->quiet_fd >= 0)
+                close(p->quiet_fd);
+        for (int i = 0; i < _PRIVSEP_CHAN_MAX; i++)
+                pthread_mutex_destroy(&p->lock[i]);
+        free(p);
+}
+
+static const struct backend_ops proxy_ops_template = {
+        .name = NULL, /* the helper's backend's, from HELLO */
+        .free = proxy_free,
+        .get_state = proxy_get_state,
+        .watch_fd = proxy_watch_fd,
+        .watch_events = proxy_watch_events,
+        .watch_read = proxy_watch_read,
+        .set_event = proxy_set_event,
+        .kexec_load = proxy_kexec_load,
+        .kexec_unload = proxy_kexec_unload,
+        .kexec_loaded = proxy_kexec_loaded,
+        .reboot = proxy_reboot,
+        .get_info = proxy_get_info,
+        .self_check = proxy_self_check,
+};
+
+int privsep_proxy_new(int fds[_PRIVSEP_CHAN_MAX], pid_t helper, const struct privsep_hooks *hooks,
+                      struct backend **ret, char *msg, size_t msg_size)
+{
+        struct privsep_reply rep;
+        struct proxy *p;
+        int rfds[PRIVSEP_MAX_FDS], flags, r;
+        size_t n_rfds;
+        ssize_t n;
+
+        if (msg && msg_size)
+                msg[0] = 0;
+        p = calloc(1, sizeof(*p));
+        if (!p) {
+                close_fds(fds, _PRIVSEP_CHAN_MAX);
+                if (helper > 0) {
+                        (void)kill(helper, SIGKILL);
+                        (void)waitpid(helper, NULL, 0);
+                }
+                return -ENOMEM;
+        }
+        p->ops = proxy_ops_template;
+        p->ops.name = p->name;
+        p->base.ops = &p->ops;
+        memcpy(p->fds, fds, sizeof(p->fds));
+        for (int i = 0; i < _PRIVSEP_CHAN_MAX; i++) {
+                fds[i] = -1;
+                pthread_mutex_init(&p->lock[i], NULL);
+        }
+        p->helper = helper;
+        if (hooks)
+                p->hooks = *hooks;
+        p->quiet_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (p->quiet_fd < 0) {
+                r = negative_errno();
+                goto fail;
+        }
+
+        /* The helper's first word: how the backend's opening went. */
+        n = privsep_recv(p->fds[PRIVSEP_CHAN_CMD], &rep, sizeof(rep), &flags, rfds, &n_rfds, false);
+        close_fds(rfds, n_rfds);
+        if (n <= 0) {
+                r = n < 0 ? (int)n : -ECHILD;
+                backend_msgf(msg, msg_size,
+                             "the privileged helper ended before opening the kernel backend");
+                goto fail;
+        }
+        if (privsep_reply_decode(&rep, (size_t)n, flags, n_rfds, PRIVSEP_HELLO, 0, &rep) < 0) {
+                r = -EPROTO;
+                backend_msgf(msg, msg_size, "the privileged helper answered a malformed HELLO");
+                goto fail;
+        }
+        if (rep.result < 0) {
+                r = rep.result;
+                backend_msgf(msg, msg_size, "%s", rep.msg);
+                goto fail;
+        }
+        memcpy(p->name, rep.name, sizeof(p->name));
+        atomic_store(&p->last_state, LUO_STATE_UNDEFINED);
+        *ret = &p->base;
+        return 0;
+fail:
+        atomic_store(&p->stopping, true);
+        proxy_free(&p->base);
+        return r;
+}
