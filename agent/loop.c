@@ -2,6 +2,9 @@
  * loop.c: the event-loop thread (see loop.h). Owns the timerfd and the stop
  * eventfd; the backend's watch fd belongs to the backend. No lock of its
  * own: loop_rearm() is one timerfd_settime() call, which is thread-safe.
+ * Under a systemd watchdog (WatchdogSec=) it is also the watchdog's timer
+ * client: WATCHDOG=1 comes from this thread, so a wedged loop stops the
+ * keep-alives and the service manager restarts the agent.
  */
 #include <errno.h>
 #include <poll.h>
@@ -18,8 +21,10 @@
 #include "luofleet/log.h"
 #include "luofleet/macro.h"
 #include "luofleet/util.h"
+#include "notify.h"
 
-#define LOOP_MAX_CLIENTS 4
+/* long-poll, event streams, connection limits, the watchdog, and room */
+#define LOOP_MAX_CLIENTS 8
 
 struct loop {
         struct agent *agent;
@@ -31,7 +36,30 @@ struct loop {
         unsigned n_clients;
         atomic_uint_fast64_t wakeups;
         pthread_mutex_t arm_lock;
+        /* Watchdog keep-alive period (half of WATCHDOG_USEC), 0 for none, and
+         * the next keep-alive (CLOCK_MONOTONIC usec; read by loop_rearm()
+         * in any thread, written by the loop thread). */
+        uint64_t watchdog_period;
+        atomic_uint_fast64_t watchdog_next;
 };
+
+static uint64_t loop_watchdog_next(void *userdata)
+{
+        struct loop *l = userdata;
+
+        return atomic_load(&l->watchdog_next);
+}
+
+static void loop_watchdog_fire(void *userdata, uint64_t now)
+{
+        struct loop *l = userdata;
+
+        /* Fired with every other client's deadline too: only when due. */
+        if (now < atomic_load(&l->watchdog_next))
+                return;
+        (void)notify_watchdog();
+        atomic_store(&l->watchdog_next, now + l->watchdog_period);
+}
 
 int loop_new(struct agent *a, struct loop **ret)
 {
@@ -47,6 +75,15 @@ int loop_new(struct agent *a, struct loop **ret)
                 int r = negative_errno();
                 loop_free(l);
                 return r;
+        }
+        /* Keep-alives at half the interval, as sd_watchdog_enabled(3) advises;
+         * the first one as soon as the loop runs (watchdog_next 0). Without a
+         * watchdog there is no client, so no timer and no wake-up for it. */
+        uint64_t watchdog_usec = notify_watchdog_usec();
+        if (watchdog_usec > 0) {
+                l->watchdog_period = MAX(watchdog_usec / 2, 1u);
+                (void)loop_add_timer_client(l, &(struct loop_timer_client){
+                                                       loop_watchdog_next, loop_watchdog_fire, l });
         }
         *ret = l;
         return 0;
@@ -140,7 +177,13 @@ static void *loop_main(void *userdata)
 
 int loop_start(struct loop *l)
 {
-        int r = pthread_create(&l->thread, NULL, loop_main, l);
+        int r;
+
+        /* The other clients arm the timer when they get a deadline; the
+         * watchdog's first one is due now. */
+        if (l->watchdog_period > 0)
+                loop_rearm(l);
+        r = pthread_create(&l->thread, NULL, loop_main, l);
         if (r != 0)
                 return -r;
         l->started = true;

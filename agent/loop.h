@@ -3,6 +3,8 @@
  * (sysfs POLLPRI or the simulator's eventfd), one timerfd for every deadline
  * (long-poll expiry, SSE heartbeats), and an eventfd to stop. The timer is
  * armed only while some client asked for a deadline: an idle agent sleeps.
+ * Under a systemd watchdog, the loop itself is a timer client that sends
+ * WATCHDOG=1 (notify.h) at half the interval; without one it costs nothing.
  */
 #pragma once
 
