@@ -311,16 +311,63 @@ size_t auth_tokens_count(const struct auth_tokens *t)
         return t ? t->n : 0;
 }
 
+/*
+ * SHA-256 on the request path, made cheap: the algorithm is fetched once
+ * (EVP_sha256() makes OpenSSL 3 look it up on every EVP_Digest()) and each
+ * thread keeps one digest context (freed when the thread ends), instead of a
+ * context allocated and freed per request. Together they took an
+ * authenticated GET from 44k to 37k instructions (bench/run callgrind).
+ */
+static EVP_MD *sha256_md;
+static pthread_key_t sha256_key;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_ctx_free(void *p)
+{
+        EVP_MD_CTX_free(p);
+}
+
+static void sha256_setup(void)
+{
+        sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+        if (pthread_key_create(&sha256_key, sha256_ctx_free) != 0)
+                sha256_md = NULL; /* fall back to one-shot digests */
+}
+
+static int sha256(const void *data, size_t len, uint8_t md[static 32])
+{
+        unsigned md_len = 0;
+        EVP_MD_CTX *ctx;
+
+        pthread_once(&sha256_once, sha256_setup);
+        if (!sha256_md)
+                return EVP_Digest(data, len, md, &md_len, EVP_sha256(), NULL) == 1 && md_len == 32
+                               ? 0
+                               : -EIO;
+        ctx = pthread_getspecific(sha256_key);
+        if (!ctx) {
+                ctx = EVP_MD_CTX_new();
+                if (!ctx || pthread_setspecific(sha256_key, ctx) != 0) {
+                        EVP_MD_CTX_free(ctx);
+                        return -ENOMEM;
+                }
+        }
+        if (EVP_DigestInit_ex2(ctx, sha256_md, NULL) != 1 ||
+            EVP_DigestUpdate(ctx, data, len) != 1 || EVP_DigestFinal_ex(ctx, md, &md_len) != 1 ||
+            md_len != 32)
+                return -EIO;
+        return 0;
+}
+
 int auth_tokens_find(const struct auth_tokens *t, const char *token, size_t len,
                      const char **ret_name, enum auth_role *ret_role)
 {
         uint8_t md[32];
-        unsigned md_len = 0;
         size_t found = SIZE_MAX;
 
         if (!t || len == 0 || len > AUTH_TOKEN_MAX)
                 return -ENOENT;
-        if (EVP_Digest(token, len, md, &md_len, EVP_sha256(), NULL) != 1 || md_len != 32)
+        if (sha256(token, len, md) < 0)
                 return -ENOENT;
         /* Every entry, every time: the loop's length is the table's, not the match's. */
         for (size_t i = 0; i < t->n; i++) {
@@ -450,12 +497,21 @@ static struct auth_tokens *tokens_get(void)
         return t;
 }
 
+/* Bounded copy, always terminated (snprintf("%s") cost a tenth of an authenticated GET). */
+static void copy_str(char *dst, size_t size, const char *src)
+{
+        size_t n = src ? strnlen(src, size - 1) : 0;
+        if (n)
+                memcpy(dst, src, n);
+        dst[n] = 0;
+}
+
 static void set_who(struct auth_identity *who, enum auth_role role, const char *method,
                     const char *name)
 {
         who->role = role;
-        snprintf(who->method, sizeof(who->method), "%s", method);
-        snprintf(who->name, sizeof(who->name), "%s", name ? name : "");
+        copy_str(who->method, sizeof(who->method), method);
+        copy_str(who->name, sizeof(who->name), name);
 }
 
 /*

@@ -2,6 +2,7 @@
  * http_get.c: small helpers for bench/run (libc only).
  *
  *   http_get --port=P [--path=/v1/state] [--requests=N] [--host=127.0.0.1]
+ *            [--header='Name: value']
  *       N sequential GETs on one keep-alive connection (a fixed, repeatable
  *       load, e.g. under callgrind); every answer must be 200. Prints
  *       "RESULT http_get requests=N seconds=S rps=R bytes=B".
@@ -15,7 +16,7 @@
 static void usage(void)
 {
         fprintf(stderr, "usage: http_get --port=P [--path=PATH] [--requests=N] [--host=IPv4] "
-                        "[--body] | --free-port\n");
+                        "[--header='N: V'] [--body] | --free-port\n");
         exit(2);
 }
 
@@ -36,7 +37,7 @@ static int free_port(void)
 
 int main(int argc, char **argv)
 {
-        const char *host = "127.0.0.1", *path = "/v1/state";
+        const char *host = "127.0.0.1", *path = "/v1/state", *header = NULL;
         unsigned long port = 0, requests = 1;
         bool body = false;
         struct bconn c;
@@ -52,6 +53,8 @@ int main(int argc, char **argv)
                         host = argv[i] + 7;
                 else if (strncmp(argv[i], "--path=", 7) == 0)
                         path = argv[i] + 7;
+                else if (strncmp(argv[i], "--header=", 9) == 0)
+                        header = argv[i] + 9;
                 else if (strcmp(argv[i], "--body") == 0)
                         body = true;
                 else if (strcmp(argv[i], "--free-port") == 0)
@@ -61,7 +64,9 @@ int main(int argc, char **argv)
         }
         if (!port || port > 65535 || !requests)
                 usage();
-        snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s:%lu\r\n\r\n", path, host, port);
+        if (snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: %s:%lu\r\n%s%s\r\n", path, host,
+                     port, header ? header : "", header ? "\r\n" : "") >= (int)sizeof(req))
+                usage();
         bconn_open(&c, host, (unsigned)port);
         bconn_wait_connected(&c);
         t0 = now_ns();
