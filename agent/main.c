@@ -6,9 +6,12 @@
  *
  * Privilege separation (docs/privsep.md): before any thread exists, the
  * privileged helper is forked (kernel/privsep.c) and the backend the agent
- * sees is its proxy; started as root, this process then hands the state
- * directory to the run user (--user) and becomes that user, with no
- * capabilities, before it reads a journal record or a byte from the network.
+ * sees is its proxy; started as root, this process then loads the TLS
+ * credentials and the tokens file and binds every listener (still root:
+ * root-only files, ports below 1024), hands the state directory to the run
+ * user (--user) and becomes that user, with no capabilities, before it
+ * reads a journal record or a byte from the network. Later opens of those
+ * files (SIGHUP) and of staged kernels go through the helper.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -40,6 +43,7 @@
 #include "luofleet/privsep.h"
 #include "luofleet/util.h"
 #include "notify.h"
+#include "secfile.h"
 #include "server.h"
 
 enum {
@@ -119,8 +123,9 @@ static void sim_jump_stop_helper(void)
 static void sim_jump(void *userdata)
 {
         static char specs[CONFIG_MAX_LISTEN][160], flags[CONFIG_MAX_LISTEN][200];
-        static char *argv[512];
-        size_t n = 0;
+        static char fds_env[64 + CONFIG_MAX_LISTEN * 16];
+        static char *argv[512], *envp[512];
+        size_t n = 0, m = 0, len;
 
         (void)userdata;
         sim_jump_stop_helper();
@@ -144,8 +149,31 @@ static void sim_jump(void *userdata)
                 argv[n++] = flags[i];
         }
         argv[n] = NULL;
+        /*
+         * The listening sockets themselves go along (SERVER_LISTEN_FDS_ENV): the
+         * re-executed process is the run user's and may not bind them again (a
+         * port below 1024, a Unix socket in a root-only directory). --listen
+         * still names each, should one not be taken.
+         */
+        len = (size_t)snprintf(fds_env, sizeof(fds_env), "%s=", SERVER_LISTEN_FDS_ENV);
+        for (unsigned i = 0; the_server && i < CONFIG_MAX_LISTEN; i++) {
+                int fd = server_listen_fd(the_server, i);
+                int k;
+                if (fd < 0 || fcntl(fd, F_SETFD, 0) < 0)
+                        continue;
+                k = snprintf(fds_env + len, sizeof(fds_env) - len, "%s%u:%d",
+                             fds_env[len - 1] == '=' ? "" : ",", i, fd);
+                if (k < 0 || (size_t)k >= sizeof(fds_env) - len)
+                        break;
+                len += (size_t)k;
+        }
+        envp[m++] = fds_env;
+        for (char **e = environ; *e && m < ELEMENTSOF(envp) - 1; e++)
+                if (strncmp(*e, SERVER_LISTEN_FDS_ENV "=", strlen(SERVER_LISTEN_FDS_ENV) + 1) != 0)
+                        envp[m++] = *e;
+        envp[m] = NULL;
         log_notice("Simulated kexec: re-executing the agent");
-        execv("/proc/self/exe", argv);
+        execve("/proc/self/exe", argv, envp);
         log_error_errno(errno, "Failed to re-execute /proc/self/exe: %m; exiting instead");
         _exit(0);
 }
@@ -218,9 +246,13 @@ static int resolve_run_user(uid_t *ret_uid, gid_t *ret_gid, char *name, size_t n
                         pw = getpwnam(want);
                 }
         }
+        /* Refused rather than staying root unasked: create the user, or choose one. */
         if (!pw)
                 return log_error_errno(errno ? errno : ENOENT,
-                                       "Cannot drop privileges: no user %s: %m", want);
+                                       "Cannot drop privileges: no user %s (create it, or pass "
+                                       "--user=NAME; --user=root keeps root's privileges in the "
+                                       "network process): %m",
+                                       want);
         if (pw->pw_uid == 0) {
                 if (!cfg.run_user)
                         return log_error_errno(EINVAL,
@@ -320,9 +352,58 @@ static int drop_privileges(const char *user, uid_t uid, gid_t gid)
 }
 
 /*
+ * secfile.h's opener (main thread) with privilege separation: the TLS files
+ * and the tokens file are opened by the privileged helper, which knows them
+ * by index since its start (as root first, then as the run user). At the
+ * start, still root, this process opens them itself, and asks the helper
+ * only when root is denied (the systemd unit's root has no
+ * CAP_DAC_OVERRIDE: a tokens file the run user owns, mode 0600); after the
+ * drop (SIGHUP) always the helper: this process may not read them.
+ */
+static int open_config_file(const char *path, void *userdata)
+{
+        const char *files[_PRIVSEP_CONFIG_MAX] = {
+                [PRIVSEP_CONFIG_TLS_CERT] = cfg.tls_cert,
+                [PRIVSEP_CONFIG_TLS_KEY] = cfg.tls_key,
+                [PRIVSEP_CONFIG_TLS_CLIENT_CA] = cfg.tls_client_ca,
+                [PRIVSEP_CONFIG_TOKENS] = cfg.tokens_file,
+        };
+
+        if (geteuid() == 0) {
+                int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+                if (fd >= 0 || (errno != EACCES && errno != EPERM))
+                        return fd >= 0 ? fd : -errno;
+        }
+        for (unsigned i = 0; path && i < _PRIVSEP_CONFIG_MAX; i++)
+                if (files[i] && strcmp(files[i], path) == 0)
+                        return privsep_proxy_open_config(userdata, (enum privsep_config_file)i);
+        return -EPERM; /* not a configured file: never asked for */
+}
+
+/* What the helper may open or remove for this process: fixed now, named by index later. */
+static void helper_files(struct privsep_files *f)
+{
+        *f = (struct privsep_files){
+                .config = {
+                        [PRIVSEP_CONFIG_TLS_CERT] = cfg.tls_cert,
+                        [PRIVSEP_CONFIG_TLS_KEY] = cfg.tls_key,
+                        [PRIVSEP_CONFIG_TLS_CLIENT_CA] = cfg.tls_client_ca,
+                        [PRIVSEP_CONFIG_TOKENS] = cfg.tokens_file,
+                },
+                .staging_dirs = cfg.staging_dirs,
+                .n_staging_dirs = cfg.n_staging_dirs,
+        };
+        for (unsigned i = 0; i < cfg.n_listen && i < PRIVSEP_MAX_SOCKETS; i++)
+                if (cfg.listen[i].is_unix)
+                        f->sockets[i] = cfg.listen[i].path;
+}
+
+/*
  * The backend: in this process (--privsep=no), or the privileged helper's
- * proxy; then, as root, the drop. Returns 0 or an exit status; the
- * helper's backend_open() errors keep their exit codes and sentences.
+ * proxy; then, still with root's privileges, the TLS credentials, the
+ * tokens file and every listener; then, as root, the drop. Returns 0 or an
+ * exit status; the helper's backend_open() errors keep their exit codes and
+ * sentences, and come before a listener's.
  */
 static int open_backend(int dir_fd, struct backend **ret)
 {
@@ -335,6 +416,7 @@ static int open_backend(int dir_fd, struct backend **ret)
         bool root = geteuid() == 0;
         int r;
 
+        helper_files(&pc.files);
         if (!cfg.privsep) {
                 if (root)
                         log_notice("--privsep=no: the network process keeps root's privileges");
@@ -355,6 +437,20 @@ static int open_backend(int dir_fd, struct backend **ret)
                         log_error_errno(r, "backend_open: %m");
                 return r == -EBUSY ? EXIT_BUSY : EXIT_NO_BACKEND;
         }
+        /* Root-only files and ports below 1024 while this process is root. */
+        if (cfg.privsep)
+                secfile_set_opener(open_config_file, *ret);
+        if (pc.drop)
+                server_set_bind_user(pc.drop_uid, pc.drop_gid);
+        r = server_security_setup(&cfg);
+        if (r >= 0)
+                r = server_bind(&cfg);
+        if (r < 0) {
+                secfile_set_opener(NULL, NULL);
+                server_unbind();
+                *ret = backend_free(*ret);
+                return EXIT_RUNTIME;
+        }
         if (!cfg.privsep)
                 return 0;
         helper_pid = privsep_proxy_helper(*ret);
@@ -366,6 +462,8 @@ static int open_backend(int dir_fd, struct backend **ret)
                 if (r >= 0)
                         r = drop_privileges(user, pc.drop_uid, pc.drop_gid);
                 if (r < 0) {
+                        secfile_set_opener(NULL, NULL);
+                        server_unbind();
                         *ret = backend_free(*ret);
                         return EXIT_RUNTIME;
                 }
@@ -488,6 +586,8 @@ static int run(void)
 out:
         the_server = NULL;
         server = server_free(server);
+        server_unbind(); /* bound and never started: a failure before server_start() */
+        secfile_set_opener(NULL, NULL);
         agent = agent_free(agent);
         journal = journal_free(journal);
         the_backend = NULL;

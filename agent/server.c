@@ -33,6 +33,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/fsuid.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -46,6 +47,7 @@
 #include "loop.h"
 #include "luofleet/log.h"
 #include "luofleet/macro.h"
+#include "luofleet/privsep.h"
 #include "luofleet/util.h"
 #include "metrics.h"
 #include "ops.h"
@@ -59,6 +61,7 @@ struct server_listener {
         struct server *srv;
         struct MHD_Daemon *daemon;
         int fd;
+        bool fd_given;   /* to MHD, which closes it at the stop */
         int quiesced_fd; /* returned by MHD_quiesce_daemon, closed after the stop */
         struct listen_addr addr;
         bool tls; /* HTTPS (TCP listeners when --tls-cert is set) */
@@ -453,6 +456,51 @@ static enum auth_verdict authenticate(struct req_ctx *ctx)
         return v;
 }
 
+static bool method_mutates(enum http_method m)
+{
+        return m != HTTP_GET && m != HTTP_HEAD;
+}
+
+/* An answer that refuses a mutating request outside the handlers: audited too. */
+static void audit_refusal(struct req_ctx *ctx, const char *code)
+{
+        struct http_req *req = &ctx->req;
+
+        if (!method_mutates(req->method))
+                return;
+        if (!req->peer[0])
+                peer_string(ctx->conn, req->peer, sizeof(req->peer));
+        struct audit_entry ae = {
+                .who = &req->who,
+                .source = req->peer,
+                .action = audit_action(req),
+                .if_match = req->if_match,
+                .status = ctx->rep.status,
+                .code = code,
+        };
+        (void)agent_audit(ctx->lis->srv->agent, &ae);
+}
+
+/*
+ * Refuse a request before routing (framing, body size, query count), after
+ * establishing who sent it: credentials are checked first (their refusal is
+ * the answer then), and a mutating request's refusal is audited with the
+ * caller's identity.
+ */
+static enum MHD_Result refuse(struct req_ctx *ctx, const char *url, const char *method, int status,
+                              const char *code, const char *detail)
+{
+        if (!ctx->req.path)
+                fill_request(ctx, url, method);
+        http_reply_clear(&ctx->rep);
+        if (authenticate(ctx) == AUTH_ALLOW) {
+                http_reply_problem(&ctx->rep, status, code, "%s", detail);
+                audit_refusal(ctx, code);
+        }
+        ctx->rep.close = status == 413 || strcmp(code, "malformed-request") == 0;
+        return queue_reply(ctx);
+}
+
 /* The connection's accounting record (connlimit.c), kept in MHD's socket context. */
 static struct connlimit_conn *conn_record(struct MHD_Connection *conn)
 {
@@ -576,14 +624,15 @@ static const char *framing_error(struct MHD_Connection *conn)
 }
 
 /* 413, counted; the connection closes after the answer. */
-static enum MHD_Result body_too_large(struct req_ctx *ctx)
+static enum MHD_Result body_too_large(struct req_ctx *ctx, const char *url, const char *method)
 {
+        char detail[96];
+
         metrics_rejected(METRICS_REJECT_BODY_TOO_LARGE);
         request_arrived(ctx);
-        http_reply_problem(&ctx->rep, 413, "body-too-large", "the request body exceeds %zu bytes",
-                           ctx->lis->srv->cfg->max_body_bytes);
-        ctx->rep.close = true;
-        return queue_reply(ctx);
+        snprintf(detail, sizeof(detail), "the request body exceeds %zu bytes",
+                 ctx->lis->srv->cfg->max_body_bytes);
+        return refuse(ctx, url, method, 413, "body-too-large", detail);
 }
 
 static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, const char *url,
@@ -611,16 +660,14 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
                 if (bad) {
                         metrics_rejected(METRICS_REJECT_MALFORMED);
                         request_arrived(ctx);
-                        http_reply_problem(&ctx->rep, 400, "malformed-request", "%s", bad);
-                        ctx->rep.close = true;
-                        return queue_reply(ctx);
+                        return refuse(ctx, url, method, 400, "malformed-request", bad);
                 }
                 /* Refuse an announced oversized body before reading it. */
                 const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                              MHD_HTTP_HEADER_CONTENT_LENGTH);
                 uint64_t n;
                 if (cl && (parse_u64(cl, UINT64_MAX, &n) < 0 || n > lis->srv->cfg->max_body_bytes))
-                        return body_too_large(ctx);
+                        return body_too_large(ctx, url, method);
                 return MHD_YES;
         }
 
@@ -677,16 +724,22 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
         /* The whole request is here. */
         request_arrived(ctx);
         if (ctx->body_too_large)
-                return body_too_large(ctx);
+                return body_too_large(ctx, url, method);
         fill_request(ctx, url, method);
         if (ctx->req.too_many_args) {
-                http_reply_problem(&ctx->rep, 400, "invalid-query",
-                                   "at most %d query parameters are accepted", HTTP_MAX_ARGS);
-                return queue_reply(ctx);
+                char detail[64];
+                snprintf(detail, sizeof(detail), "at most %d query parameters are accepted",
+                         HTTP_MAX_ARGS);
+                return refuse(ctx, url, method, 400, "invalid-query", detail);
         }
         if (authenticate(ctx) != AUTH_ALLOW)
                 return queue_reply(ctx);
         ctx->route = router_dispatch(&ctx->req, &ctx->rep);
+        /* Unknown paths and methods on a mutating request: refused, audited. */
+        if (ctx->rep.problem && (ctx->rep.status == 404 || ctx->rep.status == 405)) {
+                json_t *code = json_object_get(ctx->rep.json, "code");
+                audit_refusal(ctx, json_is_string(code) ? json_string_value(code) : "not-found");
+        }
         if (ctx->rep.defer != DEFER_NONE) {
                 if (ctx->rep.defer != DEFER_AFTER)
                         ctx->timed = false;
@@ -819,6 +872,50 @@ static void notify_connection(void *cls, struct MHD_Connection *conn, void **soc
 
 /* ---- listeners ---------------------------------------------------------- */
 
+/*
+ * Listening sockets are bound by server_bind(), which main calls while the
+ * process may still be root (ports below 1024, a Unix socket in a root-only
+ * directory, the chown to --unix-group), before privileges are dropped;
+ * server_start() then gives them to the MHD daemons. Main thread only.
+ */
+static struct {
+        int fd;
+        char url[160];
+} bound[CONFIG_MAX_LISTEN];
+static unsigned n_bound;
+static const struct agent_config *bound_cfg;
+/* The run user, for a Unix listener root may not create (server_set_bind_user()). */
+static bool bind_user_set;
+static uid_t bind_uid;
+static gid_t bind_gid;
+
+void server_set_bind_user(uid_t uid, gid_t gid)
+{
+        bind_user_set = true;
+        bind_uid = uid;
+        bind_gid = gid;
+}
+
+/* "http://HOST:PORT" (or "http://[V6]:PORT") of a bound TCP socket. */
+static int tcp_url(int fd, char *url, size_t url_size)
+{
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+        char host[64], port[16];
+        int n;
+
+        if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0 ||
+            (ss.ss_family != AF_INET && ss.ss_family != AF_INET6) ||
+            getnameinfo((struct sockaddr *)&ss, sl, host, sizeof(host), port, sizeof(port),
+                        NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+                return -EIO;
+        if (ss.ss_family == AF_INET6)
+                n = snprintf(url, url_size, "http://[%s]:%s", host, port);
+        else
+                n = snprintf(url, url_size, "http://%s:%s", host, port);
+        return n < 0 || (size_t)n >= url_size ? -ENAMETOOLONG : 0;
+}
+
 static int listen_socket(const struct listen_addr *la, char *url, size_t url_size)
 {
         _cleanup_close_ int fd = -1;
@@ -846,9 +943,6 @@ static int listen_socket(const struct listen_addr *la, char *url, size_t url_siz
                                           .ai_socktype = SOCK_STREAM,
                                           .ai_flags = AI_PASSIVE | AI_NUMERICSERV },
                                 *ai = NULL;
-                struct sockaddr_storage ss;
-                socklen_t sl = sizeof(ss);
-                char host[64], port[16];
                 int r = getaddrinfo(la->host, la->port, &hints, &ai);
                 if (r != 0)
                         return -EADDRNOTAVAIL;
@@ -867,18 +961,178 @@ static int listen_socket(const struct listen_addr *la, char *url, size_t url_siz
                         return r;
                 }
                 freeaddrinfo(ai);
-                if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0 ||
-                    getnameinfo((struct sockaddr *)&ss, sl, host, sizeof(host), port, sizeof(port),
-                                NI_NUMERICHOST | NI_NUMERICSERV) != 0)
-                        return -EIO;
-                if (ss.ss_family == AF_INET6)
-                        snprintf(url, url_size, "http://[%s]:%s", host, port);
-                else
-                        snprintf(url, url_size, "http://%s:%s", host, port);
+                r = tcp_url(fd, url, url_size);
+                if (r < 0)
+                        return r;
         }
         if (listen(fd, 1024) < 0)
                 return negative_errno();
         return TAKE_FD(fd);
+}
+
+/*
+ * A listening socket inherited across the simulated kexec's re-execution
+ * (SERVER_LISTEN_FDS_ENV, main.c's sim_jump): the re-executed process may
+ * no longer be allowed to bind the address itself. Taken only when it is a
+ * listening stream socket of the kind --listen asks for (the same path for
+ * a Unix one); otherwise closed and bound anew.
+ */
+static bool is_listening_stream(int fd)
+{
+        int acc = 0, type = 0;
+        socklen_t ol = sizeof(acc), tl = sizeof(type);
+
+        return getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &ol) == 0 && acc &&
+               getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &tl) == 0 && type == SOCK_STREAM;
+}
+
+static int inherited_socket(int fd, const struct listen_addr *la, char *url, size_t url_size)
+{
+        struct sockaddr_storage ss;
+        socklen_t sl = sizeof(ss);
+
+        if (getsockname(fd, (struct sockaddr *)&ss, &sl) < 0)
+                return -EINVAL;
+        if (la->is_unix) {
+                const struct sockaddr_un *sun = (const struct sockaddr_un *)&ss;
+                if (ss.ss_family != AF_UNIX ||
+                    strncmp(sun->sun_path, la->path, sizeof(sun->sun_path)) != 0)
+                        return -EINVAL;
+                snprintf(url, url_size, "unix:%s", la->path);
+        } else if (tcp_url(fd, url, url_size) < 0)
+                return -EINVAL;
+        if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
+                return negative_errno();
+        return fd;
+}
+
+/*
+ * SERVER_LISTEN_FDS_ENV: "I:FD,I:FD,...", --listen index and descriptor.
+ * Only a listening stream socket is taken (or, unclaimed, closed): nothing
+ * of this process's is one yet, so a wrong number never closes the state
+ * directory's lock or a channel to the helper.
+ */
+static void take_inherited(int fds[CONFIG_MAX_LISTEN])
+{
+        const char *e = getenv(SERVER_LISTEN_FDS_ENV);
+
+        for (unsigned i = 0; i < CONFIG_MAX_LISTEN; i++)
+                fds[i] = -1;
+        while (e && *e) {
+                char *end;
+                unsigned long i = strtoul(e, &end, 10), fd;
+                if (end == e || *end != ':')
+                        break;
+                e = end + 1;
+                fd = strtoul(e, &end, 10);
+                if (end == e || (*end && *end != ','))
+                        break;
+                e = *end ? end + 1 : end;
+                if (fd < 3 || fd > INT32_MAX || !is_listening_stream((int)fd))
+                        continue;
+                if (i < CONFIG_MAX_LISTEN && fds[i] < 0)
+                        fds[i] = (int)fd;
+                else
+                        (void)close((int)fd);
+        }
+        (void)unsetenv(SERVER_LISTEN_FDS_ENV);
+}
+
+static void bound_close(void)
+{
+        for (unsigned i = 0; i < n_bound; i++)
+                if (bound[i].fd >= 0) {
+                        close(bound[i].fd);
+                        bound[i].fd = -1;
+                        if (bound_cfg->listen[i].is_unix)
+                                (void)unlink(bound_cfg->listen[i].path);
+                }
+        n_bound = 0;
+        bound_cfg = NULL;
+}
+
+int server_bind(const struct agent_config *cfg)
+{
+        int inherited[CONFIG_MAX_LISTEN];
+        int r;
+
+        if (bound_cfg)
+                return 0;
+        take_inherited(inherited);
+        bound_cfg = cfg;
+        for (unsigned i = 0; i < cfg->n_listen && i < CONFIG_MAX_LISTEN; i++) {
+                const struct listen_addr *la = &cfg->listen[i];
+                bool fresh = true;
+
+                bound[i].fd = -1;
+                n_bound = i + 1;
+                r = -EBADF;
+                if (inherited[i] >= 0) {
+                        r = inherited_socket(inherited[i], la, bound[i].url, sizeof(bound[i].url));
+                        if (r < 0)
+                                close(inherited[i]);
+                        inherited[i] = -1;
+                        fresh = r < 0;
+                }
+                if (fresh)
+                        r = listen_socket(la, bound[i].url, sizeof(bound[i].url));
+                if (fresh && r < 0 && la->is_unix && bind_user_set && geteuid() == 0 &&
+                    (r == -EACCES || r == -EPERM || r == -EADDRINUSE)) {
+                        /*
+                         * Root without CAP_DAC_OVERRIDE (the systemd unit's bounding
+                         * set) may not create, replace or chmod a socket in a
+                         * directory the run user owns (/run/luofleet of the
+                         * tmpfiles.d file): that user may, so try once more with its
+                         * file system identity. The first error is the one told.
+                         */
+                        int k;
+                        (void)setfsgid(bind_gid);
+                        (void)setfsuid(bind_uid);
+                        k = listen_socket(la, bound[i].url, sizeof(bound[i].url));
+                        (void)setfsuid(geteuid());
+                        (void)setfsgid(getegid());
+                        if (k >= 0)
+                                r = k;
+                }
+                if (r < 0) {
+                        log_error_errno(r, "Failed to listen on %s%s%s: %m",
+                                        la->is_unix ? la->path : la->host, la->is_unix ? "" : ":",
+                                        la->is_unix ? "" : la->port);
+                        goto fail;
+                }
+                bound[i].fd = r;
+                if (la->is_unix && fresh) {
+                        r = auth_chown_socket(la->path);
+                        if (r < 0) {
+                                log_error_errno(r, "Failed to give %s to --unix-group=%s: %m",
+                                                la->path, cfg->unix_group);
+                                goto fail;
+                        }
+                }
+        }
+        for (unsigned i = 0; i < CONFIG_MAX_LISTEN; i++)
+                if (inherited[i] >= 0)
+                        close(inherited[i]);
+        return 0;
+fail:
+        for (unsigned i = 0; i < CONFIG_MAX_LISTEN; i++)
+                if (inherited[i] >= 0)
+                        close(inherited[i]);
+        bound_close();
+        return r;
+}
+
+void server_unbind(void)
+{
+        if (bound_cfg)
+                bound_close();
+}
+
+int server_listen_fd(struct server *s, unsigned i)
+{
+        if (i >= s->n_listeners || !s->listeners[i]->daemon)
+                return -ENOENT;
+        return s->listeners[i]->fd;
 }
 
 static bool security_ready;
@@ -970,6 +1224,10 @@ int server_start(struct server *s)
         int r;
 
         s->started_mono = now_mono_usec();
+        /* Normally done by main before the drop; then the sockets are only taken here. */
+        r = server_bind(s->cfg);
+        if (r < 0)
+                return r;
         r = loop_start(s->loop);
         if (r < 0)
                 return log_error_errno(r, "Failed to start the event loop: %m");
@@ -983,20 +1241,12 @@ int server_start(struct server *s)
                 lis->quiesced_fd = -1;
                 pthread_mutex_init(&lis->cache_lock, NULL);
                 s->listeners[s->n_listeners++] = lis;
-                r = listen_socket(&lis->addr, lis->url, sizeof(lis->url));
-                if (r < 0)
-                        return log_error_errno(r, "Failed to listen on %s%s%s: %m",
-                                               lis->addr.is_unix ? lis->addr.path : lis->addr.host,
-                                               lis->addr.is_unix ? "" : ":",
-                                               lis->addr.is_unix ? "" : lis->addr.port);
-                lis->fd = r;
-                if (lis->addr.is_unix) {
-                        r = auth_chown_socket(lis->addr.path);
-                        if (r < 0)
-                                return log_error_errno(r,
-                                                       "Failed to give %s to --unix-group=%s: %m",
-                                                       lis->addr.path, s->cfg->unix_group);
-                }
+                /* server_bind()'s socket is the listener's now (closed or unlinked by it). */
+                lis->fd = bound[i].fd;
+                bound[i].fd = -1;
+                memcpy(lis->url, bound[i].url, sizeof(lis->url));
+                if (lis->fd < 0)
+                        return log_error_errno(EBADF, "No socket bound for %s", lis->url);
                 lis->tls = !lis->addr.is_unix && tls_enabled();
                 if (lis->tls) { /* "http://..." -> "https://..." */
                         size_t len = strlen(lis->url);
@@ -1055,9 +1305,12 @@ int server_start(struct server *s)
                         return log_error_errno(EIO, "Failed to start the HTTP server on %s",
                                                lis->url);
                 /* MHD owns the socket now and closes it at stop. */
-                printf("luofleet-agent: listening on %s\n", lis->url);
-                fflush(stdout);
+                lis->fd_given = true;
         }
+        /* Only now that every daemon runs: the tests (and scripts) wait for these lines. */
+        for (unsigned i = 0; i < s->n_listeners; i++)
+                printf("luofleet-agent: listening on %s\n", s->listeners[i]->url);
+        fflush(stdout);
         return 0;
 }
 
@@ -1123,6 +1376,27 @@ int server_listen_spec(struct server *s, unsigned i, char *buf, size_t size)
         return n < 0 || (size_t)n >= size ? -ENAMETOOLONG : 0;
 }
 
+/*
+ * The Unix listener's file at the stop. Bound by root before the drop, in a
+ * directory the run user may not write (a root-only one): then the
+ * privileged helper removes it (UNLINK_SOCKET names it by its --listen
+ * index; the helper only ever removes a socket). If that fails too, the
+ * next start replaces the stale socket.
+ */
+static void unlink_socket(struct server *s, unsigned i, const char *path)
+{
+        struct backend *b = s->agent ? s->agent->backend : NULL;
+        int r;
+
+        if (unlink(path) == 0 || errno == ENOENT)
+                return;
+        r = negative_errno();
+        if ((r == -EACCES || r == -EPERM) && privsep_is_proxy(b))
+                r = privsep_proxy_unlink_socket(b, i);
+        if (r < 0 && r != -ENOENT)
+                log_debug_errno(r, "Could not remove %s: %m (the next start replaces it)", path);
+}
+
 struct server *server_free(struct server *s)
 {
         if (!s)
@@ -1130,11 +1404,14 @@ struct server *server_free(struct server *s)
         server_stop(s);
         for (unsigned i = 0; i < s->n_listeners; i++) {
                 struct server_listener *lis = s->listeners[i];
+                if (lis->fd >= 0 && !lis->fd_given)
+                        close(lis->fd);
                 if (lis->addr.is_unix && lis->fd >= 0)
-                        (void)unlink(lis->addr.path);
+                        unlink_socket(s, i, lis->addr.path);
                 pthread_mutex_destroy(&lis->cache_lock);
                 free(lis);
         }
+        server_unbind();
         s->loop = loop_free(s->loop);
         connlimit_done(&s->conns);
         auth_done();

@@ -11,6 +11,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "connlimit.h"
 #include "longpoll.h"
@@ -43,8 +44,33 @@ struct server {
  */
 int server_security_setup(const struct agent_config *cfg);
 
+/*
+ * Bind every --listen address (main thread, before privileges are dropped:
+ * ports below 1024, a Unix socket in a root-only directory, its chmod 0660
+ * and chown to --unix-group), or take the listening sockets the simulated
+ * kexec's re-execution passed on (SERVER_LISTEN_FDS_ENV). Logs why on
+ * failure ("Failed to listen on ..."); -errno. Idempotent: server_start()
+ * binds itself when main did not. server_unbind() closes what was bound and
+ * not started (a failure before server_start()), removing Unix sockets.
+ */
+int server_bind(const struct agent_config *cfg);
+void server_unbind(void);
+/*
+ * Root about to drop to uid/gid: a Unix listener that root may not create
+ * (no CAP_DAC_OVERRIDE, a directory of that user's) is created with that
+ * user's file system identity instead. Before server_bind().
+ */
+void server_set_bind_user(uid_t uid, gid_t gid);
+
+/* Inherited listening sockets across the simulated kexec: "I:FD,..." (--listen index, fd). */
+#define SERVER_LISTEN_FDS_ENV "LUOFLEET_LISTEN_FDS"
+
 int server_new(struct agent *a, const struct agent_config *cfg, struct server **ret);
-/* Bind and start every listener; prints "listening on ..." lines to stdout. */
+/*
+ * Start a daemon on every socket server_bind() bound (binding first if it
+ * was not called); once they all run, prints the "listening on ..." lines
+ * to stdout.
+ */
 int server_start(struct server *s);
 /* Orderly stop: refuse new operations, finish the running one, wake and
  * answer waiters, end streams, stop the daemons. */
@@ -64,3 +90,5 @@ int server_reload(struct server *s);
  * the last listener.
  */
 int server_listen_spec(struct server *s, unsigned i, char *buf, size_t size);
+/* Listener i's listening socket (its daemon's), for the re-execution to inherit; -ENOENT. */
+int server_listen_fd(struct server *s, unsigned i);

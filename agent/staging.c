@@ -4,14 +4,15 @@
  * Worker thread. Its one piece of state, the allowed directories, is set
  * once by the server before any request (staging_set_allowed_dirs()).
  *
- * A path is taken only when its canonical form (realpath(3): no symlinks,
- * no '.' or '..') lies inside one of the allowed directories, themselves
+ * The confinement (common/stagepath.c): a path is taken only when its
+ * canonical form lies inside one of the allowed directories, themselves
  * resolved at each request (they may appear after the start, and a relative
- * --state-dir makes the default STATE_DIR/kernels relative). The file is
- * then opened by its canonical path with O_NOFOLLOW, and the opened inode
- * must be the one stat(2) saw at that path: a symlink swapped in meanwhile
- * anywhere on the way fails the comparison. A symlink inside an allowed
- * directory that points outside is refused like any outside path.
+ * --state-dir makes the default STATE_DIR/kernels relative); opened with
+ * O_NOFOLLOW, the inode stat(2) saw. With privilege separation the network
+ * process only checks (it may not even be able to resolve a root-only
+ * directory) and the privileged helper opens: OPEN_STAGING re-applies every
+ * check there and passes the descriptor back (docs/privsep.md); with
+ * --privsep=no this process opens.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -28,6 +29,8 @@
 #include <openssl/evp.h>
 
 #include "luofleet/macro.h"
+#include "luofleet/privsep.h"
+#include "luofleet/stagepath.h"
 #include "luofleet/util.h"
 #include "problem.h"
 #include "staging.h"
@@ -43,59 +46,7 @@ void staging_set_allowed_dirs(char *const *dirs, unsigned n)
 
 bool staging_path_valid(const char *path)
 {
-        size_t n;
-
-        if (!path || path[0] != '/')
-                return false;
-        n = strlen(path);
-        if (n < 2 || n >= 4096)
-                return false;
-        /* Reject "." and ".." components and empty ones ("//"): a path is
-         * taken literally, and the allowed-directory check compares names. */
-        for (const char *p = path; *p;) {
-                const char *c = p + 1, *e = strchrnul(c, '/');
-                size_t len = (size_t)(e - c);
-                if ((len == 0 && *e) || (len == 1 && c[0] == '.') ||
-                    (len == 2 && c[0] == '.' && c[1] == '.'))
-                        return false;
-                p = e;
-        }
-        for (const char *p = path; *p; p++)
-                if ((unsigned char)*p < 0x20 || *p == 0x7f)
-                        return false;
-        return true;
-}
-
-/* Is the canonical path inside the canonical directory (not the directory itself)? */
-static bool path_inside(const char *path, const char *dir)
-{
-        size_t n = strlen(dir);
-
-        if (n == 1 && dir[0] == '/')
-                return path[0] == '/' && path[1] != 0;
-        return strncmp(path, dir, n) == 0 && path[n] == '/' && path[n + 1] != 0;
-}
-
-/*
- * Is path inside an allowed directory? canonical: realpath() of the path,
- * or NULL when it does not resolve; then the literal path is compared with
- * the directories as configured and as resolved, so that a missing file in
- * an allowed directory is "not found" and anything else "not allowed".
- */
-static bool path_allowed(const char *path, const char *canonical)
-{
-        char dir[PATH_MAX];
-
-        for (unsigned i = 0; i < n_allowed_dirs; i++) {
-                const char *d = allowed_dirs[i];
-                if (!canonical && d[0] == '/' && path_inside(path, d))
-                        return true;
-                if (!realpath(d, dir))
-                        continue; /* not there (yet): nothing inside it either */
-                if (path_inside(canonical ? canonical : path, dir))
-                        return true;
-        }
-        return false;
+        return stagepath_valid(path);
 }
 
 bool staging_sha256_valid(const char *hex)
@@ -167,51 +118,50 @@ static void fail(struct stage_result *res, int status, const char *code, const c
         va_end(ap);
 }
 
+/* Open one file here or through the privileged helper: stagepath_open()'s answers. */
+static int stage_open_fd(struct backend *b, const char *path)
+{
+        if (privsep_is_proxy(b))
+                return privsep_proxy_open_staging(b, path);
+        return stagepath_open(path, allowed_dirs, n_allowed_dirs);
+}
+
 /* Open and check one file; returns the fd or -1 with res filled. */
-static int stage_open(const char *field, const char *path, const char *want,
+static int stage_open(struct backend *b, const char *field, const char *path, const char *want,
                       struct stage_result *res, json_t **ret_file)
 {
         _cleanup_close_ int fd = -1;
-        struct stat st;
         char got[65], canonical[PATH_MAX];
         const char *real = realpath(path, canonical);
-        int real_errno = real ? 0 : errno;
         uint64_t size = 0;
         int r;
 
-        /* Only inside the allowed directories; checked before anything else is
-         * said about the file, so the answer tells nothing about other places. */
-        if (!path_allowed(path, real)) {
+        /*
+         * Only inside the allowed directories; checked before anything else is
+         * said about the file, so the answer tells nothing about other places.
+         * (This process's own check: the helper makes it again.)
+         */
+        if (!stagepath_allowed(path, real, allowed_dirs, n_allowed_dirs))
+                fd = -STAGEPATH_NOT_ALLOWED;
+        else
+                fd = stage_open_fd(b, path);
+        if (fd == -STAGEPATH_NOT_ALLOWED) {
                 fail(res, 422, "path-not-allowed",
                      "%s: %s is not inside an allowed staging directory", field, path);
                 res->extra = json_pack("{s:s}", "field", field);
                 return -1;
         }
-        /*
-         * Look before opening: opening a FIFO blocks the worker until a writer
-         * comes, and opening some devices acts (a watchdog starts ticking).
-         * Then open without blocking and check it is still the same file.
-         */
-        struct stat before = { 0 };
-        if (real && stat(real, &before) == 0 && !S_ISREG(before.st_mode)) {
+        if (fd == -STAGEPATH_NOT_REGULAR) {
                 fail(res, 422, "not-a-regular-file", "%s: %s is not a regular file", field, path);
                 res->extra = json_pack("{s:s}", "field", field);
                 return -1;
         }
-        fd = real ? open(real, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK | O_NOFOLLOW) : -1;
         if (fd < 0) {
-                int e = real ? errno : real_errno;
-                if (e == ENOENT || e == ENOTDIR)
+                if (fd == -ENOENT || fd == -ENOTDIR)
                         fail(res, 422, "file-not-found", "%s: %s does not exist", field, path);
                 else
                         fail(res, 422, "file-not-found", "%s: cannot open %s: %s", field, path,
-                             strerror(e));
-                res->extra = json_pack("{s:s}", "field", field);
-                return -1;
-        }
-        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode) || st.st_ino != before.st_ino ||
-            st.st_dev != before.st_dev) {
-                fail(res, 422, "not-a-regular-file", "%s: %s is not a regular file", field, path);
+                             strerror(-fd));
                 res->extra = json_pack("{s:s}", "field", field);
                 return -1;
         }
@@ -242,11 +192,11 @@ int staging_run(struct backend *b, const struct op_request *rq, struct stage_res
         int r;
 
         *res = (struct stage_result){ 0 };
-        kfd = stage_open("kernel", rq->kernel_path, rq->kernel_sha256, res, &kfile);
+        kfd = stage_open(b, "kernel", rq->kernel_path, rq->kernel_sha256, res, &kfile);
         if (kfd < 0)
                 return 0;
         if (rq->initrd_path[0]) {
-                ifd = stage_open("initrd", rq->initrd_path, rq->initrd_sha256, res, &ifile);
+                ifd = stage_open(b, "initrd", rq->initrd_path, rq->initrd_sha256, res, &ifile);
                 if (ifd < 0) {
                         json_decref(kfile);
                         return 0;

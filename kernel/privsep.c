@@ -51,6 +51,7 @@
 #include "luofleet/log.h"
 #include "luofleet/macro.h"
 #include "luofleet/privsep.h"
+#include "luofleet/stagepath.h"
 #include "luofleet/util.h"
 
 #define ERRNO_MAX 4095
@@ -70,6 +71,9 @@ static const char *const type_names[_PRIVSEP_TYPE_MAX] = {
         [PRIVSEP_KEXEC_UNLOAD] = "KEXEC_UNLOAD",
         [PRIVSEP_REBOOT] = "REBOOT",
         [PRIVSEP_STATE_CHANGED] = "STATE_CHANGED",
+        [PRIVSEP_OPEN_CONFIG] = "OPEN_CONFIG",
+        [PRIVSEP_OPEN_STAGING] = "OPEN_STAGING",
+        [PRIVSEP_UNLINK_SOCKET] = "UNLINK_SOCKET",
 };
 
 const char *privsep_type_to_string(enum privsep_type t)
@@ -99,6 +103,9 @@ static int req_chan(uint16_t type)
         case PRIVSEP_KEXEC_LOADED:
         case PRIVSEP_GET_INFO:
         case PRIVSEP_SELF_CHECK:
+        case PRIVSEP_OPEN_CONFIG:
+        case PRIVSEP_OPEN_STAGING:
+        case PRIVSEP_UNLINK_SOCKET:
                 return PRIVSEP_CHAN_QUERY;
         case PRIVSEP_SET_EVENT:
         case PRIVSEP_KEXEC_LOAD:
@@ -117,6 +124,20 @@ int privsep_req_fds(uint16_t type, uint32_t arg)
         if (type == PRIVSEP_KEXEC_LOAD)
                 return arg == 1 ? 2 : 1;
         return 0;
+}
+
+int privsep_reply_fds(uint16_t type, int32_t result)
+{
+        if ((type == PRIVSEP_OPEN_CONFIG || type == PRIVSEP_OPEN_STAGING) && result == 0)
+                return 1;
+        return 0;
+}
+
+/* exactly len bytes without a NUL, then NUL bytes to the end */
+static bool text_ok(const char *text, uint32_t len)
+{
+        return len < PRIVSEP_CMDLINE_MAX && memchr(text, 0, len) == NULL &&
+               all_zero(text + len, PRIVSEP_CMDLINE_MAX - len);
 }
 
 int privsep_req_decode(const void *buf, size_t len, int flags, size_t n_fds, enum privsep_chan chan,
@@ -143,6 +164,14 @@ int privsep_req_decode(const void *buf, size_t len, int flags, size_t n_fds, enu
                 if (q.arg > 1)
                         return -EPROTO;
                 break;
+        case PRIVSEP_OPEN_CONFIG:
+                if (q.arg >= _PRIVSEP_CONFIG_MAX)
+                        return -EPROTO;
+                break;
+        case PRIVSEP_UNLINK_SOCKET:
+                if (q.arg >= PRIVSEP_MAX_SOCKETS)
+                        return -EPROTO;
+                break;
         default:
                 if (q.arg != 0)
                         return -EPROTO;
@@ -152,9 +181,11 @@ int privsep_req_decode(const void *buf, size_t len, int flags, size_t n_fds, enu
 
         if (q.type == PRIVSEP_KEXEC_LOAD) {
                 /* Exactly cmdline_len bytes without a NUL, the NUL, then zeros. */
-                if (q.cmdline_len >= PRIVSEP_CMDLINE_MAX ||
-                    memchr(q.cmdline, 0, q.cmdline_len) != NULL ||
-                    !all_zero(q.cmdline + q.cmdline_len, PRIVSEP_CMDLINE_MAX - q.cmdline_len))
+                if (!text_ok(q.cmdline, q.cmdline_len))
+                        return -EPROTO;
+        } else if (q.type == PRIVSEP_OPEN_STAGING) {
+                /* A path: the same, and not empty (the helper checks the rest). */
+                if (q.cmdline_len == 0 || !text_ok(q.cmdline, q.cmdline_len))
                         return -EPROTO;
         } else if (q.cmdline_len != 0 || !all_zero(q.cmdline, sizeof(q.cmdline)))
                 return -EPROTO;
@@ -212,13 +243,15 @@ int privsep_reply_decode(const void *buf, size_t len, int flags, size_t n_fds, u
         struct privsep_reply p;
         unsigned f;
 
-        if (!buf || len != sizeof(p) || (flags & (MSG_TRUNC | MSG_CTRUNC)) || n_fds != 0)
+        if (!buf || len != sizeof(p) || (flags & (MSG_TRUNC | MSG_CTRUNC)) || n_fds > 1)
                 return -EPROTO;
         memcpy(&p, buf, sizeof(p));
         if (p.magic != PRIVSEP_MAGIC || p.version != PRIVSEP_VERSION || p.type != want_type ||
             p.seq != want_seq)
                 return -EPROTO;
         if (p.result > 0 || p.result < -ERRNO_MAX)
+                return -EPROTO;
+        if ((int)n_fds != privsep_reply_fds(p.type, p.result))
                 return -EPROTO;
         f = reply_fields(p.type, p.result);
         if ((!(f & F_STATE) && p.state != 0) || p.state >= _LUO_STATE_MAX)
@@ -361,7 +394,109 @@ struct helper {
          * signal a uid 0 helper, and the kernel checks that.
          */
         bool exit_on_hangup;
+        const struct privsep_files *files; /* OPEN_CONFIG, OPEN_STAGING, UNLINK_SOCKET */
 };
+
+/*
+ * The query thread's file system identity (setfsuid(2) and setfsgid(2)
+ * change the calling thread's only, so the command thread's simulator
+ * writes keep the run user's). Switching between ids the process already
+ * has needs no capability. A change clears the thread's parent-death
+ * signal: armed again.
+ */
+static int helper_fs_identity(uid_t uid, gid_t gid)
+{
+        (void)setfsgid(gid);
+        (void)setfsuid(uid);
+        (void)prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        if ((gid_t)setfsgid((gid_t)-1) != gid || (uid_t)setfsuid((uid_t)-1) != uid)
+                return -EPERM;
+        return 0;
+}
+
+/* One of the configured files: followed if a symlink (deploy tools use them), regular. */
+static int helper_open_config(const char *path)
+{
+        struct stat st;
+        int fd;
+
+        if (!path)
+                return -ENOENT;
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+        if (fd < 0)
+                return negative_errno();
+        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+                int r = fstat(fd, &st) == 0 && S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
+                close(fd);
+                return r;
+        }
+        return fd;
+}
+
+/* A Unix listener's file, at the stop: only a socket is ever removed. */
+static int helper_unlink_socket(const char *path)
+{
+        struct stat st;
+
+        if (!path)
+                return -ENOENT;
+        if (lstat(path, &st) < 0)
+                return negative_errno();
+        if (!S_ISSOCK(st.st_mode))
+                return -ENOTSOCK;
+        return unlink(path) < 0 ? negative_errno() : 0;
+}
+
+static int helper_file_op(const struct privsep_files *files, const struct privsep_req *q)
+{
+        switch (q->type) {
+        case PRIVSEP_OPEN_CONFIG:
+                return helper_open_config(files->config[q->arg]);
+        case PRIVSEP_OPEN_STAGING:
+                return stagepath_open(q->cmdline, files->staging_dirs, files->n_staging_dirs);
+        case PRIVSEP_UNLINK_SOCKET:
+                return helper_unlink_socket(files->sockets[q->arg]);
+        default:
+                return -EPROTO;
+        }
+}
+
+int privsep_helper_file_request(const struct privsep_files *files, const struct privsep_req *q)
+{
+        int r, k;
+
+        /* The decoder's checks again: this is reachable from the tests directly. */
+        if (!q || (q->type == PRIVSEP_OPEN_CONFIG && q->arg >= _PRIVSEP_CONFIG_MAX) ||
+            (q->type == PRIVSEP_UNLINK_SOCKET && q->arg >= PRIVSEP_MAX_SOCKETS) ||
+            (q->type == PRIVSEP_OPEN_STAGING && memchr(q->cmdline, 0, sizeof(q->cmdline)) == NULL))
+                return -EPROTO;
+        if (!files)
+                return q->type == PRIVSEP_OPEN_STAGING ? -EXDEV : -ENOENT;
+        if (!files->fs_root)
+                return helper_file_op(files, q);
+        /*
+         * Root's files first (a 0600 key in a 0700 root directory: uid 0 owns
+         * them, no capability needed), then, when denied, as the run user (a
+         * file that user owns and root's mode bits do not cover).
+         */
+        r = helper_fs_identity(0, 0);
+        if (r >= 0) {
+                r = helper_file_op(files, q);
+                if (r == -EACCES) {
+                        k = helper_fs_identity(files->user_uid, files->user_gid);
+                        if (k < 0)
+                                return k; /* cannot happen; the caller ends the helper */
+                        return helper_file_op(files, q);
+                }
+        }
+        k = helper_fs_identity(files->user_uid, files->user_gid);
+        if (k < 0) {
+                if (r >= 0 && q->type != PRIVSEP_UNLINK_SOCKET)
+                        close(r);
+                return k;
+        }
+        return r;
+}
 
 /* A kernel or initrd image: a regular file open for reading. */
 static int helper_check_image_fd(int fd)
@@ -378,7 +513,7 @@ static int helper_check_image_fd(int fd)
 }
 
 static void helper_execute(struct helper *h, const struct privsep_req *q, const int *fds,
-                           struct privsep_reply *p)
+                           struct privsep_reply *p, int *ret_fd)
 {
         struct backend *b = h->b;
         struct backend_info info;
@@ -427,6 +562,17 @@ static void helper_execute(struct helper *h, const struct privsep_req *q, const 
         case PRIVSEP_REBOOT:
                 r = b->ops->reboot(b);
                 break;
+        case PRIVSEP_OPEN_CONFIG:
+        case PRIVSEP_OPEN_STAGING:
+                r = privsep_helper_file_request(h->files, q);
+                if (r >= 0) {
+                        *ret_fd = r;
+                        r = 0;
+                }
+                break;
+        case PRIVSEP_UNLINK_SOCKET:
+                r = privsep_helper_file_request(h->files, q);
+                break;
         default:
                 r = -EPROTO; /* the decoder lets no other type through */
         }
@@ -447,7 +593,7 @@ static int helper_one(struct helper *h, enum privsep_chan chan, uint64_t *seq)
 {
         struct privsep_req q;
         struct privsep_reply p;
-        int fds[PRIVSEP_MAX_FDS], flags, r;
+        int fds[PRIVSEP_MAX_FDS], flags, r, out_fd = -1;
         size_t n_fds;
         ssize_t n;
 
@@ -473,10 +619,12 @@ static int helper_one(struct helper *h, enum privsep_chan chan, uint64_t *seq)
                 p.result = -EPROTO;
         } else {
                 reply_init(&p, q.type, q.seq);
-                helper_execute(h, &q, fds, &p);
+                helper_execute(h, &q, fds, &p, &out_fd);
                 close_fds(fds, n_fds);
         }
-        r = privsep_send(h->fds[chan], &p, sizeof(p), NULL, 0, false);
+        r = privsep_send(h->fds[chan], &p, sizeof(p), &out_fd, out_fd >= 0 ? 1 : 0, false);
+        if (out_fd >= 0)
+                close(out_fd); /* the network side has its own now */
         return r < 0 ? r : 1;
 }
 
@@ -581,9 +729,12 @@ int privsep_helper_hello_error(int cmd_fd, int error, const char *msg)
         return helper_send_hello(cmd_fd, NULL, error < 0 ? error : -EIO, msg);
 }
 
-static int helper_serve(struct backend *b, const int fds[_PRIVSEP_CHAN_MAX], bool exit_on_hangup)
+static int helper_serve(struct backend *b, const int fds[_PRIVSEP_CHAN_MAX], bool exit_on_hangup,
+                        const struct privsep_files *files)
 {
-        struct helper h = { .b = b, .stop_fd = -1, .exit_on_hangup = exit_on_hangup };
+        struct helper h = {
+                .b = b, .stop_fd = -1, .exit_on_hangup = exit_on_hangup, .files = files
+        };
         pthread_t thread;
         uint64_t seq = 0, one = 1;
         int r;
@@ -613,9 +764,10 @@ static int helper_serve(struct backend *b, const int fds[_PRIVSEP_CHAN_MAX], boo
         return r;
 }
 
-int privsep_helper_serve(struct backend *b, const int fds[_PRIVSEP_CHAN_MAX])
+int privsep_helper_serve(struct backend *b, const int fds[_PRIVSEP_CHAN_MAX],
+                         const struct privsep_files *files)
 {
-        return helper_serve(b, fds, false);
+        return helper_serve(b, fds, false, files);
 }
 
 /* ---- the helper process ----------------------------------------------------- */
@@ -678,6 +830,16 @@ static int helper_drop(const struct privsep_spawn_config *cfg)
 
         if (setgroups(0, NULL) < 0)
                 return negative_errno();
+        /*
+         * The saved ids become the run user's too: the query thread moves its
+         * file system identity between 0 (OPEN_CONFIG, OPEN_STAGING: root's
+         * files) and the run user's, which without CAP_SETUID is only allowed
+         * between ids the process has. (It also lets the run user signal the
+         * helper, which it could stop anyway by closing the channels.)
+         */
+        if (setresgid((gid_t)-1, (gid_t)-1, cfg->drop_gid) < 0 ||
+            setresuid((uid_t)-1, (uid_t)-1, cfg->drop_uid) < 0)
+                return negative_errno();
         (void)setfsgid(cfg->drop_gid);
         if ((gid_t)setfsgid((gid_t)-1) != cfg->drop_gid)
                 return -EPERM;
@@ -719,6 +881,7 @@ static _Noreturn void helper_main(const struct privsep_spawn_config *cfg,
                                   const int fds[_PRIVSEP_CHAN_MAX], pid_t parent)
 {
         struct backend *b = NULL;
+        struct privsep_files files = cfg->files;
         char msg[PRIVSEP_MSG_MAX] = "";
         int r;
 
@@ -759,7 +922,10 @@ static _Noreturn void helper_main(const struct privsep_spawn_config *cfg,
                                                  "no_new_privs");
                 helper_exit(1);
         }
-        r = helper_serve(b, fds, true);
+        files.fs_root = cfg->drop;
+        files.user_uid = cfg->drop_uid;
+        files.user_gid = cfg->drop_gid;
+        r = helper_serve(b, fds, true, &files);
         if (r < 0)
                 log_error_errno(r, "Privileged helper: lost the network process: %m");
         helper_exit(r < 0 ? 1 : 0);
@@ -847,7 +1013,8 @@ static int proxy_lost(struct proxy *p, const char *why)
 }
 
 static int proxy_call(struct proxy *p, enum privsep_chan chan, uint16_t type, uint32_t arg,
-                      const char *cmdline, const int *fds, size_t n_fds, struct privsep_reply *ret)
+                      const char *cmdline, const int *fds, size_t n_fds, struct privsep_reply *ret,
+                      int *ret_fd)
 {
         struct privsep_req q = { .magic = PRIVSEP_MAGIC, .version = PRIVSEP_VERSION, .type = type };
         struct privsep_reply rep;
@@ -877,17 +1044,24 @@ static int proxy_call(struct proxy *p, enum privsep_chan chan, uint16_t type, ui
                 goto out;
         }
         n = privsep_recv(p->fds[chan], &rep, sizeof(rep), &flags, rfds, &n_rfds, false);
-        close_fds(rfds, n_rfds);
         if (n <= 0) {
+                close_fds(rfds, n_rfds);
                 snprintf(wbuf, sizeof(wbuf), "no answer to %s: %s", type_names[type],
                          n == 0 ? "the channel closed" : strerror((int)-n));
                 why = wbuf;
                 goto out;
         }
         if (privsep_reply_decode(&rep, (size_t)n, flags, n_rfds, type, q.seq, ret) < 0) {
+                close_fds(rfds, n_rfds);
                 snprintf(wbuf, sizeof(wbuf), "malformed answer to %s", type_names[type]);
                 why = wbuf;
+                goto out;
         }
+        /* The decoder let a descriptor through only with a successful open. */
+        if (n_rfds == 1 && ret_fd)
+                *ret_fd = rfds[0];
+        else
+                close_fds(rfds, n_rfds);
 out:
         pthread_mutex_unlock(&p->lock[chan]);
         if (why)
@@ -899,7 +1073,7 @@ static int proxy_get_state(struct backend *b, enum luo_state *ret)
 {
         struct privsep_reply rep;
         struct proxy *p = to_proxy(b);
-        int r = proxy_call(p, PRIVSEP_CHAN_QUERY, PRIVSEP_GET_STATE, 0, NULL, NULL, 0, &rep);
+        int r = proxy_call(p, PRIVSEP_CHAN_QUERY, PRIVSEP_GET_STATE, 0, NULL, NULL, 0, &rep, NULL);
         if (r < 0)
                 return r;
         /* Replies arrive in channel order: the last one stored is the freshest. */
@@ -967,7 +1141,7 @@ static int proxy_set_event(struct backend *b, enum luo_event ev)
         if (ev != LUO_EVENT_PREPARE && ev != LUO_EVENT_CANCEL && ev != LUO_EVENT_FINISH)
                 return -EINVAL; /* the kernel's answer to FREEZE through SET_EVENT */
         return proxy_call(to_proxy(b), PRIVSEP_CHAN_CMD, PRIVSEP_SET_EVENT, (uint32_t)ev, NULL,
-                          NULL, 0, &rep);
+                          NULL, 0, &rep, NULL);
 }
 
 static int proxy_kexec_load(struct backend *b, int kernel_fd, int initrd_fd, const char *cmdline)
@@ -978,7 +1152,47 @@ static int proxy_kexec_load(struct backend *b, int kernel_fd, int initrd_fd, con
         if (kernel_fd < 0)
                 return -EBADF;
         return proxy_call(to_proxy(b), PRIVSEP_CHAN_CMD, PRIVSEP_KEXEC_LOAD, initrd_fd >= 0,
-                          cmdline ? cmdline : "", fds, initrd_fd >= 0 ? 2 : 1, &rep);
+                          cmdline ? cmdline : "", fds, initrd_fd >= 0 ? 2 : 1, &rep, NULL);
+}
+
+static int proxy_open(struct backend *b, uint16_t type, uint32_t arg, const char *path)
+{
+        struct privsep_reply rep;
+        int fd = -1, r;
+
+        if (!privsep_is_proxy(b))
+                return -EINVAL;
+        r = proxy_call(to_proxy(b), PRIVSEP_CHAN_QUERY, type, arg, path, NULL, 0, &rep, &fd);
+        if (r < 0)
+                return r;
+        return fd >= 0 ? fd : -EIO; /* the decoder demands the fd: cannot happen */
+}
+
+int privsep_proxy_open_config(struct backend *b, enum privsep_config_file which)
+{
+        if ((unsigned)which >= _PRIVSEP_CONFIG_MAX)
+                return -EINVAL;
+        return proxy_open(b, PRIVSEP_OPEN_CONFIG, (uint32_t)which, NULL);
+}
+
+int privsep_proxy_open_staging(struct backend *b, const char *path)
+{
+        /* What the helper would refuse is refused here (its answer to a bad path). */
+        if (!path || !path[0] || strlen(path) >= PRIVSEP_CMDLINE_MAX)
+                return -ENAMETOOLONG;
+        return proxy_open(b, PRIVSEP_OPEN_STAGING, 0, path);
+}
+
+int privsep_proxy_unlink_socket(struct backend *b, unsigned index)
+{
+        struct privsep_reply rep;
+
+        if (!privsep_is_proxy(b))
+                return -EINVAL;
+        if (index >= PRIVSEP_MAX_SOCKETS)
+                return -EINVAL;
+        return proxy_call(to_proxy(b), PRIVSEP_CHAN_QUERY, PRIVSEP_UNLINK_SOCKET, index, NULL, NULL,
+                          0, &rep, NULL);
 }
 
 static int proxy_kexec_unload(struct backend *b)
@@ -986,14 +1200,14 @@ static int proxy_kexec_unload(struct backend *b)
         struct privsep_reply rep;
 
         return proxy_call(to_proxy(b), PRIVSEP_CHAN_CMD, PRIVSEP_KEXEC_UNLOAD, 0, NULL, NULL, 0,
-                          &rep);
+                          &rep, NULL);
 }
 
 static int proxy_kexec_loaded(struct backend *b, bool *ret)
 {
         struct privsep_reply rep;
         int r = proxy_call(to_proxy(b), PRIVSEP_CHAN_QUERY, PRIVSEP_KEXEC_LOADED, 0, NULL, NULL, 0,
-                           &rep);
+                           &rep, NULL);
         if (r < 0)
                 return r;
         *ret = rep.flag != 0;
@@ -1004,7 +1218,8 @@ static int proxy_reboot(struct backend *b)
 {
         struct privsep_reply rep;
 
-        return proxy_call(to_proxy(b), PRIVSEP_CHAN_CMD, PRIVSEP_REBOOT, 0, NULL, NULL, 0, &rep);
+        return proxy_call(to_proxy(b), PRIVSEP_CHAN_CMD, PRIVSEP_REBOOT, 0, NULL, NULL, 0, &rep,
+                          NULL);
 }
 
 static int proxy_get_info(struct backend *b, struct backend_info *ret)
@@ -1012,7 +1227,7 @@ static int proxy_get_info(struct backend *b, struct backend_info *ret)
         struct privsep_reply rep;
         struct backend_info info = {};
         int r = proxy_call(to_proxy(b), PRIVSEP_CHAN_QUERY, PRIVSEP_GET_INFO, 0, NULL, NULL, 0,
-                           &rep);
+                           &rep, NULL);
         if (r < 0)
                 return r;
         /* Checked by the decoder: terminated, and they fit. */
@@ -1026,7 +1241,7 @@ static int proxy_self_check(struct backend *b, enum luo_state *ret_ioctl, enum l
 {
         struct privsep_reply rep;
         int r = proxy_call(to_proxy(b), PRIVSEP_CHAN_QUERY, PRIVSEP_SELF_CHECK, 0, NULL, NULL, 0,
-                           &rep);
+                           &rep, NULL);
         if (r < 0 && r != -EPROTO)
                 return r;
         if (ret_ioctl)

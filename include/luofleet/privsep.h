@@ -12,8 +12,10 @@
  *                       its fds, kexec_unload, reboot) and the helper's
  *                       HELLO; one request at a time (the worker);
  *   PRIVSEP_CHAN_QUERY  the quick reads (get_state, kexec_loaded, get_info,
- *                       self_check) from any thread, served by a second
- *                       helper thread so a stalled operation never delays them;
+ *                       self_check) and the opens (OPEN_CONFIG, OPEN_STAGING,
+ *                       which answer with a descriptor) from any thread,
+ *                       served by a second helper thread so a stalled
+ *                       operation never delays them;
  *   PRIVSEP_CHAN_EVENT  helper -> network: STATE_CHANGED doorbells; the
  *                       proxy's watch fd.
  *
@@ -57,8 +59,23 @@ enum privsep_type {
         PRIVSEP_KEXEC_UNLOAD,  /* CMD */
         PRIVSEP_REBOOT,        /* CMD */
         PRIVSEP_STATE_CHANGED, /* helper -> net, EVENT: a doorbell with the state */
+        PRIVSEP_OPEN_CONFIG,   /* QUERY: arg = enum privsep_config_file; reply: 1 fd */
+        PRIVSEP_OPEN_STAGING,  /* QUERY: cmdline = the path; reply: 1 fd */
+        PRIVSEP_UNLINK_SOCKET, /* QUERY: arg = index of a --listen=unix: at the stop */
         _PRIVSEP_TYPE_MAX,
 };
+
+/* The files OPEN_CONFIG may open: fixed at the helper's start, chosen by index. */
+enum privsep_config_file {
+        PRIVSEP_CONFIG_TLS_CERT,
+        PRIVSEP_CONFIG_TLS_KEY,
+        PRIVSEP_CONFIG_TLS_CLIENT_CA,
+        PRIVSEP_CONFIG_TOKENS,
+        _PRIVSEP_CONFIG_MAX,
+};
+
+/* How many Unix-socket listeners UNLINK_SOCKET knows of (main's --listen maximum). */
+#define PRIVSEP_MAX_SOCKETS 8
 
 const char *privsep_type_to_string(enum privsep_type t);
 
@@ -69,8 +86,8 @@ struct privsep_req {
         uint16_t type;
         uint64_t seq; /* per channel: 1, 2, 3, ... */
         uint32_t arg;
-        uint32_t cmdline_len; /* KEXEC_LOAD: strlen(cmdline) */
-        char cmdline[PRIVSEP_CMDLINE_MAX];
+        uint32_t cmdline_len; /* KEXEC_LOAD: strlen(cmdline); OPEN_STAGING: strlen(path) */
+        char cmdline[PRIVSEP_CMDLINE_MAX]; /* KEXEC_LOAD's command line, OPEN_STAGING's path */
 };
 
 /* helper -> network. */
@@ -91,6 +108,8 @@ struct privsep_reply {
 
 /* How many fds a request of this type (and arg) must carry; -1 for an unknown type. */
 int privsep_req_fds(uint16_t type, uint32_t arg);
+/* How many fds a reply of this type and result carries (1: a successful open). */
+int privsep_reply_fds(uint16_t type, int32_t result);
 
 /*
  * The helper's decoder: one datagram of len bytes as received (flags are
@@ -106,7 +125,8 @@ int privsep_req_decode(const void *buf, size_t len, int flags, size_t n_fds, enu
 /*
  * The network side's decoder of a reply to a request of type want_type and
  * sequence want_seq (PRIVSEP_HELLO with seq 0; PRIVSEP_STATE_CHANGED with
- * want_seq 0 accepts any). Returns 0 or -EPROTO.
+ * want_seq 0 accepts any), with n_fds descriptors (privsep_reply_fds()).
+ * Returns 0 or -EPROTO.
  */
 int privsep_reply_decode(const void *buf, size_t len, int flags, size_t n_fds, uint16_t want_type,
                          uint64_t want_seq, struct privsep_reply *ret);
@@ -125,14 +145,44 @@ int privsep_send(int fd, const void *buf, size_t len, const int *fds, size_t n_f
 /* ---- the helper ----------------------------------------------------------- */
 
 /*
+ * What the helper may open or remove for the network side, fixed when it
+ * starts (the configuration's, borrowed): the requests name them by index,
+ * never by path, except OPEN_STAGING, whose path must pass the same
+ * confinement again (common/stagepath.c) inside staging_dirs.
+ */
+struct privsep_files {
+        const char *config[_PRIVSEP_CONFIG_MAX]; /* NULL: not configured (ENOENT) */
+        char *const *staging_dirs;
+        unsigned n_staging_dirs;
+        const char *sockets[PRIVSEP_MAX_SOCKETS]; /* Unix listeners by --listen index, or NULL */
+        /*
+         * Opening as root: try with file system identity 0 first, then (on
+         * EACCES) as this user, the run user (drop_uid/drop_gid of the spawn).
+         * Ignored unless root.
+         */
+        bool fs_root;
+        uid_t user_uid;
+        gid_t user_gid;
+};
+
+/*
  * Serve a backend on the helper's ends of the three channels: send HELLO,
  * answer QUERY and push EVENT on a second thread, execute CMD requests on
  * the calling thread. A malformed request is answered with -EPROTO and
  * never acted on (its fds are closed). Returns 0 when the network side
  * closes the command or query channel, -errno on a failure to communicate.
- * Closes nothing it was given.
+ * Closes nothing it was given. files may be NULL (every open: ENOENT).
  */
-int privsep_helper_serve(struct backend *b, const int fds[_PRIVSEP_CHAN_MAX]);
+int privsep_helper_serve(struct backend *b, const int fds[_PRIVSEP_CHAN_MAX],
+                         const struct privsep_files *files);
+
+/*
+ * The helper's handling of one decoded OPEN_CONFIG, OPEN_STAGING or
+ * UNLINK_SOCKET request (exposed for the tests: it is what a network
+ * process that skipped its own checks reaches). Returns a descriptor
+ * (the opens), 0 (the unlink) or -errno.
+ */
+int privsep_helper_file_request(const struct privsep_files *files, const struct privsep_req *q);
 
 /* Send a failed HELLO (backend_open's result and sentence) on the command channel. */
 int privsep_helper_hello_error(int cmd_fd, int error, const char *msg);
@@ -161,6 +211,17 @@ struct privsep_hooks {
 int privsep_proxy_new(int fds[_PRIVSEP_CHAN_MAX], pid_t helper, const struct privsep_hooks *hooks,
                       struct backend **ret, char *msg, size_t msg_size);
 
+/*
+ * Ask the helper to open one of its configured files (an O_RDONLY|O_CLOEXEC
+ * descriptor of a regular file; -errno), to open a kernel or initrd image
+ * for staging (stagepath_open()'s answers), or to remove a Unix-socket
+ * listener's file (index into privsep_files.sockets) that this process
+ * can no longer remove itself. Any thread.
+ */
+int privsep_proxy_open_config(struct backend *b, enum privsep_config_file which);
+int privsep_proxy_open_staging(struct backend *b, const char *path);
+int privsep_proxy_unlink_socket(struct backend *b, unsigned index);
+
 /* Is b a privsep proxy? */
 bool privsep_is_proxy(const struct backend *b);
 pid_t privsep_proxy_helper(const struct backend *b);
@@ -188,6 +249,9 @@ struct privsep_spawn_config {
         gid_t drop_gid;
         /* -EBUSY from the backend: retry this long (a predecessor may still be exiting). */
         unsigned busy_retry_ms;
+        /* What OPEN_CONFIG, OPEN_STAGING and UNLINK_SOCKET may reach (fs_root: set by the spawn).
+         */
+        struct privsep_files files;
 };
 
 /*

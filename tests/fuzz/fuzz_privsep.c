@@ -9,10 +9,13 @@
  * MSG_CTRUNC; byte 1: the sequence number the helper expects; the rest is
  * the datagram. Invariants (abort() when one breaks): a request accepted is
  * exactly one struct, of a type that belongs on that channel, with that
- * sequence number, the fd count its type demands, an argument in range, a
- * command line that is exactly cmdline_len bytes without a NUL followed by
+ * sequence number, the fd count its type demands, an argument in range (an
+ * OPEN_CONFIG index below _PRIVSEP_CONFIG_MAX, an UNLINK_SOCKET index below
+ * PRIVSEP_MAX_SOCKETS), a command line (KEXEC_LOAD) or path (OPEN_STAGING,
+ * never empty) that is exactly cmdline_len bytes without a NUL followed by
  * zeros (or all zeros), and decoding is deterministic; a reply accepted has
- * a result in -4095..0, states in range and terminated strings.
+ * a result in -4095..0, states in range, terminated strings, and a
+ * descriptor exactly when it is a successful open.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -57,10 +60,22 @@ static void check_request(const struct privsep_req *q, size_t len, int flags, si
                 if (chan != PRIVSEP_CHAN_CMD || q->arg != 0)
                         abort();
                 break;
+        case PRIVSEP_OPEN_CONFIG:
+                if (chan != PRIVSEP_CHAN_QUERY || q->arg >= _PRIVSEP_CONFIG_MAX)
+                        abort();
+                break;
+        case PRIVSEP_OPEN_STAGING:
+                if (chan != PRIVSEP_CHAN_QUERY || q->arg != 0 || q->cmdline_len == 0)
+                        abort();
+                break;
+        case PRIVSEP_UNLINK_SOCKET:
+                if (chan != PRIVSEP_CHAN_QUERY || q->arg >= PRIVSEP_MAX_SOCKETS)
+                        abort();
+                break;
         default:
                 abort(); /* HELLO, STATE_CHANGED, unknown: never a request */
         }
-        if (q->type == PRIVSEP_KEXEC_LOAD) {
+        if (q->type == PRIVSEP_KEXEC_LOAD || q->type == PRIVSEP_OPEN_STAGING) {
                 if (q->cmdline_len >= PRIVSEP_CMDLINE_MAX ||
                     strnlen(q->cmdline, PRIVSEP_CMDLINE_MAX) != q->cmdline_len)
                         abort();
@@ -135,7 +150,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (uint16_t t = PRIVSEP_HELLO; t < _PRIVSEP_TYPE_MAX; t++) {
                 memset(&p, 0x5a, sizeof(p));
                 if (privsep_reply_decode(buf, len, flags, n_fds, t, seq, &p) == 0) {
-                        if (len != sizeof(p) || n_fds != 0 || p.type != t || p.seq != seq)
+                        if (len != sizeof(p) || p.type != t || p.seq != seq ||
+                            (int)n_fds != privsep_reply_fds(t, p.result))
+                                abort();
+                        if (n_fds == 1 && (p.result != 0 ||
+                                           (t != PRIVSEP_OPEN_CONFIG && t != PRIVSEP_OPEN_STAGING)))
                                 abort();
                         check_reply(&p);
                 }

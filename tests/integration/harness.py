@@ -233,6 +233,22 @@ def route_base_url(base_url):
     return base_url
 
 
+def traversable(path):
+    """Run as root, the agent's network process drops to nobody, and the simulated kexec
+    re-executes it as nobody, which then opens the state directory by its path: the test's
+    directory and the ones above it (mkdtemp makes them 0700; the unit suites create the
+    base 0700 too) must let others through, as /var/lib does. Listing stays root's: 0711.
+    Everything else (staged kernels, tokens, TLS keys, sockets) is opened as root, before
+    the drop or by the privileged helper, and may stay root-only."""
+    os.chmod(path, 0o711)
+    d = os.path.dirname(path)
+    while d and d != "/":
+        mode = os.stat(d).st_mode
+        if not mode & 0o001:
+            os.chmod(d, (mode & 0o7777) | 0o001)
+        d = os.path.dirname(d)
+
+
 def _module_tmp(name):
     base = os.environ.get("LUOFLEET_TEST_TMP") or None
     if base:
@@ -654,6 +670,32 @@ class SSEStream:
 # The agent process
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a Unix socket (--listen=unix:PATH); Prism proxies TCP only."""
+
+    def __init__(self, path, timeout=10.0):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self.unix_path)
+        self.sock = s
+
+
+def unix_request(path, method, url, body=None, headers=None):
+    """One request on the Unix socket at path: (status, {lower-case header: value}, body)."""
+    c = UnixHTTPConnection(path)
+    try:
+        c.request(method, url, body=body, headers=headers or {})
+        r = c.getresponse()
+        data = r.read()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+    finally:
+        c.close()
+
+
 class AgentError(AssertionError):
     pass
 
@@ -740,11 +782,9 @@ class Agent:
         # directory, so allow that one unless the test chose its own.
         if not any(a.startswith("--staging-dir") for a in args):
             cmd.append("--staging-dir=%s" % os.path.realpath(self.workdir))
-        # Run as root, the agent drops its network process to --user (default luofleet or
-        # nobody), which cannot read the suites' private temporary files: keep root there
-        # unless the test chose (the kernel calls still go through the privileged helper).
-        if os.geteuid() == 0 and not any(a.startswith(("--user", "--privsep")) for a in args):
-            cmd.append("--user=root")
+        # Run as root, the agent drops its network process to --user (default luofleet, else
+        # nobody), as in production: listeners, TLS files, tokens and staged kernels are all
+        # opened with root's privileges (before the drop, or by the privileged helper).
         return cmd + args
 
     def start(self, args=None, timeout=START_TIMEOUT):
@@ -908,6 +948,8 @@ class AgentTestCase(unittest.TestCase):
         if base:
             os.makedirs(base, exist_ok=True)
         self.tmp = tempfile.mkdtemp(prefix="lf-it-%s-" % self._testMethodName[:40], dir=base)
+        if os.geteuid() == 0:
+            traversable(self.tmp)
         self._agents = []
         self.addCleanup(self._cleanup_tmp)
         self.addCleanup(self._stop_agents)

@@ -220,26 +220,9 @@ class TokensTest(harness.AgentTestCase):
         self.assertEqual(c.get("/v1/state", headers=bearer(new_token)).status, 200)
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout=10.0):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self.unix_path)
-        self.sock = s
-
-
 def unix_request(path, method, url, headers=None, body=None):
-    c = UnixHTTPConnection(path)
-    try:
-        c.request(method, url, body=body, headers=headers or {})
-        r = c.getresponse()
-        return r.status, r.read()
-    finally:
-        c.close()
+    status, _, data = harness.unix_request(path, method, url, body=body, headers=headers)
+    return status, data
 
 
 def run_as_nobody(code):
@@ -282,7 +265,10 @@ class UnixPeerCredTest(harness.AgentTestCase):
         sock = os.path.join(self.socket_dir(), "agent.sock")
         tokens = os.path.join(self.tmp, "tokens")
         write_tokens(tokens, [make_token("ci-bot")[1]])
-        a = self.agent("--listen=unix:" + sock, "--tokens=" + tokens)
+        # The agent's own user is an operator on the socket too: run it as another user
+        # than the nobody client below (started as root it drops to nobody by default).
+        user = ["--user=daemon"] if os.geteuid() == 0 else []
+        a = self.agent("--listen=unix:" + sock, "--tokens=" + tokens, *user)
         # Root needs no token on the Unix socket: operator by SO_PEERCRED.
         status, body = unix_request(sock, "POST", "/v1/prepare")
         self.assertEqual(status, 200, body)

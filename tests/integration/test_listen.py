@@ -21,27 +21,7 @@ import harness  # noqa: E402
 setUpModule, tearDownModule = harness.module_fixtures(__file__)
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout=10.0):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self.unix_path)
-        self.sock = s
-
-
-def unix_request(path, method, url, body=None, headers=None):
-    c = UnixHTTPConnection(path)
-    try:
-        c.request(method, url, body=body, headers=headers or {})
-        r = c.getresponse()
-        data = r.read()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, data
-    finally:
-        c.close()
+unix_request = harness.unix_request
 
 
 class UnixSocketTest(harness.AgentTestCase):

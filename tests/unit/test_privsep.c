@@ -25,12 +25,15 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "luofleet/backend.h"
 #include "luofleet/macro.h"
 #include "luofleet/privsep.h"
+#include "luofleet/stagepath.h"
 #include "luofleet/util.h"
 #include "testutil.h"
 
@@ -38,6 +41,8 @@
 
 static char tmpdir[PATH_MAX];
 static int fds_at_start;
+/* What the helper thread of the next rig_start() may open (NULL: nothing). */
+static const struct privsep_files *rig_files;
 
 /* ---- a counting backend around the simulator ----------------------------- */
 
@@ -162,6 +167,7 @@ static void setup(void)
 
 static void teardown(void)
 {
+        rig_files = NULL;
         ck_assert_int_eq(testutil_count_fds(), fds_at_start);
         testutil_rm_rf(tmpdir);
         tmpdir[0] = 0;
@@ -171,7 +177,7 @@ static void *serve_main(void *userdata)
 {
         struct rig *g = userdata;
 
-        g->serve_result = privsep_helper_serve(&g->kernel->base, g->theirs);
+        g->serve_result = privsep_helper_serve(&g->kernel->base, g->theirs, rig_files);
         return NULL;
 }
 
@@ -492,7 +498,10 @@ START_TEST(test_malformed_requests_rejected)
                                                   PRIVSEP_GET_STATE,
                                                   PRIVSEP_KEXEC_LOADED,
                                                   PRIVSEP_GET_INFO,
-                                                  PRIVSEP_SELF_CHECK };
+                                                  PRIVSEP_SELF_CHECK,
+                                                  PRIVSEP_OPEN_CONFIG,
+                                                  PRIVSEP_OPEN_STAGING,
+                                                  PRIVSEP_UNLINK_SOCKET };
         for (size_t i = 0; i < ELEMENTSOF(bad_cmd_types); i++) {
                 q = good_req(bad_cmd_types[i], cseq + 1);
                 BAD_CMD(q, NULL, 0);
@@ -600,6 +609,37 @@ START_TEST(test_malformed_requests_rejected)
         q = good_req(PRIVSEP_GET_STATE, qseq + 1);
         q.cmdline[PRIVSEP_CMDLINE_MAX - 1] = 1;
         BAD_QUERY(q, NULL, 0);
+        /* the opens: an index out of range, an fd sent along, an empty or dirty path */
+        q = good_req(PRIVSEP_OPEN_CONFIG, qseq + 1);
+        q.arg = _PRIVSEP_CONFIG_MAX;
+        BAD_QUERY(q, NULL, 0);
+        q = good_req(PRIVSEP_OPEN_CONFIG, qseq + 1);
+        q.arg = 0xffffffffu;
+        BAD_QUERY(q, NULL, 0);
+        q = good_req(PRIVSEP_OPEN_CONFIG, qseq + 1);
+        BAD_QUERY(q, &k, 1);
+        q = good_req(PRIVSEP_OPEN_CONFIG, qseq + 1);
+        memcpy(q.cmdline, "/etc/shadow", 11); /* a path where none belongs */
+        q.cmdline_len = 11;
+        BAD_QUERY(q, NULL, 0);
+        q = good_req(PRIVSEP_OPEN_STAGING, qseq + 1); /* no path */
+        BAD_QUERY(q, NULL, 0);
+        q = good_req(PRIVSEP_OPEN_STAGING, qseq + 1);
+        memset(q.cmdline, '/', sizeof(q.cmdline)); /* unterminated */
+        q.cmdline_len = PRIVSEP_CMDLINE_MAX;
+        BAD_QUERY(q, NULL, 0);
+        q = good_req(PRIVSEP_OPEN_STAGING, qseq + 1);
+        memcpy(q.cmdline, "/boot/vmlinuz", 13);
+        q.cmdline_len = 13;
+        q.arg = 1;
+        BAD_QUERY(q, NULL, 0);
+        q = good_req(PRIVSEP_OPEN_STAGING, qseq + 1);
+        memcpy(q.cmdline, "/boot/vmlinuz", 13);
+        q.cmdline_len = 5; /* "/boot" then no NUL */
+        BAD_QUERY(q, NULL, 0);
+        q = good_req(PRIVSEP_UNLINK_SOCKET, qseq + 1);
+        q.arg = PRIVSEP_MAX_SOCKETS;
+        BAD_QUERY(q, NULL, 0);
 
         /* Nothing reached the kernel; every fd the helper received is closed. */
         ck_assert_int_eq(calls(&g), base_calls);
@@ -701,6 +741,47 @@ START_TEST(test_decoders)
         p.flag = 1;
         ck_assert_int_eq(privsep_reply_decode(&p, sizeof(p), 0, 0, PRIVSEP_KEXEC_LOADED, 3, &rp),
                          0);
+        /* The opens: one fd with a success, none with a failure, nothing else carried. */
+        p.flag = 0;
+        p.type = PRIVSEP_OPEN_CONFIG;
+        ck_assert_int_eq(privsep_reply_fds(PRIVSEP_OPEN_CONFIG, 0), 1);
+        ck_assert_int_eq(privsep_reply_fds(PRIVSEP_OPEN_STAGING, 0), 1);
+        ck_assert_int_eq(privsep_reply_fds(PRIVSEP_OPEN_STAGING, -EXDEV), 0);
+        ck_assert_int_eq(privsep_reply_fds(PRIVSEP_UNLINK_SOCKET, 0), 0);
+        ck_assert_int_eq(privsep_reply_decode(&p, sizeof(p), 0, 1, PRIVSEP_OPEN_CONFIG, 3, &rp), 0);
+        ck_assert_int_eq(privsep_reply_decode(&p, sizeof(p), 0, 0, PRIVSEP_OPEN_CONFIG, 3, &rp),
+                         -EPROTO);
+        ck_assert_int_eq(privsep_reply_decode(&p, sizeof(p), 0, 2, PRIVSEP_OPEN_CONFIG, 3, &rp),
+                         -EPROTO);
+        p.state = LUO_STATE_PREPARED;
+        ck_assert_int_eq(privsep_reply_decode(&p, sizeof(p), 0, 1, PRIVSEP_OPEN_CONFIG, 3, &rp),
+                         -EPROTO);
+        p.state = 0;
+        p.result = -EACCES;
+        ck_assert_int_eq(privsep_reply_decode(&p, sizeof(p), 0, 0, PRIVSEP_OPEN_CONFIG, 3, &rp), 0);
+        ck_assert_int_eq(privsep_reply_decode(&p, sizeof(p), 0, 1, PRIVSEP_OPEN_CONFIG, 3, &rp),
+                         -EPROTO);
+        p.type = PRIVSEP_UNLINK_SOCKET;
+        p.result = 0;
+        ck_assert_int_eq(privsep_reply_decode(&p, sizeof(p), 0, 0, PRIVSEP_UNLINK_SOCKET, 3, &rp),
+                         0);
+        ck_assert_int_eq(privsep_reply_decode(&p, sizeof(p), 0, 1, PRIVSEP_UNLINK_SOCKET, 3, &rp),
+                         -EPROTO);
+        /* the request side: an OPEN_CONFIG index in range; OPEN_STAGING's path terminated */
+        q = good_req(PRIVSEP_OPEN_CONFIG, 2);
+        q.arg = PRIVSEP_CONFIG_TOKENS;
+        ck_assert_int_eq(privsep_req_decode(&q, sizeof(q), 0, 0, PRIVSEP_CHAN_QUERY, 2, &out), 0);
+        q.arg = _PRIVSEP_CONFIG_MAX;
+        ck_assert_int_eq(privsep_req_decode(&q, sizeof(q), 0, 0, PRIVSEP_CHAN_QUERY, 2, &out),
+                         -EPROTO);
+        q = good_req(PRIVSEP_OPEN_STAGING, 2);
+        memcpy(q.cmdline, "/boot/vmlinuz", 13);
+        q.cmdline_len = 13;
+        ck_assert_int_eq(privsep_req_decode(&q, sizeof(q), 0, 0, PRIVSEP_CHAN_QUERY, 2, &out), 0);
+        ck_assert_int_eq(privsep_req_decode(&q, sizeof(q), 0, 0, PRIVSEP_CHAN_CMD, 2, &out),
+                         -EPROTO);
+        ck_assert_int_eq(privsep_req_fds(PRIVSEP_OPEN_STAGING, 0), 0);
+        ck_assert_str_eq(privsep_type_to_string(PRIVSEP_OPEN_STAGING), "OPEN_STAGING");
         /* HELLO: a known backend name, a boot id, a release; all terminated */
         memset(&p, 0, sizeof(p));
         p.magic = PRIVSEP_MAGIC;
@@ -721,6 +802,202 @@ START_TEST(test_decoders)
         memcpy(p.release, "6.12.0", 6);
         p.boot_id[3] = 'z';
         ck_assert_int_eq(privsep_reply_decode(&p, sizeof(p), 0, 0, PRIVSEP_HELLO, 0, &rp), -EPROTO);
+}
+END_TEST
+
+/* ---- OPEN_CONFIG, OPEN_STAGING, UNLINK_SOCKET -------------------------------- */
+
+static void tmp_path(char *buf, size_t size, const char *name)
+{
+        ck_assert_int_lt(snprintf(buf, size, "%s/%s", tmpdir, name), (int)size);
+}
+
+static void write_file(const char *path, const char *content)
+{
+        int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(write_all(fd, content, strlen(content)), 0);
+        close(fd);
+}
+
+static void assert_fd_reads(int fd, const char *want)
+{
+        char buf[64] = "";
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(read(fd, buf, sizeof(buf) - 1), (ssize_t)strlen(want));
+        ck_assert_str_eq(buf, want);
+        ck_assert_int_ne(fcntl(fd, F_GETFD) & FD_CLOEXEC, 0);
+        close(fd);
+}
+
+/* A Unix socket file nobody listens on. */
+static void make_socket_file(const char *path)
+{
+        struct sockaddr_un sun = { .sun_family = AF_UNIX };
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+        ck_assert_int_ge(fd, 0);
+        ck_assert_uint_lt(strlen(path), sizeof(sun.sun_path));
+        memcpy(sun.sun_path, path, strlen(path) + 1);
+        ck_assert_int_eq(bind(fd, (struct sockaddr *)&sun, sizeof(sun)), 0);
+        close(fd);
+}
+
+struct file_rig {
+        char stage[PATH_MAX], kernel[PATH_MAX + 16], outside[PATH_MAX + 16],
+                link_out[PATH_MAX + 16], fifo[PATH_MAX + 16], tokens[PATH_MAX], cert_link[PATH_MAX],
+                key_dir[PATH_MAX], sock[PATH_MAX], not_sock[PATH_MAX];
+        char *dirs[1];
+        struct privsep_files files;
+};
+
+static void file_rig_init(struct file_rig *f)
+{
+        memset(f, 0, sizeof(*f));
+        tmp_path(f->stage, sizeof(f->stage), "stage");
+        ck_assert_int_eq(mkdir(f->stage, 0700), 0);
+        snprintf(f->kernel, sizeof(f->kernel), "%s/vmlinuz", f->stage);
+        write_file(f->kernel, "kernel image");
+        tmp_path(f->outside, sizeof(f->outside), "secret");
+        write_file(f->outside, "not a kernel");
+        snprintf(f->link_out, sizeof(f->link_out), "%s/escape", f->stage);
+        ck_assert_int_eq(symlink(f->outside, f->link_out), 0);
+        snprintf(f->fifo, sizeof(f->fifo), "%s/fifo", f->stage);
+        ck_assert_int_eq(mkfifo(f->fifo, 0600), 0);
+        tmp_path(f->tokens, sizeof(f->tokens), "tokens");
+        write_file(f->tokens, "tokens file");
+        tmp_path(f->cert_link, sizeof(f->cert_link), "cert.pem");
+        ck_assert_int_eq(symlink("tokens", f->cert_link), 0); /* deploy tools' symlinks: followed */
+        tmp_path(f->key_dir, sizeof(f->key_dir), "keydir");
+        ck_assert_int_eq(mkdir(f->key_dir, 0700), 0);
+        tmp_path(f->sock, sizeof(f->sock), "agent.sock");
+        make_socket_file(f->sock);
+        tmp_path(f->not_sock, sizeof(f->not_sock), "precious");
+        write_file(f->not_sock, "precious");
+        f->dirs[0] = f->stage;
+        f->files.config[PRIVSEP_CONFIG_TOKENS] = f->tokens;
+        f->files.config[PRIVSEP_CONFIG_TLS_CERT] = f->cert_link;
+        f->files.config[PRIVSEP_CONFIG_TLS_KEY] = f->key_dir;
+        f->files.staging_dirs = f->dirs;
+        f->files.n_staging_dirs = 1;
+        f->files.sockets[0] = f->sock;
+        f->files.sockets[2] = f->not_sock;
+}
+
+START_TEST(test_open_files)
+{
+        struct file_rig f;
+        struct rig g;
+        struct backend *b;
+        char path[PATH_MAX + 32];
+        int base_calls;
+
+        file_rig_init(&f);
+        rig_files = &f.files;
+        rig_start(&g, NULL, true, NULL);
+        b = g.proxy;
+        base_calls = calls(&g);
+
+        /* OPEN_CONFIG: the configured files by index, a symlink followed, nothing else. */
+        assert_fd_reads(privsep_proxy_open_config(b, PRIVSEP_CONFIG_TOKENS), "tokens file");
+        assert_fd_reads(privsep_proxy_open_config(b, PRIVSEP_CONFIG_TLS_CERT), "tokens file");
+        ck_assert_int_eq(privsep_proxy_open_config(b, PRIVSEP_CONFIG_TLS_KEY), -EISDIR);
+        ck_assert_int_eq(privsep_proxy_open_config(b, PRIVSEP_CONFIG_TLS_CLIENT_CA), -ENOENT);
+        ck_assert_int_eq(privsep_proxy_open_config(b, _PRIVSEP_CONFIG_MAX), -EINVAL);
+        ck_assert_int_eq(privsep_proxy_open_config(&g.kernel->base, PRIVSEP_CONFIG_TOKENS),
+                         -EINVAL);
+
+        /* OPEN_STAGING: inside the staging directory only, regular files only. */
+        assert_fd_reads(privsep_proxy_open_staging(b, f.kernel), "kernel image");
+        ck_assert_int_eq(privsep_proxy_open_staging(b, f.outside), -STAGEPATH_NOT_ALLOWED);
+        ck_assert_int_eq(privsep_proxy_open_staging(b, f.link_out), -STAGEPATH_NOT_ALLOWED);
+        snprintf(path, sizeof(path), "%s/../secret", f.stage);
+        ck_assert_int_eq(privsep_proxy_open_staging(b, path), -STAGEPATH_NOT_ALLOWED);
+        ck_assert_int_eq(privsep_proxy_open_staging(b, "relative/vmlinuz"), -STAGEPATH_NOT_ALLOWED);
+        ck_assert_int_eq(privsep_proxy_open_staging(b, f.fifo), -STAGEPATH_NOT_REGULAR);
+        snprintf(path, sizeof(path), "%s/missing", f.stage);
+        ck_assert_int_eq(privsep_proxy_open_staging(b, path), -ENOENT);
+        ck_assert_int_eq(privsep_proxy_open_staging(b, ""), -ENAMETOOLONG);
+
+        /* UNLINK_SOCKET: a socket by index; anything else stays. */
+        ck_assert_int_eq(privsep_proxy_unlink_socket(b, 2), -ENOTSOCK);
+        ck_assert_int_eq(access(f.not_sock, F_OK), 0);
+        ck_assert_int_eq(privsep_proxy_unlink_socket(b, 1), -ENOENT);
+        ck_assert_int_eq(privsep_proxy_unlink_socket(b, PRIVSEP_MAX_SOCKETS), -EINVAL);
+        ck_assert_int_eq(privsep_proxy_unlink_socket(b, 0), 0);
+        ck_assert_int_eq(access(f.sock, F_OK), -1);
+        ck_assert_int_eq(privsep_proxy_unlink_socket(b, 0), -ENOENT);
+
+        /* None of it is a kernel call; the channel is still in step. */
+        ck_assert_int_eq(calls(&g), base_calls);
+        ck_assert_int_eq(pstate(b), LUO_STATE_NORMAL);
+        rig_stop(&g);
+}
+END_TEST
+
+/*
+ * The helper's own handler, as a network process that skipped its own
+ * checks would reach it: every path outside the staging directories is
+ * refused there, however it is spelt.
+ */
+START_TEST(test_helper_refuses_outside_staging)
+{
+        struct file_rig f;
+        struct privsep_req q;
+        char path[PATH_MAX + 32];
+        int fd;
+
+        file_rig_init(&f);
+#define STAGING_REQ(p)                                                                             \
+        do {                                                                                       \
+                q = good_req(PRIVSEP_OPEN_STAGING, 1);                                             \
+                ck_assert_uint_lt(strlen(p), sizeof(q.cmdline));                                   \
+                memcpy(q.cmdline, (p), strlen(p));                                                 \
+                q.cmdline_len = (uint32_t)strlen(p);                                               \
+        } while (0)
+
+        STAGING_REQ(f.kernel);
+        fd = privsep_helper_file_request(&f.files, &q);
+        assert_fd_reads(fd, "kernel image");
+        static const char *const outside[] = { "/etc/shadow", "/etc/passwd", "/", "etc/passwd" };
+        for (size_t i = 0; i < ELEMENTSOF(outside); i++) {
+                STAGING_REQ(outside[i]);
+                ck_assert_int_eq(privsep_helper_file_request(&f.files, &q), -STAGEPATH_NOT_ALLOWED);
+        }
+        STAGING_REQ(f.outside);
+        ck_assert_int_eq(privsep_helper_file_request(&f.files, &q), -STAGEPATH_NOT_ALLOWED);
+        STAGING_REQ(f.link_out); /* inside by name, outside once resolved */
+        ck_assert_int_eq(privsep_helper_file_request(&f.files, &q), -STAGEPATH_NOT_ALLOWED);
+        snprintf(path, sizeof(path), "%s/../secret", f.stage);
+        STAGING_REQ(path);
+        ck_assert_int_eq(privsep_helper_file_request(&f.files, &q), -STAGEPATH_NOT_ALLOWED);
+        snprintf(path, sizeof(path), "%s/./vmlinuz", f.stage);
+        STAGING_REQ(path);
+        ck_assert_int_eq(privsep_helper_file_request(&f.files, &q), -STAGEPATH_NOT_ALLOWED);
+        STAGING_REQ(f.stage); /* the directory itself */
+        ck_assert_int_eq(privsep_helper_file_request(&f.files, &q), -STAGEPATH_NOT_ALLOWED);
+        STAGING_REQ(f.fifo);
+        ck_assert_int_eq(privsep_helper_file_request(&f.files, &q), -STAGEPATH_NOT_REGULAR);
+        /* No staging directory at all: nothing is inside. */
+        f.files.n_staging_dirs = 0;
+        STAGING_REQ(f.kernel);
+        ck_assert_int_eq(privsep_helper_file_request(&f.files, &q), -STAGEPATH_NOT_ALLOWED);
+        ck_assert_int_eq(privsep_helper_file_request(NULL, &q), -STAGEPATH_NOT_ALLOWED);
+        /* An unterminated path, an index out of range: refused even past the decoder. */
+        q = good_req(PRIVSEP_OPEN_STAGING, 1);
+        memset(q.cmdline, 'a', sizeof(q.cmdline));
+        ck_assert_int_eq(privsep_helper_file_request(&f.files, &q), -EPROTO);
+        q = good_req(PRIVSEP_OPEN_CONFIG, 1);
+        q.arg = _PRIVSEP_CONFIG_MAX;
+        ck_assert_int_eq(privsep_helper_file_request(&f.files, &q), -EPROTO);
+        q.arg = PRIVSEP_CONFIG_TLS_CLIENT_CA; /* not configured */
+        ck_assert_int_eq(privsep_helper_file_request(&f.files, &q), -ENOENT);
+        q = good_req(PRIVSEP_UNLINK_SOCKET, 1);
+        q.arg = PRIVSEP_MAX_SOCKETS;
+        ck_assert_int_eq(privsep_helper_file_request(&f.files, &q), -EPROTO);
+        q = good_req(PRIVSEP_GET_STATE, 1);
+        ck_assert_int_eq(privsep_helper_file_request(&f.files, &q), -EPROTO);
+#undef STAGING_REQ
 }
 END_TEST
 
@@ -892,6 +1169,8 @@ static Suite *privsep_suite(void)
         tcase_add_test(tc, test_slow_command_does_not_block_queries);
         tcase_add_test(tc, test_malformed_requests_rejected);
         tcase_add_test(tc, test_decoders);
+        tcase_add_test(tc, test_open_files);
+        tcase_add_test(tc, test_helper_refuses_outside_staging);
         tcase_add_test(tc, test_helper_gone);
         tcase_add_test(tc, test_event_channel_closed_is_a_loss);
         tcase_add_test(tc, test_hello_error);

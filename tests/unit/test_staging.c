@@ -3,19 +3,28 @@
  * request's path, and the allowed-directory check of staging_run() with
  * symlinks inside, into and out of the allowed directory, /proc/self/fd
  * and a directory given with a symlink in its own name. The simulator is
- * the backend (kexec_file_load is recorded, not done).
+ * the backend (kexec_file_load is recorded, not done). The shared
+ * confinement (common/stagepath.c) directly, and staging through a
+ * privilege-separation proxy: the file is opened by the helper (a thread
+ * here), which applies its own staging directories whatever the network
+ * side allowed.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <openssl/sha.h>
+#include <pthread.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "agent.h"
 #include "config.h"
 #include "luofleet/backend.h"
 #include "luofleet/log.h"
+#include "luofleet/privsep.h"
+#include "luofleet/stagepath.h"
 #include "staging.h"
 #include "testutil.h"
 
@@ -196,6 +205,131 @@ START_TEST(test_dir_through_symlink)
 }
 END_TEST
 
+START_TEST(test_stagepath_open)
+{
+        char hex[65], p[PATH_MAX + 16], q[PATH_MAX + 16];
+        int fd;
+
+        snprintf(p, sizeof(p), "%s/vmlinuz", allowed);
+        write_file(p, "kernel", hex);
+        fd = stagepath_open(p, dirs, 1);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_ne(fcntl(fd, F_GETFD) & FD_CLOEXEC, 0);
+        ck_assert_int_eq(fcntl(fd, F_GETFL) & O_ACCMODE, O_RDONLY);
+        close(fd);
+        snprintf(q, sizeof(q), "%s/secret", outside);
+        write_file(q, "secret", hex);
+        ck_assert_int_eq(stagepath_open(q, dirs, 1), -STAGEPATH_NOT_ALLOWED);
+        ck_assert_int_eq(stagepath_open(q, dirs, 0), -STAGEPATH_NOT_ALLOWED);
+        snprintf(q, sizeof(q), "%s/../outside/secret", allowed);
+        ck_assert_int_eq(stagepath_open(q, dirs, 1), -STAGEPATH_NOT_ALLOWED);
+        ck_assert_int_eq(stagepath_open("vmlinuz", dirs, 1), -STAGEPATH_NOT_ALLOWED);
+        ck_assert_int_eq(stagepath_open(NULL, dirs, 1), -STAGEPATH_NOT_ALLOWED);
+        snprintf(q, sizeof(q), "%s/fifo", allowed);
+        ck_assert_int_eq(mkfifo(q, 0600), 0);
+        ck_assert_int_eq(stagepath_open(q, dirs, 1), -STAGEPATH_NOT_REGULAR);
+        ck_assert_int_eq(stagepath_open(allowed, dirs, 1), -STAGEPATH_NOT_ALLOWED);
+        snprintf(q, sizeof(q), "%s/missing", allowed);
+        ck_assert_int_eq(stagepath_open(q, dirs, 1), -ENOENT);
+        ck_assert(stagepath_valid(p));
+        ck_assert(!stagepath_valid("/boot/../etc/shadow"));
+}
+END_TEST
+
+/* ---- staging through a privsep proxy ------------------------------------- */
+
+struct helper_thread {
+        struct backend *kernel;
+        int fds[_PRIVSEP_CHAN_MAX];
+        const struct privsep_files *files;
+        pthread_t thread;
+};
+
+static void *helper_main(void *userdata)
+{
+        struct helper_thread *h = userdata;
+
+        (void)privsep_helper_serve(h->kernel, h->fds, h->files);
+        return NULL;
+}
+
+/*
+ * The helper serves this suite's simulator with its own staging directories
+ * (helper_dirs); the network side's are dirs[]. Returns the proxy.
+ */
+static struct backend *proxy_start(struct helper_thread *h, const struct privsep_files *files)
+{
+        int mine[_PRIVSEP_CHAN_MAX], pair[2];
+        struct backend *proxy = NULL;
+        char msg[256] = "";
+
+        h->kernel = backend;
+        h->files = files;
+        for (int i = 0; i < _PRIVSEP_CHAN_MAX; i++) {
+                ck_assert_int_eq(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair), 0);
+                mine[i] = pair[0];
+                h->fds[i] = pair[1];
+        }
+        ck_assert_int_eq(pthread_create(&h->thread, NULL, helper_main, h), 0);
+        ck_assert_int_eq(privsep_proxy_new(mine, 0, NULL, &proxy, msg, sizeof(msg)), 0);
+        return proxy;
+}
+
+static void proxy_stop(struct helper_thread *h, struct backend *proxy)
+{
+        backend_free(proxy);
+        pthread_join(h->thread, NULL);
+        for (int i = 0; i < _PRIVSEP_CHAN_MAX; i++)
+                close(h->fds[i]);
+}
+
+static const char *stage_via(struct backend *b, const char *path, const char *hex)
+{
+        struct backend *saved = backend;
+        const char *code;
+
+        backend = b;
+        code = stage(path, hex);
+        backend = saved;
+        return code;
+}
+
+START_TEST(test_staging_through_the_helper)
+{
+        char hex[65], p[PATH_MAX + 16], q[PATH_MAX + 16], qhex[65];
+        char *helper_dirs[1] = { allowed };
+        struct privsep_files files = { .staging_dirs = helper_dirs, .n_staging_dirs = 1 };
+        struct helper_thread h;
+        struct backend *proxy;
+        bool loaded = false;
+
+        snprintf(p, sizeof(p), "%s/vmlinuz", allowed);
+        write_file(p, "kernel", hex);
+        snprintf(q, sizeof(q), "%s/secret", outside);
+        write_file(q, "secret", qhex);
+        proxy = proxy_start(&h, &files);
+
+        ck_assert_str_eq(stage_via(proxy, p, hex), "ok");
+        ck_assert_int_eq(backend->ops->kexec_loaded(backend, &loaded), 0);
+        ck_assert(loaded);
+        ck_assert_str_eq(stage_via(proxy, q, qhex), "path-not-allowed");
+        snprintf(q, sizeof(q), "%s/missing", allowed);
+        ck_assert_str_eq(stage_via(proxy, q, hex), "file-not-found");
+        snprintf(q, sizeof(q), "%s/fifo", allowed);
+        ck_assert_int_eq(mkfifo(q, 0600), 0);
+        ck_assert_str_eq(stage_via(proxy, q, hex), "not-a-regular-file");
+
+        /* The network side allows "outside" too; the helper does not: refused there. */
+        dirs[0] = allowed;
+        dirs[1] = outside;
+        staging_set_allowed_dirs(dirs, 2);
+        snprintf(q, sizeof(q), "%s/secret", outside);
+        ck_assert_str_eq(stage_via(proxy, q, qhex), "path-not-allowed");
+        ck_assert_str_eq(stage_via(proxy, p, hex), "ok");
+        proxy_stop(&h, proxy);
+}
+END_TEST
+
 static Suite *staging_suite(void)
 {
         Suite *s = suite_create("staging");
@@ -205,6 +339,8 @@ static Suite *staging_suite(void)
         tcase_add_test(tc, test_path_rules);
         tcase_add_test(tc, test_allowed_dirs);
         tcase_add_test(tc, test_dir_through_symlink);
+        tcase_add_test(tc, test_stagepath_open);
+        tcase_add_test(tc, test_staging_through_the_helper);
         suite_add_tcase(s, tc);
         return s;
 }
