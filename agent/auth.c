@@ -231,6 +231,23 @@ fail:
         return -EINVAL;
 }
 
+/*
+ * Who may own the tokens file besides root: the user the agent was started
+ * as, fixed at the first load. Started as root that is root only, also for
+ * the reloads that run after the network process dropped to --user.
+ */
+static uid_t tokens_owner(void)
+{
+        static _Atomic uid_t owner = (uid_t)-1;
+        uid_t o = atomic_load(&owner);
+
+        if (o == (uid_t)-1) {
+                o = geteuid();
+                atomic_store(&owner, o);
+        }
+        return o;
+}
+
 int auth_tokens_load(const char *path, struct auth_tokens **ret, char *err, size_t err_size)
 {
         _cleanup_close_ int fd = -1;
@@ -263,9 +280,10 @@ int auth_tokens_load(const char *path, struct auth_tokens **ret, char *err, size
                          path, (unsigned)(st.st_mode & 07777));
                 return -EPERM;
         }
-        if (st.st_uid != 0 && st.st_uid != geteuid()) {
-                snprintf(err, err_size, "%s is owned by uid %u: expected root or uid %u", path,
-                         (unsigned)st.st_uid, (unsigned)geteuid());
+        if (st.st_uid != 0 && st.st_uid != tokens_owner()) {
+                snprintf(err, err_size, "%s is owned by uid %u: expected root%s", path,
+                         (unsigned)st.st_uid,
+                         tokens_owner() ? " or the agent's user (not started as root)" : "");
                 return -EPERM;
         }
         if (st.st_size > AUTH_TOKENS_FILE_MAX) {

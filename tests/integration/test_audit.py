@@ -146,6 +146,17 @@ class AuditTest(AuditCase):
                  "prepare", 200, "ok", op_id="a-p2", precondition='W/"%d"' % cur)
         self.one(a, lambda: c.post("/v1/reboot", json_body={"operation_id": "a-r"}), "reboot",
                  409, "no-kernel-staged", op_id="a-r")
+        # Refused before any handler: too large, unknown path, wrong method, bad framing.
+        self.one(a, lambda: d.post("/v1/prepare", body=b"x" * 70000, headers={
+            "Content-Type": "application/json"}), "prepare", 413, "body-too-large")
+        self.one(a, lambda: d.post("/v1/nope"), "nope", 404, "not-found")
+        self.one(a, lambda: d.request("DELETE", "/v1/state"), "state", 405, "method-not-allowed")
+        self.one(a, lambda: d.post("/v1/prepare?" + "&".join("a%d=1" % i for i in range(17))),
+                 "prepare", 400, "invalid-query")
+        # A read that is refused is not a mutating request: nothing audited.
+        before = self.last_audit_index(c)
+        self.assertEqual(d.get("/v1/nope").status, 404)
+        self.assertEqual(self.last_audit_index(c), before)
         # The state index moved only for the operations, never for an audit record.
         ops = [x for x in c.all_records() if x["kind"] != "audit"]
         self.assertEqual(len(ops), len(c.all_records()))
