@@ -70,6 +70,23 @@ static void usage(FILE *f)
               "  --user=NAME             when started as root, the network-facing process\n"
               "                          runs as NAME (default luofleet, else nobody)\n"
               "\n"
+              "Kernel staging from URLs:\n"
+              "  --ca-bundle=FILE        CA certificates for https downloads (default: the\n"
+              "                          system's); certificate verification is always on\n"
+              "  --allow-http            accept plain http:// URLs (default: https and file)\n"
+              "  --download-max-bytes=N  largest kernel or initrd (default 536870912)\n"
+              "  --download-connect-timeout=DURATION  (default 10s)\n"
+              "  --download-timeout=DURATION  whole transfer of one file (default 10m)\n"
+              "  --download-retries=N    retries with backoff after a failed attempt (3)\n"
+              "  --trusted-keys=DIR      Ed25519 public keys (PEM) that may sign staging\n"
+              "  --require-signature     refuse staging requests without a valid signature\n"
+              "\n"
+              "Workload hooks and leases:\n"
+              "  --hooks-dir=DIR         run DIR/<phase>.d/* around each action (see docs)\n"
+              "  --hook-timeout=DURATION per hook (default 60s)\n"
+              "  --hook-output-max=N     bytes of a hook's output kept (default 16384)\n"
+              "  --max-lease=DURATION    longest prepare lease accepted (default 24h)\n"
+              "\n"
               "Journal:\n"
               "  --journal-max-bytes=N   compact the journal above N bytes (default 8388608)\n"
               "\n"
@@ -168,6 +185,18 @@ enum {
         ARG_INSECURE,
         ARG_PRIVSEP,
         ARG_USER,
+        ARG_CA_BUNDLE,
+        ARG_ALLOW_HTTP,
+        ARG_DOWNLOAD_MAX,
+        ARG_DOWNLOAD_CONNECT,
+        ARG_DOWNLOAD_TIMEOUT,
+        ARG_DOWNLOAD_RETRIES,
+        ARG_TRUSTED_KEYS,
+        ARG_REQUIRE_SIGNATURE,
+        ARG_HOOKS_DIR,
+        ARG_HOOK_TIMEOUT,
+        ARG_HOOK_OUTPUT_MAX,
+        ARG_MAX_LEASE,
 };
 
 static int bad(const char *flag, const char *value, const char *want)
@@ -263,6 +292,18 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 { "insecure", no_argument, NULL, ARG_INSECURE },
                 { "privsep", required_argument, NULL, ARG_PRIVSEP },
                 { "user", required_argument, NULL, ARG_USER },
+                { "ca-bundle", required_argument, NULL, ARG_CA_BUNDLE },
+                { "allow-http", no_argument, NULL, ARG_ALLOW_HTTP },
+                { "download-max-bytes", required_argument, NULL, ARG_DOWNLOAD_MAX },
+                { "download-connect-timeout", required_argument, NULL, ARG_DOWNLOAD_CONNECT },
+                { "download-timeout", required_argument, NULL, ARG_DOWNLOAD_TIMEOUT },
+                { "download-retries", required_argument, NULL, ARG_DOWNLOAD_RETRIES },
+                { "trusted-keys", required_argument, NULL, ARG_TRUSTED_KEYS },
+                { "require-signature", no_argument, NULL, ARG_REQUIRE_SIGNATURE },
+                { "hooks-dir", required_argument, NULL, ARG_HOOKS_DIR },
+                { "hook-timeout", required_argument, NULL, ARG_HOOK_TIMEOUT },
+                { "hook-output-max", required_argument, NULL, ARG_HOOK_OUTPUT_MAX },
+                { "max-lease", required_argument, NULL, ARG_MAX_LEASE },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
                 {},
@@ -287,6 +328,13 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 .idle_timeout_ms = 60 * 1000,
                 .tls_client_role = ROLE_OPERATOR,
                 .privsep = true,
+                .download_max_bytes = 512ull * 1024 * 1024,
+                .download_connect_ms = 10 * 1000,
+                .download_timeout_ms = 10 * 60 * 1000,
+                .download_retries = 3,
+                .hook_timeout_ms = 60 * 1000,
+                .hook_output_max = 16 * 1024,
+                .max_lease_ms = 24ull * 3600 * 1000,
                 .sim_reboot = SIM_REBOOT_EXEC,
                 .log_level = LOG_LEVEL_INFO,
                 .argv = argv,
@@ -499,6 +547,68 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                         if (set_str(&cfg->run_user, optarg) < 0)
                                 return -ENOMEM;
                         break;
+                case ARG_CA_BUNDLE:
+                case ARG_TRUSTED_KEYS:
+                case ARG_HOOKS_DIR: {
+                        const char *name = c == ARG_CA_BUNDLE      ? "--ca-bundle"
+                                           : c == ARG_TRUSTED_KEYS ? "--trusted-keys"
+                                                                   : "--hooks-dir";
+                        char **dst = c == ARG_CA_BUNDLE      ? &cfg->ca_bundle
+                                     : c == ARG_TRUSTED_KEYS ? &cfg->trusted_keys_dir
+                                                             : &cfg->hooks_dir;
+                        if (optarg[0] != '/' || strlen(optarg) >= 4096)
+                                return bad(name, optarg, "expected an absolute path");
+                        if (set_str(dst, optarg) < 0)
+                                return -ENOMEM;
+                        break;
+                }
+                case ARG_ALLOW_HTTP:
+                        cfg->allow_http = true;
+                        break;
+                case ARG_REQUIRE_SIGNATURE:
+                        cfg->require_signature = true;
+                        break;
+                case ARG_DOWNLOAD_MAX:
+                        if (parse_u64(optarg, 1ull << 34, &v) < 0 || v < 4096)
+                                return bad("--download-max-bytes", optarg,
+                                           "expected a byte count from 4096 to 17179869184");
+                        cfg->download_max_bytes = v;
+                        break;
+                case ARG_DOWNLOAD_CONNECT:
+                        if (parse_duration_ms(optarg, 10 * 60 * 1000, &v) < 0 || v < 100)
+                                return bad("--download-connect-timeout", optarg,
+                                           "expected a duration from 100ms to 10m");
+                        cfg->download_connect_ms = v;
+                        break;
+                case ARG_DOWNLOAD_TIMEOUT:
+                        if (parse_duration_ms(optarg, 24ull * 3600 * 1000, &v) < 0 || v < 1000)
+                                return bad("--download-timeout", optarg,
+                                           "expected a duration from 1s to 24h");
+                        cfg->download_timeout_ms = v;
+                        break;
+                case ARG_DOWNLOAD_RETRIES:
+                        if (parse_count("--download-retries", optarg, 0, 100,
+                                        &cfg->download_retries) < 0)
+                                return -EINVAL;
+                        break;
+                case ARG_HOOK_TIMEOUT:
+                        if (parse_duration_ms(optarg, 3600 * 1000, &v) < 0 || v < 100)
+                                return bad("--hook-timeout", optarg,
+                                           "expected a duration from 100ms to 1h");
+                        cfg->hook_timeout_ms = v;
+                        break;
+                case ARG_HOOK_OUTPUT_MAX:
+                        if (parse_u64(optarg, 1024 * 1024, &v) < 0 || v < 256)
+                                return bad("--hook-output-max", optarg,
+                                           "expected a byte count from 256 to 1048576");
+                        cfg->hook_output_max = (size_t)v;
+                        break;
+                case ARG_MAX_LEASE:
+                        if (parse_duration_ms(optarg, 7ull * 24 * 3600 * 1000, &v) < 0 || v < 1000)
+                                return bad("--max-lease", optarg,
+                                           "expected a duration from 1s to 7 days (e.g. 30m)");
+                        cfg->max_lease_ms = v;
+                        break;
                 default:
                         fprintf(stderr, "Try 'luofleet-agent --help'.\n");
                         return -EINVAL;
@@ -587,6 +697,10 @@ void config_done(struct agent_config *cfg)
         free(cfg->tokens_file);
         free(cfg->unix_group);
         free(cfg->run_user);
+        free(cfg->ca_bundle);
+        free(cfg->trusted_keys_dir);
+        free(cfg->hooks_dir);
+        cfg->ca_bundle = cfg->trusted_keys_dir = cfg->hooks_dir = NULL;
         cfg->tls_cert = cfg->tls_key = cfg->tls_client_ca = NULL;
         cfg->tokens_file = cfg->unix_group = cfg->run_user = NULL;
 }

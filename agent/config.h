@@ -67,6 +67,24 @@ struct agent_config {
         unsigned anonymous;  /* ANON_* bits: endpoints open without credentials */
         bool insecure;       /* non-loopback without TLS and auth allowed */
 
+        /* Kernel staging from URLs (download.c) and signatures. */
+        char *ca_bundle;              /* PEM CA bundle for https downloads; NULL = system */
+        bool allow_http;              /* plain http:// URLs allowed */
+        uint64_t download_max_bytes;  /* per file (default 512 MiB) */
+        uint64_t download_connect_ms; /* connect timeout (10 s) */
+        uint64_t download_timeout_ms; /* whole transfer (10 min) */
+        unsigned download_retries;    /* after the first attempt (3) */
+        char *trusted_keys_dir;       /* Ed25519 public keys (PEM); NULL = none */
+        bool require_signature;       /* staging requests must be signed */
+
+        /* Workload hooks (hooks.c). */
+        char *hooks_dir;          /* DIR/<phase>.d/; NULL = no hooks */
+        uint64_t hook_timeout_ms; /* per hook (60 s) */
+        size_t hook_output_max;   /* bytes of output kept per hook (16 KiB) */
+
+        /* Dead-man lease (lease.c). */
+        uint64_t max_lease_ms; /* longest lease_seconds accepted (24 h) */
+
         /* Privilege separation (kernel/privsep.c, main.c). */
         bool privsep;   /* kernel calls in a separate privileged process */
         char *run_user; /* drop the network process to this user (when root) */
