@@ -32,6 +32,7 @@ struct connlimit_conn {
         uint64_t deadline;
         int fd;
         struct connlimit_addr *addr;
+        struct connlimit_peer_cache peer;
 };
 
 static bool addr_key(const struct sockaddr *sa, sa_family_t *family, uint8_t bytes[16])
@@ -303,4 +304,9 @@ void connlimit_fire(void *userdata, uint64_t now)
                         (void)shutdown(c->fd, SHUT_RDWR);
                 }
         pthread_mutex_unlock(&cl->lock);
+}
+
+struct connlimit_peer_cache *connlimit_peer_cache(struct connlimit_conn *c)
+{
+        return c ? &c->peer : NULL;
 }

@@ -72,6 +72,19 @@ void connlimit_closed(struct connlimit *cl, struct connlimit_conn *c);
 
 unsigned connlimit_count(struct connlimit *cl);
 
+/*
+ * The TLS client certificate's verdict, kept with the connection so that a
+ * keep-alive client is verified once, not per request (server.c). Touched
+ * only by the MHD thread that owns the connection; valid while gen is the
+ * current certificate generation (a reload verifies again).
+ */
+struct connlimit_peer_cache {
+        const void *gen; /* tls_generation() it was verified under; NULL = none */
+        int cert;        /* tls_peer_identity()'s result */
+        char name[136];
+};
+struct connlimit_peer_cache *connlimit_peer_cache(struct connlimit_conn *c);
+
 /* Loop timer client: the earliest deadline (UINT64_MAX: none); cut the overdue. */
 uint64_t connlimit_next_deadline(void *userdata);
 void connlimit_fire(void *userdata, uint64_t now);

@@ -9,6 +9,7 @@
 
 #include "agent.h"
 #include "auth.h"
+#include "tls.h"
 #include "config.h"
 #include "http.h"
 #include "journal.h"
@@ -189,6 +190,7 @@ int h_metrics_get(struct http_req *req, struct http_reply *rep)
                       LUOFLEET_VERSION, a->backend->ops->name);
         metrics_render_requests(&sb);
         auth_render_metrics(&sb);
+        tls_render_metrics(&sb);
         if (sb.oom) {
                 strbuf_free(&sb);
                 return -ENOMEM;

@@ -393,6 +393,8 @@ static const char *audit_action(const struct http_req *req)
         return p;
 }
 
+static struct connlimit_conn *conn_record(struct MHD_Connection *conn);
+
 /*
  * Who is asking, and may they (auth.c)? Fills req.who; on a refusal the
  * 401/403 problem is in ctx->rep, and a mutating request is audited.
@@ -423,10 +425,23 @@ static enum auth_verdict authenticate(struct req_ctx *ctx)
                         MHD_get_connection_info(ctx->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
                 arq.fd = ci ? ci->connect_fd : -1;
         } else if (lis->tls) {
-                const union MHD_ConnectionInfo *ci =
-                        MHD_get_connection_info(ctx->conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
-                arq.cert = tls_peer_identity(ci ? ci->tls_session : NULL, cert_name,
-                                             sizeof(cert_name));
+                /* Verified once per connection (and certificate generation). */
+                struct connlimit_peer_cache *pc = connlimit_peer_cache(conn_record(ctx->conn));
+                const void *gen = tls_generation();
+                if (pc && pc->gen && pc->gen == gen) {
+                        arq.cert = pc->cert;
+                        snprintf(cert_name, sizeof(cert_name), "%s", pc->name);
+                } else {
+                        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(
+                                ctx->conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+                        arq.cert = tls_peer_identity(ci ? ci->tls_session : NULL, cert_name,
+                                                     sizeof(cert_name));
+                        if (pc) {
+                                pc->gen = gen;
+                                pc->cert = arq.cert;
+                                snprintf(pc->name, sizeof(pc->name), "%s", cert_name);
+                        }
+                }
                 arq.cert_name = cert_name;
         }
         v = auth_check(&arq, &req->who, &code, detail, sizeof(detail));

@@ -19,6 +19,7 @@
 #include "luofleet/log.h"
 #include "luofleet/macro.h"
 #include "luofleet/util.h"
+#include "metrics.h"
 #include "secfile.h"
 #include "tls.h"
 
@@ -300,6 +301,23 @@ void tls_done(void)
         tls.cert_path = tls.key_path = tls.ca_path = tls.ca_pem = NULL;
 }
 
+static atomic_uint_fast64_t verifications;
+
+const void *tls_generation(void)
+{
+        return atomic_load(&tls.current);
+}
+
+void tls_render_metrics(struct strbuf *sb)
+{
+        strbuf_printf(sb,
+                      "# HELP luofleet_tls_client_verifications_total TLS client certificates "
+                      "verified (once per connection and credentials generation).\n"
+                      "# TYPE luofleet_tls_client_verifications_total counter\n"
+                      "luofleet_tls_client_verifications_total %llu\n",
+                      (unsigned long long)atomic_load(&verifications));
+}
+
 void tls_current_fingerprint(char buf[static 65])
 {
         struct tls_gen *g = atomic_load(&tls.current);
@@ -358,6 +376,7 @@ int tls_peer_identity(void *session, char *name, size_t size)
                 return 0;
         if (!g || !g->trust || n > TLS_CHAIN_MAX)
                 return -1;
+        atomic_fetch_add(&verifications, 1);
         while (imported < n) {
                 if (gnutls_x509_crt_init(&crts[imported]) < 0)
                         goto out;

@@ -37,6 +37,13 @@ void *tls_cert_callback(void);
 /* PEM of the client CA bundle as loaded at start (MHD_OPTION_HTTPS_MEM_TRUST), or NULL. */
 const char *tls_client_ca_pem(void);
 
+/* The current credentials generation (changes at each reload): a cache key. */
+const void *tls_generation(void);
+
+/* luofleet_tls_client_verifications_total, Prometheus text format. */
+struct strbuf;
+void tls_render_metrics(struct strbuf *sb);
+
 /* SHA-256 fingerprint (hex) of the current leaf certificate, for logs and tests. */
 void tls_current_fingerprint(char buf[static 65]);
 

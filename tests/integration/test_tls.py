@@ -13,6 +13,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -253,6 +254,40 @@ class TLSTest(harness.AgentTestCase):
         doc = json.loads(body)
         self.assertEqual(doc["state"], "prepared")
         self.assertEqual(doc["operation"]["requested_by"], "cert:rollout-1")
+
+    def verifications(self, a):
+        body = self.request(a, "GET", "/metrics", self.context(client="client"))[2].decode()
+        m = re.search(r"^luofleet_tls_client_verifications_total (\d+)$", body, re.M)
+        self.assertIsNotNone(m, body)
+        return int(m.group(1))
+
+    def test_client_certificate_verified_once_per_connection(self):
+        a = self.tls_agent("--tls-client-ca=" + self.pki.path("ca.pem"))
+        base = self.verifications(a)  # its own connection: one verification
+        self.assertEqual(base, 1)
+        c = http.client.HTTPSConnection("127.0.0.1", a.port, context=self.context(client="client"),
+                                        timeout=10)
+        try:
+            for _ in range(5):
+                c.request("GET", "/v1/state")
+                r = c.getresponse()
+                r.read()
+                self.assertEqual(r.status, 200)
+            self.assertEqual(self.verifications(a), base + 1 + 1)  # this one + the metrics read
+            # A reload (new credentials generation) verifies the open connection again.
+            os.kill(a.pid, signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while "TLS: reloaded" not in a.log():
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.05)
+            for _ in range(3):
+                c.request("GET", "/v1/state")
+                r = c.getresponse()
+                r.read()
+                self.assertEqual(r.status, 200)
+            self.assertEqual(self.verifications(a), base + 2 + 1 + 1)
+        finally:
+            c.close()
 
     def test_client_certificate_role_and_tokens(self):
         tokens = os.path.join(self.tmp, "tokens")
