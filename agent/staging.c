@@ -15,6 +15,7 @@
  * --privsep=no this process opens.
  */
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -28,12 +29,18 @@
 
 #include <openssl/evp.h>
 
+#include "download.h"
 #include "luofleet/macro.h"
 #include "luofleet/privsep.h"
+#include "luofleet/sign.h"
 #include "luofleet/stagepath.h"
 #include "luofleet/util.h"
 #include "problem.h"
 #include "staging.h"
+
+/* At most one journaled progress update per file this often (plus one at each file's start and
+ * end). */
+#define PROGRESS_INTERVAL_USEC (500 * 1000)
 
 static char *const *allowed_dirs;
 static unsigned n_allowed_dirs;
@@ -184,6 +191,38 @@ static int stage_open(struct backend *b, const char *field, const char *path, co
         return TAKE_FD(fd);
 }
 
+/*
+ * What runs now, so that a rollback target is known: the running kernel's
+ * release and, when /boot/vmlinuz-<release> can be opened the way a staged
+ * file is (inside an allowed directory, through the helper with privilege
+ * separation), its path and SHA-256; null members otherwise.
+ */
+static json_t *previous_kernel(struct backend *b)
+{
+        struct backend_info info = { 0 };
+        char path[PATH_MAX], canonical[PATH_MAX], got[65];
+        json_t *image = json_null(), *sha = json_null();
+        uint64_t size = 0;
+        int n;
+
+        if (b->ops->get_info(b, &info) < 0)
+                return json_pack("{s:n, s:n, s:n}", "release", "image", "image_sha256");
+        n = snprintf(path, sizeof(path), "/boot/vmlinuz-%s", info.release);
+        if (n > 0 && (size_t)n < sizeof(path) && !strchr(info.release, '/') &&
+            stagepath_valid(path) &&
+            stagepath_allowed(path, realpath(path, canonical), allowed_dirs, n_allowed_dirs)) {
+                _cleanup_close_ int fd = stage_open_fd(b, path);
+                if (fd >= 0 && sha256_fd(fd, got, &size) >= 0) {
+                        json_decref(image);
+                        json_decref(sha);
+                        image = json_string(path);
+                        sha = json_string(got);
+                }
+        }
+        return json_pack("{s:s, s:o, s:o}", "release", info.release, "image", image, "image_sha256",
+                         sha);
+}
+
 int staging_run(struct backend *b, const struct op_request *rq, struct stage_result *res)
 {
         _cleanup_close_ int kfd = -1, ifd = -1;
@@ -216,9 +255,15 @@ int staging_run(struct backend *b, const struct op_request *rq, struct stage_res
                 json_decref(ifile);
                 return 0;
         }
-        res->staged = json_pack("{s:o, s:o, s:s, s:s, s:b}", "kernel", kfile, "initrd",
+        if (rq->kernel_url[0])
+                json_object_set_new(kfile, "url", json_string(rq->kernel_url));
+        if (ifile && rq->initrd_url[0])
+                json_object_set_new(ifile, "url", json_string(rq->initrd_url));
+        res->staged = json_pack("{s:o, s:o, s:s, s:s, s:b, s:o, s:o}", "kernel", kfile, "initrd",
                                 ifile ? ifile : json_null(), "cmdline", rq->cmdline, "staged_at",
-                                format_rfc3339_ms(now_real_usec(), when), "loaded", 1);
+                                format_rfc3339_ms(now_real_usec(), when), "loaded", 1, "signed_by",
+                                rq->signed_by[0] ? json_string(rq->signed_by) : json_null(),
+                                "previous", previous_kernel(b));
         return res->staged ? 0 : -ENOMEM;
 }
 
@@ -227,4 +272,327 @@ void stage_result_done(struct stage_result *res)
         json_decref(res->extra);
         json_decref(res->staged);
         res->extra = res->staged = NULL;
+}
+
+int staging_check_signature(const struct agent_config *cfg, json_t *sig, struct op_request *rq,
+                            const char **ret_code, char *detail, size_t detail_size)
+{
+        const char *key_id, *b64;
+        char msg[4352];
+        int n, r;
+
+        if (!sig) {
+                if (cfg && cfg->require_signature) {
+                        *ret_code = "signature-required";
+                        snprintf(detail, detail_size,
+                                 "this agent stages only signed requests (--require-signature): "
+                                 "add \"signature\" (luofleetctl sign)");
+                        return 0;
+                }
+                return 1;
+        }
+        key_id = json_string_value(json_object_get(sig, "key_id"));
+        b64 = json_string_value(json_object_get(sig, "ed25519"));
+        *ret_code = "signature-invalid";
+        if (!cfg || !cfg->trusted_keys_dir) {
+                snprintf(detail, detail_size,
+                         "the request is signed but this agent has no trusted keys "
+                         "(--trusted-keys)");
+                return 0;
+        }
+        n = sign_message(rq->kernel_sha256, rq->initrd_sha256, rq->cmdline, msg, sizeof(msg));
+        if (n < 0) {
+                snprintf(detail, detail_size, "the request cannot be put in canonical form");
+                return 0;
+        }
+        r = sign_verify(cfg->trusted_keys_dir, key_id, b64, msg, (size_t)n);
+        switch (r) {
+        case 0:
+                snprintf(rq->signed_by, sizeof(rq->signed_by), "%s", key_id);
+                return 1;
+        case -ENOKEY:
+                snprintf(detail, detail_size, "no trusted Ed25519 public key named %s",
+                         key_id ? key_id : "?");
+                return 0;
+        case -EBADMSG:
+                snprintf(detail, detail_size,
+                         "the signature does not verify with key %s over the kernel and initrd "
+                         "digests and the command line",
+                         key_id);
+                return 0;
+        case -EINVAL:
+                snprintf(detail, detail_size, "malformed signature or key id");
+                return 0;
+        default: {
+                char eb[16];
+                snprintf(detail, detail_size, "cannot read the trusted key %s (%s)", key_id,
+                         errno_name(r, eb));
+                return 0;
+        }
+        }
+}
+
+/* The running operation's progress, journaled at most every PROGRESS_INTERVAL_USEC. */
+struct fetch_ctx {
+        struct agent *a;
+        const char *field;
+        uint64_t last_usec, last_done, last_total;
+        bool published;
+};
+
+static bool fetch_progress(void *userdata, uint64_t done, uint64_t total)
+{
+        struct fetch_ctx *f = userdata;
+        struct agent *a = f->a;
+        uint64_t now = now_mono_usec(), idx = 0;
+        bool go;
+
+        agent_lock(a);
+        go = !a->shutting_down;
+        if (go && a->op_running && a->operation &&
+            (!f->published || ((done != f->last_done || total != f->last_total) &&
+                               now - f->last_usec >= PROGRESS_INTERVAL_USEC))) {
+                json_t *p =
+                        json_pack("{s:s, s:I, s:o}", "file", f->field, "bytes", (json_int_t)done,
+                                  "total", total ? json_integer((json_int_t)total) : json_null());
+                if (p) {
+                        json_object_set_new(a->operation, "progress", p);
+                        agent_record_op_locked(a, a->operation, 0);
+                        idx = a->index;
+                }
+                f->published = true;
+                f->last_usec = now;
+                f->last_done = done;
+                f->last_total = total;
+        }
+        agent_unlock(a);
+        if (idx)
+                agent_notify_index(a, idx);
+        return go;
+}
+
+/* Remove temporaries a crash left behind (one operation at a time: none is in use). */
+static void remove_partials(int dirfd)
+{
+        int fd = dup(dirfd);
+        DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+        struct dirent *de;
+
+        if (!d) {
+                if (fd >= 0)
+                        close(fd);
+                return;
+        }
+        while ((de = readdir(d)))
+                if (strncmp(de->d_name, ".partial-", 9) == 0)
+                        (void)unlinkat(dirfd, de->d_name, 0);
+        closedir(d);
+}
+
+/* Download one file to a temporary in dir; ret_tmp holds its path. 0 ok, else res filled. */
+static int fetch_one(struct fetch_ctx *fc, const struct download_opts *o, const char *dir,
+                     const char *field, const char *url, const char *sha, char *ret_tmp,
+                     size_t tmp_size, uint64_t *ret_size, struct stage_result *res)
+{
+        struct download_error err;
+        _cleanup_close_ int fd = -1;
+        int n, r;
+
+        n = snprintf(ret_tmp, tmp_size, "%s/.partial-%s-XXXXXX", dir, field);
+        if (n < 0 || (size_t)n >= tmp_size) {
+                fail(res, 500, "internal-error", "%s: state directory path too long", field);
+                return -1;
+        }
+        fd = mkostemp(ret_tmp, O_CLOEXEC);
+        if (fd < 0) {
+                char eb[16];
+                r = negative_errno();
+                fail(res, 500, "internal-error", "%s: cannot create a file in %s (%s)", field, dir,
+                     errno_name(r, eb));
+                ret_tmp[0] = 0;
+                return -1;
+        }
+        fc->field = field;
+        fc->published = false;
+        (void)fetch_progress(fc, 0, 0);
+        r = download_to_fd(o, url, fd, sha, fetch_progress, fc, &err, ret_size);
+        if (r == 0) {
+                fc->published = false;
+                (void)fetch_progress(fc, *ret_size, *ret_size);
+                return 0;
+        }
+        (void)unlink(ret_tmp);
+        ret_tmp[0] = 0;
+        if (r == -EPROTO) {
+                fail(res, err.status, err.code, "%s: %s", field, err.detail);
+                if (strcmp(err.code, "digest-mismatch") == 0) {
+                        char want[65];
+                        for (int i = 0; i < 64; i++)
+                                want[i] = (char)tolower((unsigned char)sha[i]);
+                        want[64] = 0;
+                        res->extra = json_pack("{s:s, s:s, s:s}", "field", field, "expected_sha256",
+                                               want, "actual_sha256", err.actual_sha256);
+                } else if (strcmp(err.code, "download-failed") == 0)
+                        res->extra = json_pack(
+                                "{s:s, s:o, s:s, s:i}", "field", field, "http_status",
+                                err.http_status ? json_integer(err.http_status) : json_null(),
+                                "curl_error", err.curl_error, "attempts", (int)err.attempts);
+                else
+                        res->extra = json_pack("{s:s}", "field", field);
+                return -1;
+        }
+        {
+                char eb[16];
+                /* The state directory is full: the same answer as a journal that cannot grow. */
+                if (r == -ENOSPC || r == -EDQUOT)
+                        fail(res, 507, "journal-full", "%s: no room for the download in %s (%s)",
+                             field, dir, errno_name(r, eb));
+                else
+                        fail(res, 500, "internal-error",
+                             "%s: cannot write the download into %s (%s)", field, dir,
+                             errno_name(r, eb));
+                res->err = -r; /* the errno of the problem and of the operation's error */
+                res->extra = json_pack("{s:s}", "field", field);
+        }
+        return -1;
+}
+
+/* The staged record's file path of a downloaded file ("" when none or not downloaded). */
+static void staged_download_path(json_t *staged, const char *field, char *out, size_t size)
+{
+        json_t *f = json_object_get(staged, field);
+        const char *p = json_string_value(json_object_get(f, "path"));
+
+        out[0] = 0;
+        if (p && json_is_string(json_object_get(f, "url")))
+                snprintf(out, size, "%s", p);
+}
+
+static void lower_hex(char out[65], const char *s)
+{
+        for (int i = 0; i < 64; i++)
+                out[i] = (char)tolower((unsigned char)s[i]);
+        out[64] = 0;
+}
+
+static int staging_fetch(struct agent *a, struct op_request *rq, struct stage_result *res,
+                         bool *ret_new_kernel, bool *ret_new_initrd)
+{
+        const struct agent_config *cfg = a->cfg;
+        struct download_opts o;
+        struct fetch_ctx fc = { .a = a };
+        char dir[PATH_MAX], ktmp[PATH_MAX] = "", itmp[PATH_MAX] = "", sha[65];
+        _cleanup_close_ int dirfd = -1;
+        uint64_t ksize = 0, isize = 0;
+        int n;
+
+        if (!cfg || !cfg->state_dir) {
+                fail(res, 500, "internal-error", "no state directory to download into");
+                return -1;
+        }
+        o = (struct download_opts){ .ca_bundle = cfg->ca_bundle,
+                                    .allow_http = cfg->allow_http,
+                                    .max_bytes = cfg->download_max_bytes,
+                                    .connect_ms = cfg->download_connect_ms,
+                                    .timeout_ms = cfg->download_timeout_ms,
+                                    .retries = cfg->download_retries };
+        n = snprintf(dir, sizeof(dir), "%s/kernels", cfg->state_dir);
+        if (n < 0 || (size_t)n >= sizeof(dir) - 96) {
+                fail(res, 500, "internal-error", "state directory path too long");
+                return -1;
+        }
+        if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+                char eb[16];
+                int r = negative_errno();
+                fail(res, 500, "internal-error", "cannot create %s (%s)", dir, errno_name(r, eb));
+                return -1;
+        }
+        dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dirfd < 0) {
+                char eb[16];
+                int r = negative_errno();
+                fail(res, 500, "internal-error", "cannot open %s (%s)", dir, errno_name(r, eb));
+                return -1;
+        }
+        remove_partials(dirfd);
+        if (fetch_one(&fc, &o, dir, "kernel", rq->kernel_url, rq->kernel_sha256, ktmp, sizeof(ktmp),
+                      &ksize, res) < 0)
+                return -1;
+        if (rq->initrd_url[0] &&
+            fetch_one(&fc, &o, dir, "initrd", rq->initrd_url, rq->initrd_sha256, itmp, sizeof(itmp),
+                      &isize, res) < 0) {
+                (void)unlink(ktmp);
+                return -1;
+        }
+        /* Both complete and verified: now under their final, content-addressed names. */
+        lower_hex(sha, rq->kernel_sha256);
+        n = snprintf(rq->kernel_path, sizeof(rq->kernel_path), "%s/vmlinuz-%s", dir, sha);
+        if (n < 0 || (size_t)n >= sizeof(rq->kernel_path))
+                goto fail_rename; /* cannot happen: dir was checked to leave room */
+        *ret_new_kernel = access(rq->kernel_path, F_OK) < 0;
+        if (rename(ktmp, rq->kernel_path) < 0)
+                goto fail_rename;
+        ktmp[0] = 0;
+        if (itmp[0]) {
+                lower_hex(sha, rq->initrd_sha256);
+                n = snprintf(rq->initrd_path, sizeof(rq->initrd_path), "%s/initrd-%s", dir, sha);
+                if (n < 0 || (size_t)n >= sizeof(rq->initrd_path))
+                        goto fail_rename;
+                *ret_new_initrd = access(rq->initrd_path, F_OK) < 0;
+                if (rename(itmp, rq->initrd_path) < 0)
+                        goto fail_rename;
+        }
+        (void)fsync(dirfd);
+        return 0;
+
+fail_rename : {
+        char eb[16];
+        int r = negative_errno();
+        if (ktmp[0])
+                (void)unlink(ktmp);
+        if (itmp[0])
+                (void)unlink(itmp);
+        if (!ktmp[0] && *ret_new_kernel)
+                (void)unlink(rq->kernel_path);
+        fail(res, 500, "internal-error", "cannot rename a download into %s (%s)", dir,
+             errno_name(r, eb));
+        return -1;
+}
+}
+
+int staging_execute(struct agent *a, struct op_request *rq, struct stage_result *res)
+{
+        char old_k[PATH_MAX] = "", old_i[PATH_MAX] = "";
+        bool new_k = false, new_i = false;
+        int r;
+
+        *res = (struct stage_result){ 0 };
+        agent_lock(a);
+        staged_download_path(a->staged, "kernel", old_k, sizeof(old_k));
+        staged_download_path(a->staged, "initrd", old_i, sizeof(old_i));
+        agent_unlock(a);
+
+        r = rq->kernel_url[0] ? staging_fetch(a, rq, res, &new_k, &new_i) : 0;
+        if (r == 0)
+                r = staging_run(a->backend, rq, res);
+        else
+                r = 0; /* res says why */
+        agent_lock(a);
+        if (a->operation)
+                json_object_del(a->operation, "progress"); /* the end record follows */
+        agent_unlock(a);
+        if (r < 0 || res->code) {
+                /* Nothing staged: what this request brought in goes again. */
+                if (new_k && rq->kernel_path[0])
+                        (void)unlink(rq->kernel_path);
+                if (new_i && rq->initrd_path[0])
+                        (void)unlink(rq->initrd_path);
+                return r < 0 ? r : 0;
+        }
+        /* Staged: the downloads it replaces are not needed any more. */
+        if (old_k[0] && strcmp(old_k, rq->kernel_path) != 0 && strcmp(old_k, rq->initrd_path) != 0)
+                (void)unlink(old_k);
+        if (old_i[0] && strcmp(old_i, rq->kernel_path) != 0 && strcmp(old_i, rq->initrd_path) != 0)
+                (void)unlink(old_i);
+        return 0;
 }

@@ -1,8 +1,9 @@
 /*
- * staging.h: take a local kernel (and initrd) by path, check the SHA-256
- * digests the caller promised, and hand the very same file descriptors to
- * the backend's kexec_file_load, so what was checked is what gets loaded.
- * Worker thread only (it reads whole files).
+ * staging.h: take a local kernel (and initrd) by path, or download it from a
+ * URL into STATE_DIR/kernels first (download.c), check the SHA-256 digests
+ * the caller promised, and hand the very same file descriptors to the
+ * backend's kexec_file_load, so what was checked is what gets loaded.
+ * Worker thread only (it reads whole files), except the request checks.
  */
 #pragma once
 
@@ -22,6 +23,25 @@ struct stage_result {
 };
 
 int staging_run(struct backend *b, const struct op_request *rq, struct stage_result *res);
+
+/*
+ * The whole OP_STAGE job: with URLs, download both files into
+ * STATE_DIR/kernels (temporary name, fsync, rename; progress into the
+ * running operation, throttled), fill rq's paths, then staging_run(). On
+ * any failure nothing is staged, no temporary file is left, and a file this
+ * call downloaded that is not staged is removed. On success a superseded
+ * download (the earlier staged record's files, when they came from a URL)
+ * is removed. Returns like staging_run().
+ */
+int staging_execute(struct agent *a, struct op_request *rq, struct stage_result *res);
+
+/*
+ * The signature check of a staging request (MHD thread; reads the key
+ * file). sig: the request's "signature" object or NULL. 1 accepted (sets
+ * rq->signed_by when signed), 0 refused with *ret_code/detail filled.
+ */
+int staging_check_signature(const struct agent_config *cfg, json_t *sig, struct op_request *rq,
+                            const char **ret_code, char *detail, size_t detail_size);
 void stage_result_done(struct stage_result *res);
 
 /*
