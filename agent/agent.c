@@ -17,10 +17,14 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "hooks.h"
 #include "journal.h"
+#include "lease.h"
+#include "metrics.h"
 #include "luofleet/log.h"
 #include "luofleet/macro.h"
 #include "luofleet/util.h"
+#include "verify.h"
 
 static const char *const action_names[_OP_ACTION_MAX] = {
         [OP_PREPARE] = "prepare", [OP_CANCEL] = "cancel", [OP_REBOOT] = "reboot",
@@ -64,6 +68,7 @@ int agent_new(const struct agent_config *cfg, struct backend *b, struct journal 
         a->journal = j;
         a->state_dir_fd = state_dir_fd;
         pthread_mutex_init(&a->audit_lock, NULL);
+        atomic_init(&a->lease.due_mono, UINT64_MAX);
         a->ops = json_object();
         a->ops_order = json_array();
         if (!a->ops || !a->ops_order) {
@@ -103,11 +108,15 @@ struct agent *agent_free(struct agent *a)
 {
         if (!a)
                 return NULL;
+        /* First: the lease's worker may still be finishing a cancel that uses the rest. */
+        lease_detach(a);
+        json_decref(a->last_update);
         json_decref(a->staged);
         json_decref(a->operation);
         json_decref(a->ops);
         json_decref(a->ops_order);
         json_decref(a->last_start);
+        json_decref(a->hooks_failing);
         doc_snapshot_unref(a->snap);
         journal_free(a->audit);
         pthread_mutex_destroy(&a->audit_lock);
@@ -118,11 +127,14 @@ struct agent *agent_free(struct agent *a)
 
 void agent_add_listener(struct agent *a, agent_listener_fn fn, void *userdata)
 {
-        if (a->n_listeners < ELEMENTSOF(a->listeners)) {
-                a->listeners[a->n_listeners] = fn;
-                a->listener_data[a->n_listeners] = userdata;
-                a->n_listeners++;
+        /* A fixed set registered at start-up: running out is a programming error. */
+        if (a->n_listeners >= ELEMENTSOF(a->listeners)) {
+                log_error("BUG: more than %zu agent listeners", ELEMENTSOF(a->listeners));
+                abort();
         }
+        a->listeners[a->n_listeners] = fn;
+        a->listener_data[a->n_listeners] = userdata;
+        a->n_listeners++;
 }
 
 void agent_notify_index(struct agent *a, uint64_t index)
@@ -144,13 +156,21 @@ static json_t *time_json(uint64_t usec)
  */
 json_t *agent_doc_locked(struct agent *a, json_t *op)
 {
-        return json_pack("{s:s, s:I, s:o, s:s, s:s, s:s, s:o, s:o, s:s, s:s}", "state",
-                         luo_state_to_string(a->state), "index", (json_int_t)a->index, "changed_at",
-                         time_json(a->changed_at), "boot_id", a->info.boot_id, "kernel",
-                         a->info.release, "backend", a->backend->ops->name, "staged",
-                         a->staged ? json_deep_copy(a->staged) : json_null(), "operation",
-                         op ? json_deep_copy(op) : json_null(), "hostname", a->hostname,
-                         "agent_version", LUOFLEET_VERSION);
+        json_t *doc = json_pack("{s:s, s:I, s:o, s:s, s:s, s:s, s:o, s:o, s:s, s:s}", "state",
+                                luo_state_to_string(a->state), "index", (json_int_t)a->index,
+                                "changed_at", time_json(a->changed_at), "boot_id", a->info.boot_id,
+                                "kernel", a->info.release, "backend", a->backend->ops->name,
+                                "staged", a->staged ? json_deep_copy(a->staged) : json_null(),
+                                "operation", op ? json_deep_copy(op) : json_null(), "hostname",
+                                a->hostname, "agent_version", LUOFLEET_VERSION);
+
+        /* The dead-man lease (lease.c) and the reboot into this boot (verify.c). */
+        if (doc) {
+                json_object_set_new(doc, "lease", lease_json(&a->lease));
+                json_object_set_new(doc, "last_update",
+                                    a->last_update ? json_deep_copy(a->last_update) : json_null());
+        }
+        return doc;
 }
 
 static int agent_rebuild_snapshot_locked(struct agent *a)
@@ -236,6 +256,11 @@ static int agent_append_locked(struct agent *a, const char *kind, json_t *fields
 static int agent_record_locked(struct agent *a, const char *kind, json_t *fields)
 {
         return agent_append_locked(a, kind, fields, false);
+}
+
+int agent_record_kind_locked(struct agent *a, const char *kind, json_t *fields, bool must_persist)
+{
+        return agent_append_locked(a, kind, fields, must_persist);
 }
 
 static int agent_transition_locked(struct agent *a, enum luo_state to, const char *cause,
@@ -360,6 +385,11 @@ int agent_transition_op_locked(struct agent *a, enum luo_state to, const char *o
         return agent_transition_locked(a, to, "operation", op_id);
 }
 
+int agent_record_hook_locked(struct agent *a, json_t *fields)
+{
+        return agent_record_locked(a, "hook", fields);
+}
+
 int agent_record_staging_locked(struct agent *a, json_t *staged)
 {
         return agent_record_locked(a, "staging",
@@ -414,6 +444,7 @@ static void op_finish_json(json_t *op, const char *status, const char *code, con
                            const char *errno_str, uint64_t when)
 {
         json_object_set_new(op, "status", json_string(status));
+        json_object_del(op, "progress"); /* only while a download runs */
         if (code)
                 json_object_set_new(op, "error",
                                     json_pack("{s:s, s:s, s:o}", "code", code, "detail", detail,
@@ -422,6 +453,12 @@ static void op_finish_json(json_t *op, const char *status, const char *code, con
         else
                 json_object_set_new(op, "error", json_null());
         json_object_set_new(op, "finished_at", time_json(when));
+}
+
+static bool same_str(json_t *obj, const char *key, const char *v)
+{
+        const char *s = json_string_value(json_object_get(obj, key));
+        return s && v && strcmp(s, v) == 0;
 }
 
 /* Rebuild the in-memory model from the journal records. */
@@ -449,6 +486,12 @@ static void agent_load_journal_locked(struct agent *a, char *ret_last_boot, size
                 if (kind && strcmp(kind, "operation") == 0) {
                         json_t *op = json_object_get(rec, "operation");
                         int st = (int)json_integer_value(json_object_get(rec, "http_status"));
+                        if (op && same_str(op, "action", "prepare") &&
+                            same_str(op, "status", "running")) {
+                                /* A prepare ends the last update's report (ops.c). */
+                                json_decref(a->last_update);
+                                a->last_update = NULL;
+                        }
                         if (op) {
                                 agent_ops_put_locked(a, op, st,
                                                      json_object_get(rec, "problem_extra"));
@@ -459,10 +502,15 @@ static void agent_load_journal_locked(struct agent *a, char *ret_last_boot, size
                         json_t *st = json_object_get(rec, "staged");
                         json_decref(a->staged);
                         a->staged = json_is_object(st) ? json_deep_copy(st) : NULL;
+                } else if (kind && strcmp(kind, "lease") == 0) {
+                        lease_load(a, json_object_get(rec, "lease"));
                 } else if (kind && strcmp(kind, "reboot") == 0) {
                         json_t *op = json_object_get(rec, "operation");
                         json_decref(a->staged);
                         a->staged = NULL;
+                        a->lease.active = false; /* a lease never outlives its boot */
+                        json_decref(a->last_update);
+                        a->last_update = verify_last_update_from_record(rec);
                         if (json_is_object(op)) {
                                 agent_ops_put_locked(a, op,
                                                      (int)json_integer_value(
@@ -486,6 +534,12 @@ static void agent_load_journal_locked(struct agent *a, char *ret_last_boot, size
                         st = json_object_get(rec, "staged");
                         json_decref(a->staged);
                         a->staged = json_is_object(st) ? json_deep_copy(st) : NULL;
+                        lease_load(a, json_object_get(rec, "lease"));
+                        json_decref(a->last_update);
+                        a->last_update =
+                                json_is_object(json_object_get(rec, "last_update"))
+                                        ? json_deep_copy(json_object_get(rec, "last_update"))
+                                        : NULL;
                         if (json_is_object(json_object_get(rec, "last_start"))) {
                                 json_decref(*ret_last_start);
                                 *ret_last_start = json_incref(json_object_get(rec, "last_start"));
@@ -522,10 +576,12 @@ static json_t *agent_snapshot_fn(const struct journal_rec *const *dropped, size_
         (void)n;
         /* last_start: what the journal last recorded, not what runs now: a start
          * record still to be appended must not be claimed by the snapshot. */
-        return json_pack("{s:o, s:O, s:O, s:O}", "operations", ops, "staged",
+        return json_pack("{s:o, s:O, s:O, s:O, s:o, s:O}", "operations", ops, "staged",
                          a->staged ? a->staged : json_null(), "last_operation",
                          a->operation ? a->operation : json_null(), "last_start",
-                         a->last_start ? a->last_start : json_null());
+                         a->last_start ? a->last_start : json_null(), "lease",
+                         lease_journal_json(&a->lease), "last_update",
+                         a->last_update ? a->last_update : json_null());
 }
 
 static json_t *start_facts(json_t *rec)
@@ -539,21 +595,21 @@ static json_t *start_facts(json_t *rec)
         return f;
 }
 
-static bool same_str(json_t *obj, const char *key, const char *v)
-{
-        const char *s = json_string_value(json_object_get(obj, key));
-        return s && v && strcmp(s, v) == 0;
-}
-
 int agent_reconcile(struct agent *a)
 {
         char last_boot[40] = "";
         enum luo_state last_state = LUO_STATE_UNDEFINED, kstate;
         uint64_t last_time = 0, now = now_real_usec(), idx;
         json_t *last_start = NULL;
-        bool fresh, kexec_loaded = false;
+        bool fresh, kexec_loaded = false, verify_mismatch = false;
+        struct backend_info bi = { 0 };
         int r;
 
+        /* The kernel's uptime at (about) the agent's first moment: the new boot's share of a
+         * blackout. */
+        if (a->backend->ops->get_info(a->backend, &bi) < 0)
+                bi.uptime_ms = 0;
+        now = now_real_usec();
         r = a->backend->ops->get_state(a->backend, &kstate);
         if (r < 0)
                 return log_error_errno(r, "Failed to read the kernel's live-update state: %m");
@@ -605,6 +661,35 @@ int agent_reconcile(struct agent *a)
                         json_object_set_new(rec, "http_status", json_integer(http_status));
                         op_was_running = false;
                 }
+                /*
+                 * After the jump (verify.c): the new boot's share of the blackout (the
+                 * kernel's uptime when the agent came up; the rest, kexec_ms, is the old
+                 * boot going down and the jump) and whether the staged kernel runs.
+                 */
+                if (bi.uptime_ms) {
+                        json_object_set_new(rec, "kernel_uptime_ms_at_start",
+                                            json_integer((json_int_t)bi.uptime_ms));
+                        json_object_set_new(
+                                rec, "kexec_ms",
+                                json_integer((json_int_t)(blackout_ms > bi.uptime_ms
+                                                                  ? blackout_ms - bi.uptime_ms
+                                                                  : 0)));
+                } else {
+                        json_object_set_new(rec, "kernel_uptime_ms_at_start", json_null());
+                        json_object_set_new(rec, "kexec_ms", json_null());
+                }
+                json_t *verification = verify_running(a, a->staged);
+                if (verification) {
+                        verify_mismatch = same_str(verification, "status", "mismatch");
+                        json_object_set_new(rec, "verification", verification);
+                }
+                json_decref(a->last_update);
+                a->last_update = verify_last_update_from_record(rec);
+                if (a->last_update)
+                        json_object_set_new(a->last_update, "at", time_json(now));
+                metrics_blackout(blackout_ms);
+                /* Before the append, so that the document it rebuilds has no lease. */
+                lease_reconcile_locked(a, true);
                 json_decref(a->staged);
                 a->staged = NULL;
                 a->last_blackout_ms = blackout_ms;
@@ -648,6 +733,9 @@ int agent_reconcile(struct agent *a)
                 }
         }
 
+        /* A lease of another boot is void, one whose deadline passed fires at once (lease.c). */
+        lease_reconcile_locked(a, rebooted);
+
         /* Staged, but the kernel lost the image (or never had it after a crash). */
         if (a->staged) {
                 bool was = json_is_true(json_object_get(a->staged, "loaded"));
@@ -680,6 +768,17 @@ int agent_reconcile(struct agent *a)
         agent_unlock(a);
         log_info("Reconciled: state %s, index %llu, boot %s", luo_state_to_string(kstate),
                  (unsigned long long)idx, a->info.boot_id);
+        if (verify_mismatch) {
+                log_error("The running kernel %s is not the one that was staged (readyz fails)",
+                          a->info.release);
+                agent_audit(a, &(struct audit_entry){ .source = "agent",
+                                                      .action = "verify",
+                                                      .status = 503,
+                                                      .code = "kernel-mismatch" });
+        }
+        /* The host's health checks of an update, once per start in the updated state (hooks.c). */
+        if (kstate == LUO_STATE_UPDATED)
+                hooks_post_update(a, "");
         return 0;
 }
 
@@ -850,6 +949,8 @@ int agent_audit(struct agent *a, const struct audit_entry *e)
                 e->replayed);
         if (!rec)
                 return log_oom();
+        if (e->force)
+                json_object_set_new(rec, "force", json_true());
 
         pthread_mutex_lock(&a->audit_lock);
         if (!a->audit) {

@@ -18,6 +18,7 @@
 
 #include "auth.h"
 #include "config.h"
+#include "lease.h"
 #include "luofleet/backend.h"
 #include "snapshot.h"
 
@@ -57,11 +58,21 @@ struct op_request {
         char initrd_path[4096]; /* "" = none */
         char initrd_sha256[65];
         char cmdline[2048];
+        /* stage from URLs (download.c): the URLs, "" = by path; the paths are then filled */
+        char kernel_url[4096];
+        char initrd_url[4096];
+        char signed_by[65]; /* key id of the verified signature, "" = unsigned */
         /* For the audit record written when the job ends (agent_op_execute). */
         struct auth_identity who;
         char source[64];
         char precondition[AUDIT_PRECONDITION_MAX + 1]; /* sanitized If-Match, "" = none */
         bool has_precondition;
+        /* prepare only: the dead-man lease asked for (lease.h), 0 = none */
+        uint64_t lease_seconds;
+        /* stage only: the release the new kernel must report (verify.c), "" = none */
+        char expected_release[128];
+        /* finish only: go on although a post-update hook fails (hooks.c); audited */
+        bool force;
 };
 
 typedef void (*agent_listener_fn)(void *userdata, uint64_t index);
@@ -116,9 +127,14 @@ struct agent {
         uint64_t last_blackout_ms;
         json_t *last_start;   /* the last journaled start record's facts */
         char self_check[160]; /* "" = GET_STATE and sysfs agreed at start-up */
+        struct lease lease;   /* the dead-man lease of a prepared host (lease.h) */
+        /* The reboot into this boot: blackout and verification (verify.h), NULL = none. */
+        json_t *last_update;
+        /* The failing post-update hook ({hook, phase, exit_code, ...}), NULL = healthy. */
+        json_t *hooks_failing;
 
-        agent_listener_fn listeners[4];
-        void *listener_data[4];
+        agent_listener_fn listeners[8];
+        void *listener_data[8];
         unsigned n_listeners;
 
         /* called on the worker thread after a successful simulated reboot */
@@ -186,7 +202,14 @@ int agent_record_op_begin_locked(struct agent *a, json_t *op);
 int agent_record_op_extra_locked(struct agent *a, json_t *op, int http_status, json_t *extra);
 int agent_transition_op_locked(struct agent *a, enum luo_state to, const char *op_id);
 int agent_record_staging_locked(struct agent *a, json_t *staged);
+/* A "hook" record (hooks.c; fields stolen): it moves the index like any record. */
+int agent_record_hook_locked(struct agent *a, json_t *fields);
 void agent_notify_index(struct agent *a, uint64_t index);
+/*
+ * Any other record kind (lease.c; fields stolen). must_persist: a failed
+ * append changes nothing, not even the index, and -errno is returned.
+ */
+int agent_record_kind_locked(struct agent *a, const char *kind, json_t *fields, bool must_persist);
 
 /*
  * Audit (agent.c): every mutating request, allowed or denied, becomes an
@@ -202,6 +225,7 @@ struct audit_entry {
         int status;               /* HTTP status of the answer */
         const char *code;         /* problem code, or "accepted" / "ok" / "replayed" */
         bool replayed;            /* answered from an earlier request with this operation_id */
+        bool force;               /* finish with "force": true (a failing post-update hook) */
 };
 int agent_audit(struct agent *a, const struct audit_entry *e);
 

@@ -9,12 +9,16 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "agent.h"
 #include "body.h"
+#include "download.h"
 #include "http.h"
+#include "luofleet/sign.h"
+#include "lease.h"
 #include "ops.h"
 #include "router.h"
 #include "staging.h"
@@ -80,6 +84,7 @@ static void audit_answer(struct http_req *req, const struct op_request *rq,
                 .operation_id = op_id_valid(rq->id) ? rq->id : NULL,
                 .if_match = req->if_match,
                 .status = rep->status,
+                .force = rq->force,
         };
 
         if (r >= 0 && rep->defer == DEFER_WORKER)
@@ -91,6 +96,7 @@ static void audit_answer(struct http_req *req, const struct op_request *rq,
                 e.code = json_string_value(json_object_get(rep->json, "code"));
                 e.replayed = json_is_true(json_object_get(rep->json, "replayed"));
         } else if (rep->defer == DEFER_AFTER && rep->job) {
+                /* (a reboot deferred to the worker is audited there, like the others) */
                 e.code = "accepted";
                 e.operation_id = rep->job->rq.id;
         } else {
@@ -110,29 +116,66 @@ static int begin(struct http_req *req, struct http_reply *rep, const struct op_r
         if (r <= 0)
                 return r;
         rep->job = job;
-        if (rq->action == OP_REBOOT) {
-                /* Answer first, jump after: the job runs when the 202 has left. */
+        /*
+         * With hooks configured, pre-reboot hooks may veto: the worker runs them
+         * first and answers (409, or the 202 before the jump: ops.c).
+         */
+        if ((rq->action == OP_REBOOT && !(req->agent->cfg && req->agent->cfg->hooks_dir)) ||
+            (rq->action == OP_STAGE && rq->kernel_url[0])) {
+                /*
+                 * Answer first, jump after: the job runs when the 202 has left. A
+                 * staging from URLs is answered the same way: the download runs in
+                 * the background, its progress and end in the operation.
+                 */
                 agent_lock(req->agent);
                 json_t *doc = agent_doc_locked(req->agent, req->agent->operation);
                 agent_unlock(req->agent);
                 if (!doc)
                         return -ENOMEM;
                 http_reply_json(rep, 202, doc);
-                rep->close = true;
+                rep->close = rq->action == OP_REBOOT;
                 rep->defer = DEFER_AFTER;
         } else
                 rep->defer = DEFER_WORKER;
         return 0;
 }
 
+/* finish only: {"force": true} goes on past a failing post-update hook (hooks.c). */
+static int parse_force(json_t *body, struct op_request *rq, struct http_reply *rep)
+{
+        json_t *f = json_object_get(body, "force");
+
+        if (!f)
+                return 1;
+        if (!json_is_boolean(f)) {
+                http_reply_problem(rep, 400, "invalid-field", "force must be a boolean");
+                json_object_set_new(rep->json, "field", json_string("force"));
+                return 0;
+        }
+        rq->force = json_is_true(f);
+        return 1;
+}
+
 static int action_post(struct http_req *req, struct http_reply *rep, struct op_request *rq)
 {
         static const char *const fields[] = { "operation_id", "reason", NULL };
+        static const char *const finish_fields[] = { "operation_id", "reason", "force", NULL };
+        static const char *const prepare_fields[] = { "operation_id", "reason", "lease_seconds",
+                                                      NULL };
         json_t *body = NULL;
 
         if (!body_parse(req, rep, false, &body))
                 return 0;
-        if (body && (!body_only_fields(body, fields, NULL, rep) || !parse_common(body, rq, rep))) {
+        if (body &&
+            (!body_only_fields(body,
+                               rq->action == OP_FINISH    ? finish_fields
+                               : rq->action == OP_PREPARE ? prepare_fields
+                                                          : fields,
+                               NULL, rep) ||
+             !parse_common(body, rq, rep) ||
+             (rq->action == OP_PREPARE &&
+              !lease_parse_seconds(body, lease_max_seconds(req->agent), &rq->lease_seconds, rep)) ||
+             (rq->action == OP_FINISH && !parse_force(body, rq, rep)))) {
                 json_decref(body);
                 return 0;
         }
@@ -154,69 +197,150 @@ int h_action_post(struct http_req *req, struct http_reply *rep)
         return r;
 }
 
-/* {"path": ABS, "sha256": HEX}; 1 ok, 0 answered. */
-static int parse_file(json_t *body, const char *key, bool required, char *path, size_t path_size,
-                      char *sha, struct http_reply *rep)
+static int field_problem(struct http_reply *rep, int status, const char *code, const char *key,
+                         const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+static int field_problem(struct http_reply *rep, int status, const char *code, const char *key,
+                         const char *fmt, ...)
 {
-        static const char *const fields[] = { "path", "sha256", NULL };
+        char detail[256];
+        va_list ap;
+
+        va_start(ap, fmt);
+        vsnprintf(detail, sizeof(detail), fmt, ap);
+        va_end(ap);
+        http_reply_problem(rep, status, code, "%s", detail);
+        json_object_set_new(rep->json, "field", json_string(key));
+        return 0;
+}
+
+/*
+ * {"path": ABS, "sha256": HEX} or {"url": URL, "sha256": HEX} (download.c);
+ * the initrd takes the kernel's form. 1 ok, 0 answered.
+ */
+static int parse_file(json_t *body, const char *key, bool required, struct http_req *req,
+                      char *path, char *url, char *sha, bool *by_url, struct http_reply *rep)
+{
+        static const char *const fields[] = { "path", "url", "sha256", NULL };
+        const struct agent_config *cfg = req->agent->cfg;
         json_t *f = json_object_get(body, key);
-        bool present;
+        bool present, has_url;
         char where[32];
 
         if (!f) {
                 if (!required)
                         return 1;
-                http_reply_problem(rep, 400, "invalid-field", "%s is required", key);
-                json_object_set_new(rep->json, "field", json_string(key));
-                return 0;
+                return field_problem(rep, 400, "invalid-field", key, "%s is required", key);
         }
-        if (!json_is_object(f)) {
-                http_reply_problem(rep, 400, "invalid-field",
-                                   "%s must be an object {\"path\", \"sha256\"}", key);
-                json_object_set_new(rep->json, "field", json_string(key));
-                return 0;
-        }
+        if (!json_is_object(f))
+                return field_problem(rep, 400, "invalid-field", key,
+                                     "%s must be an object {\"path\" or \"url\", \"sha256\"}", key);
         snprintf(where, sizeof(where), "%s", key);
         if (!body_only_fields(f, fields, where, rep))
                 return 0;
-        if (!body_string(f, "path", 1, 4095, path, path_size, &present, rep))
-                return 0;
-        if (!present || !staging_path_valid(path)) {
-                http_reply_problem(rep, 400, "invalid-field",
-                                   "%s.path must be an absolute path without '.', '..' or empty "
-                                   "components",
-                                   key);
-                json_object_set_new(rep->json, "field", json_string(key));
-                return 0;
+        has_url = json_object_get(f, "url") != NULL;
+        if (has_url == (json_object_get(f, "path") != NULL))
+                return field_problem(rep, 400, "invalid-field", key,
+                                     "%s must have exactly one of \"path\" and \"url\"", key);
+        if (required)
+                *by_url = has_url;
+        else if (has_url != *by_url)
+                return field_problem(rep, 400, "invalid-field", key,
+                                     "%s must be given the same way as kernel (path or url)", key);
+        if (has_url) {
+                if (!body_string(f, "url", 1, 4095, url, 4096, &present, rep))
+                        return 0;
+                for (const char *p = url; *p; p++)
+                        if ((unsigned char)*p <= 0x20 || *p == 0x7f)
+                                return field_problem(rep, 400, "invalid-field", key,
+                                                     "%s.url must not contain spaces or control "
+                                                     "characters",
+                                                     key);
+                if (!download_url_allowed(url, cfg && cfg->allow_http))
+                        return field_problem(rep, 400, "url-not-allowed", key,
+                                             "%s.url: only https:// and file:/// URLs%s are "
+                                             "accepted",
+                                             key,
+                                             cfg && cfg->allow_http
+                                                     ? " and http://"
+                                                     : " (http:// needs --allow-http)");
+        } else {
+                if (!body_string(f, "path", 1, 4095, path, 4096, &present, rep))
+                        return 0;
+                if (!present || !staging_path_valid(path))
+                        return field_problem(rep, 400, "invalid-field", key,
+                                             "%s.path must be an absolute path without '.', '..' "
+                                             "or empty components",
+                                             key);
         }
         if (!body_string(f, "sha256", 64, 64, sha, 65, &present, rep))
                 return 0;
-        if (!present || !staging_sha256_valid(sha)) {
-                http_reply_problem(rep, 400, "invalid-field", "%s.sha256 must be 64 hex digits",
-                                   key);
-                json_object_set_new(rep->json, "field", json_string(key));
+        if (!present || !staging_sha256_valid(sha))
+                return field_problem(rep, 400, "invalid-field", key,
+                                     "%s.sha256 must be 64 hex digits", key);
+        return 1;
+}
+
+/* {"key_id": NAME, "ed25519": BASE64}: the shape only; 1 ok, 0 answered. */
+static int parse_signature(json_t *body, json_t **ret_sig, struct http_reply *rep)
+{
+        static const char *const fields[] = { "key_id", "ed25519", NULL };
+        json_t *sig = json_object_get(body, "signature");
+        const char *id, *b64;
+
+        *ret_sig = NULL;
+        if (!sig)
+                return 1;
+        if (!json_is_object(sig))
+                return field_problem(rep, 400, "invalid-field", "signature",
+                                     "signature must be an object {\"key_id\", \"ed25519\"}");
+        if (!body_only_fields(sig, fields, "signature", rep))
                 return 0;
-        }
+        id = json_string_value(json_object_get(sig, "key_id"));
+        b64 = json_string_value(json_object_get(sig, "ed25519"));
+        if (!id || !sign_key_id_valid(id))
+                return field_problem(rep, 400, "invalid-field", "signature",
+                                     "signature.key_id must be 1 to %d letters, digits, '.', '_' "
+                                     "or '-', not starting with '.'",
+                                     SIGN_KEY_ID_MAX);
+        if (!b64 || strlen(b64) != SIGN_B64_LEN)
+                return field_problem(rep, 400, "invalid-field", "signature",
+                                     "signature.ed25519 must be the %d-character base64 of a "
+                                     "64-byte Ed25519 signature",
+                                     SIGN_B64_LEN);
+        *ret_sig = sig;
         return 1;
 }
 
 static int kernel_put(struct http_req *req, struct http_reply *rep, struct op_request *rq)
 {
-        static const char *const fields[] = { "kernel", "initrd",       "cmdline",
-                                              "reason", "operation_id", NULL };
-        json_t *body = NULL;
-        bool present;
+        static const char *const fields[] = { "kernel",       "initrd",    "cmdline", "reason",
+                                              "operation_id", "signature", "release", NULL };
+        json_t *body = NULL, *sig = NULL;
+        const char *code = NULL;
+        char detail[256];
+        bool present, by_url = false;
         int ok;
 
         if (!body_parse(req, rep, true, &body))
                 return 0;
         ok = body_only_fields(body, fields, NULL, rep) && parse_common(body, rq, rep) &&
-             parse_file(body, "kernel", true, rq->kernel_path, sizeof(rq->kernel_path),
-                        rq->kernel_sha256, rep) &&
-             parse_file(body, "initrd", false, rq->initrd_path, sizeof(rq->initrd_path),
-                        rq->initrd_sha256, rep) &&
+             parse_file(body, "kernel", true, req, rq->kernel_path, rq->kernel_url,
+                        rq->kernel_sha256, &by_url, rep) &&
+             parse_file(body, "initrd", false, req, rq->initrd_path, rq->initrd_url,
+                        rq->initrd_sha256, &by_url, rep) &&
              body_string(body, "cmdline", 0, sizeof(rq->cmdline) - 1, rq->cmdline,
-                         sizeof(rq->cmdline), &present, rep);
+                         sizeof(rq->cmdline), &present, rep) &&
+             parse_signature(body, &sig, rep) &&
+             /* the release the new boot must report (verify.c) */
+             body_string(body, "release", 1, sizeof(rq->expected_release) - 1, rq->expected_release,
+                         sizeof(rq->expected_release), &present, rep);
+        /* Checked before the operation exists: a refused signature starts nothing. */
+        if (ok &&
+            !staging_check_signature(req->agent->cfg, sig, rq, &code, detail, sizeof(detail))) {
+                http_reply_problem(rep, 422, code, "%s", detail);
+                json_object_set_new(rep->json, "field", json_string("signature"));
+                ok = 0;
+        }
         json_decref(body);
         if (!ok)
                 return 0;

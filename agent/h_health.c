@@ -11,6 +11,7 @@
 #include "auth.h"
 #include "tls.h"
 #include "config.h"
+#include "hooks.h"
 #include "http.h"
 #include "journal.h"
 #include "loop.h"
@@ -18,6 +19,7 @@
 #include "metrics.h"
 #include "router.h"
 #include "server.h"
+#include "verify.h"
 
 int h_healthz_get(struct http_req *req, struct http_reply *rep)
 {
@@ -78,8 +80,17 @@ int h_readyz_get(struct http_req *req, struct http_reply *rep)
               a->self_check[0] ? a->self_check : "GET_STATE and sysfs agreed at start-up", &all);
         check(checks, "accepting", !shutting, shutting ? "shutting down" : "accepting operations",
               &all);
+        /* With --hooks-dir: the post-update hooks, the host's own checks after an update. */
+        if (a->cfg && a->cfg->hooks_dir) {
+                bool hok = hooks_health(a, detail, sizeof(detail));
+                check(checks, "hooks", hok, detail, &all);
+        }
         security_detail(a->cfg, detail, sizeof(detail));
         check(checks, "security", true, detail, &all);
+        /* After a kexec: is the staged kernel the one that runs (verify.c)? Last, since
+         * clients index the checks. */
+        bool vok = verify_health(a, detail, sizeof(detail));
+        check(checks, "kernel-verified", vok, detail, &all);
         return http_reply_json(
                 rep, all ? 200 : 503,
                 json_pack("{s:s, s:o}", "status", all ? "ready" : "not-ready", "checks", checks));

@@ -17,13 +17,14 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "lease.h"
 #include "loop.h"
 #include "luofleet/log.h"
 #include "luofleet/macro.h"
 #include "luofleet/util.h"
 #include "notify.h"
 
-/* long-poll, event streams, connection limits, the watchdog, and room */
+/* long-poll, event streams, connection limits, the watchdog, the lease, and room */
 #define LOOP_MAX_CLIENTS 8
 
 struct loop {
@@ -84,6 +85,15 @@ int loop_new(struct agent *a, struct loop **ret)
                 l->watchdog_period = MAX(watchdog_usec / 2, 1u);
                 (void)loop_add_timer_client(l, &(struct loop_timer_client){
                                                        loop_watchdog_next, loop_watchdog_fire, l });
+        }
+        /* The dead-man lease's expiry is a timer client too (lease.c); armed from the start
+         * when reconciliation found a lease to keep. */
+        if (a) {
+                int r = lease_attach(a, l);
+                if (r < 0) {
+                        loop_free(l);
+                        return r;
+                }
         }
         *ret = l;
         return 0;
@@ -203,6 +213,9 @@ void loop_stop(struct loop *l)
                 pthread_join(l->thread, NULL);
                 l->started = false;
         }
+        /* No expiry fires any more: let a lease's cancel under way finish (lease.c). */
+        if (l->agent)
+                lease_detach(l->agent);
 }
 
 struct loop *loop_free(struct loop *l)

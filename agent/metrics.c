@@ -47,6 +47,13 @@ static const char *const reject_names[_METRICS_REJECT_MAX] = {
         [METRICS_REJECT_STREAMS] = "streams",
 };
 static atomic_uint_fast64_t rejected[_METRICS_REJECT_MAX];
+
+/* A kexec blackout: from well under a second (a small VM) to a minute (a server's firmware-free
+ * reboot with slow devices); past that is +Inf. */
+static const double blackout_buckets[] = { 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+                                           2.5,  5,     10,   20,  30,   60 };
+static atomic_uint_fast64_t blackout_count[ELEMENTSOF(blackout_buckets) + 1];
+static atomic_uint_fast64_t blackout_sum_ms;
 static atomic_uint connections;
 static struct metrics_limits limits;
 static atomic_bool limits_set;
@@ -60,6 +67,40 @@ void metrics_rejected(enum metrics_reject r)
 {
         if (r >= 0 && r < _METRICS_REJECT_MAX)
                 atomic_fetch_add_explicit(&rejected[r], 1, memory_order_relaxed);
+}
+
+void metrics_blackout(uint64_t ms)
+{
+        size_t b = ELEMENTSOF(blackout_buckets);
+
+        for (size_t i = 0; i < ELEMENTSOF(blackout_buckets); i++)
+                if ((double)ms / 1000.0 <= blackout_buckets[i]) {
+                        b = i;
+                        break;
+                }
+        atomic_fetch_add_explicit(&blackout_count[b], 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&blackout_sum_ms, ms, memory_order_relaxed);
+}
+
+static void render_blackout(struct strbuf *sb)
+{
+        uint64_t cum = 0;
+
+        strbuf_printf(sb, "# HELP luofleet_blackout_seconds Blackout of the reboot this agent "
+                          "came up after: the last journal record of the old boot to the agent "
+                          "running in the new one.\n"
+                          "# TYPE luofleet_blackout_seconds histogram\n");
+        for (size_t b = 0; b < ELEMENTSOF(blackout_buckets); b++) {
+                cum += atomic_load(&blackout_count[b]);
+                strbuf_printf(sb, "luofleet_blackout_seconds_bucket{le=\"%g\"} %llu\n",
+                              blackout_buckets[b], (unsigned long long)cum);
+        }
+        cum += atomic_load(&blackout_count[ELEMENTSOF(blackout_buckets)]);
+        strbuf_printf(sb,
+                      "luofleet_blackout_seconds_bucket{le=\"+Inf\"} %llu\n"
+                      "luofleet_blackout_seconds_sum %.3f\nluofleet_blackout_seconds_count %llu\n",
+                      (unsigned long long)cum, (double)atomic_load(&blackout_sum_ms) / 1000.0,
+                      (unsigned long long)cum);
 }
 
 void metrics_connections_set(unsigned n)
@@ -210,6 +251,7 @@ void strbuf_free(struct strbuf *sb)
 void metrics_render_requests(struct strbuf *sb)
 {
         render_limits(sb);
+        render_blackout(sb);
         strbuf_printf(sb, "# HELP luofleet_http_requests_total HTTP requests answered, by route, "
                           "method and status code.\n"
                           "# TYPE luofleet_http_requests_total counter\n");

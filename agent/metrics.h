@@ -45,7 +45,14 @@ struct metrics_limits {
 };
 void metrics_set_limits(const struct metrics_limits *l);
 
-/* Append the request metrics (and the limits) to a growing buffer. */
+/*
+ * The blackout of a reboot into this boot (agent.c at start-up): the
+ * luofleet_blackout_seconds histogram, 10 ms .. 60 s. Counted by this
+ * process, so it holds at most the reboot it came up after.
+ */
+void metrics_blackout(uint64_t ms);
+
+/* Append the request metrics (and the limits, the blackout) to a growing buffer. */
 struct strbuf;
 void metrics_render_requests(struct strbuf *sb);
 

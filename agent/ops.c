@@ -12,14 +12,17 @@
 #include <time.h>
 
 #include "agent.h"
+#include "hooks.h"
 #include "http.h"
 #include "journal.h"
+#include "lease.h"
 #include "luofleet/log.h"
 #include "luofleet/macro.h"
 #include "luofleet/util.h"
 #include "ops.h"
 #include "problem.h"
 #include "staging.h"
+#include "verify.h"
 
 struct op_job *op_job_new(struct agent *a, const struct op_request *rq)
 {
@@ -42,7 +45,7 @@ struct op_job *op_job_free(struct op_job *job)
 }
 
 /* "12", "\"12\"", "W/\"12\"" or "*"; a list is compared entry by entry. */
-static bool if_match_ok(const char *hdr, uint64_t index)
+bool op_if_match_ok(const char *hdr, uint64_t index)
 {
         char want[32];
         const char *p = hdr;
@@ -202,7 +205,7 @@ int agent_op_begin(struct agent *a, const struct op_request *rq, struct http_rep
                         goto refuse;
                 }
         }
-        if (rq->if_match && !if_match_ok(rq->if_match, a->index)) {
+        if (rq->if_match && !op_if_match_ok(rq->if_match, a->index)) {
                 http_reply_problem(rep, 412, "precondition-failed",
                                    "If-Match %s does not match the current index %llu",
                                    rq->if_match, (unsigned long long)a->index);
@@ -262,12 +265,25 @@ int agent_op_begin(struct agent *a, const struct op_request *rq, struct http_rep
                 http_reply_problem(rep, 500, "internal-error", "out of memory");
                 goto refuse;
         }
+        if (rq->force)
+                json_object_set_new(op, "force", json_true());
+        /* A prepare starts the next update: the last one's report leaves the document. */
+        json_t *last_update = a->last_update;
+        if (rq->action == OP_PREPARE)
+                a->last_update = NULL;
         /* The intent is durable before the kernel hears of it, or nothing happens. */
         r = agent_record_op_begin_locked(a, op);
         json_decref(op);
         if (r < 0) {
+                a->last_update = last_update;
                 problem_storage(rep, r, UINT64_MAX);
                 goto refuse;
+        }
+        if (rq->action == OP_PREPARE) {
+                json_decref(last_update);
+                /* The dead-man lease runs from the admission (lease.c, docs/leases.md). */
+                if (rq->lease_seconds)
+                        lease_start_locked(a, id, rq->lease_seconds);
         }
         *ret_job = op_job_new(a, rq);
         if (!*ret_job) {
@@ -294,6 +310,171 @@ static void sleep_ms(uint64_t ms)
                 ;
 }
 
+/*
+ * Workload hooks before the kernel call (hooks.c, docs/hooks.md), worker
+ * thread: a finish first needs the post-update checks passing (run again
+ * here when they failed) unless forced; then a failing pre-* hook vetoes.
+ * True when the action must not happen: *sr holds the answer (409
+ * health-check-failed or hook-veto, 500 internal-error when the runner
+ * failed), reported like a refused staging.
+ */
+static bool op_hooks_before(struct op_job *job, struct stage_result *sr)
+{
+        struct agent *a = job->agent;
+        const char *action = op_action_to_string(job->rq.action);
+        struct hook_result hr = { 0 };
+        enum hook_phase phase;
+        char what[96];
+        int k;
+
+        if (!a->cfg || !a->cfg->hooks_dir)
+                return false;
+        if (job->rq.action == OP_FINISH && !hooks_health(a, what, sizeof(what))) {
+                hooks_post_update(a, job->rq.id);
+                if (!hooks_health(a, sr->detail, sizeof(sr->detail))) {
+                        if (job->rq.force) {
+                                log_notice("Operation finish %s forced past a failing post-update "
+                                           "hook: %s",
+                                           job->rq.id, sr->detail);
+                                sr->detail[0] = 0;
+                        } else {
+                                sr->status = 409;
+                                sr->code = "health-check-failed";
+                                agent_lock(a);
+                                sr->extra = json_deep_copy(a->hooks_failing);
+                                agent_unlock(a);
+                                return true;
+                        }
+                }
+        }
+        switch (job->rq.action) {
+        case OP_PREPARE:
+                phase = HOOK_PRE_PREPARE;
+                break;
+        case OP_REBOOT:
+                phase = HOOK_PRE_REBOOT;
+                break;
+        case OP_FINISH:
+                phase = HOOK_PRE_FINISH;
+                break;
+        default:
+                return false;
+        }
+        k = hooks_phase(a, phase, job->rq.id, true, &hr);
+        if (k == 0)
+                return false;
+        if (k < 0) {
+                sr->status = 500;
+                sr->code = "internal-error";
+                snprintf(sr->detail, sizeof(sr->detail),
+                         "the %s hooks could not be run: %s was not done",
+                         hook_phase_to_string(phase), action);
+                return true;
+        }
+        hook_result_describe(&hr, what, sizeof(what));
+        sr->status = 409;
+        sr->code = "hook-veto";
+        snprintf(sr->detail, sizeof(sr->detail), "%s hook %s vetoed %s (%s): nothing was done",
+                 hook_phase_to_string(phase), hr.name, action, what);
+        sr->extra = hooks_problem_extra(phase, &hr);
+        hook_result_done(&hr);
+        return true;
+}
+
+/*
+ * Workload hooks after a successful kernel call (worker thread). A failing
+ * post-prepare hook cancels the prepare (kernel CANCEL, then the on-cancel
+ * hooks) and fails the operation with 409 hook-failed; post-finish and
+ * on-cancel failures are journaled and logged only (the action is done).
+ */
+static void op_hooks_after(struct op_job *job, struct stage_result *sr)
+{
+        struct agent *a = job->agent;
+        struct backend *b = a->backend;
+        struct hook_result hr = { 0 };
+        char what[96], eb[16];
+        int k, r;
+
+        if (!a->cfg || !a->cfg->hooks_dir)
+                return;
+        switch (job->rq.action) {
+        case OP_PREPARE:
+                k = hooks_phase(a, HOOK_POST_PREPARE, job->rq.id, true, &hr);
+                if (k == 0)
+                        return;
+                if (k > 0)
+                        hook_result_describe(&hr, what, sizeof(what));
+                else
+                        snprintf(what, sizeof(what), "the hook runner failed");
+                log_warning("Operation prepare %s: post-prepare hook %s failed (%s): cancelling",
+                            job->rq.id, k > 0 ? hr.name : "?", what);
+                r = b->ops->set_event(b, LUO_EVENT_CANCEL);
+                sr->status = 409;
+                sr->code = "hook-failed";
+                if (r >= 0)
+                        snprintf(sr->detail, sizeof(sr->detail),
+                                 "post-prepare hook %s failed (%s): the prepare was cancelled",
+                                 k > 0 ? hr.name : "?", what);
+                else
+                        snprintf(sr->detail, sizeof(sr->detail),
+                                 "post-prepare hook %s failed (%s) and the cancel failed (%s): "
+                                 "the host stays prepared",
+                                 k > 0 ? hr.name : "?", what, errno_name(r, eb));
+                sr->extra = k > 0 ? hooks_problem_extra(HOOK_POST_PREPARE, &hr)
+                                  : json_pack("{s:s}", "phase", "post-prepare");
+                if (sr->extra)
+                        json_object_set_new(sr->extra, "cancelled", json_boolean(r >= 0));
+                hook_result_done(&hr);
+                if (r >= 0)
+                        (void)hooks_phase(a, HOOK_ON_CANCEL, job->rq.id, false, NULL);
+                return;
+        case OP_CANCEL:
+                (void)hooks_phase(a, HOOK_ON_CANCEL, job->rq.id, false, NULL);
+                return;
+        case OP_FINISH:
+                /* The update is over: its health checks no longer hold readiness back. */
+                agent_lock(a);
+                json_decref(a->hooks_failing);
+                a->hooks_failing = NULL;
+                agent_unlock(a);
+                (void)hooks_phase(a, HOOK_POST_FINISH, job->rq.id, false, NULL);
+                return;
+        default:
+                return;
+        }
+}
+
+/*
+ * A reboot deferred to the worker (hooks configured: h_actions.c) answers
+ * its 202 here, once the pre-reboot hooks let it go, and is audited then.
+ */
+static void op_reboot_accepted(struct op_job *job)
+{
+        struct agent *a = job->agent;
+        struct op_job *reply;
+
+        if (!job->done)
+                return;
+        reply = op_job_new(a, &job->rq);
+        if (reply) {
+                agent_lock(a);
+                reply->body = agent_doc_locked(a, a->operation);
+                agent_unlock(a);
+                reply->status = 202;
+                job->done(reply, job->done_data);
+        }
+        job->done = NULL;
+        agent_audit(a, &(struct audit_entry){
+                               .who = &job->rq.who,
+                               .source = job->rq.source,
+                               .action = "reboot",
+                               .operation_id = job->rq.id,
+                               .if_match = job->rq.has_precondition ? job->rq.precondition : NULL,
+                               .status = 202,
+                               .code = "accepted",
+                       });
+}
+
 void agent_op_execute(struct op_job *job)
 {
         struct agent *a = job->agent;
@@ -304,10 +485,16 @@ void agent_op_execute(struct op_job *job)
         char when[RFC3339_MAX], eb[16];
         int r = 0, status;
         uint64_t idx;
-        bool jump = false;
+        bool jump = false, vetoed, audit_now;
 
+        /* Before the DEFER_AFTER job of a reboot runs, its 202 (and audit) went already. */
+        /* So did a URL staging's 202 (staging_execute runs after the answer). */
+        audit_now = (job->rq.action != OP_REBOOT && !job->rq.kernel_url[0]) || job->done;
+        vetoed = op_hooks_before(job, &sr);
         /* Test hooks (LUOFLEET_TEST_CRASH_POINT, docs/journal.md): die around the kernel call. */
         journal_crash_point("op-before-kernel", action);
+        if (vetoed)
+                goto after_kernel; /* refused by a hook: the kernel is not called */
         switch (job->rq.action) {
         case OP_PREPARE:
                 r = b->ops->set_event(b, LUO_EVENT_PREPARE);
@@ -320,13 +507,18 @@ void agent_op_execute(struct op_job *job)
                 break;
         case OP_REBOOT:
                 /* Let the 202 reach the client before the jump (Connection: close). */
+                op_reboot_accepted(job);
+                audit_now = false;
                 sleep_ms(a->cfg ? a->cfg->reboot_delay_ms : 0);
                 log_notice("Rebooting into the staged kernel (operation %s)", job->rq.id);
                 r = b->ops->reboot(b);
                 jump = r >= 0;
                 break;
         case OP_STAGE:
-                r = staging_run(b, &job->rq, &sr);
+                r = staging_execute(a, &job->rq, &sr); /* downloads first when by URL */
+                /* What the new boot will be checked against (verify.c). */
+                if (r >= 0 && !sr.code)
+                        verify_stage_expectation(a, &job->rq, sr.staged);
                 break;
         case OP_UNSTAGE:
                 r = b->ops->kexec_unload(b);
@@ -336,6 +528,9 @@ void agent_op_execute(struct op_job *job)
         }
 
         journal_crash_point("op-after-kernel", action);
+after_kernel:
+        if (r >= 0 && !sr.code)
+                op_hooks_after(job, &sr);
 
         /* After any kernel call, success or not, the kernel is re-read: it is the truth. */
         uint64_t ticket = agent_read_ticket(a);
@@ -350,7 +545,7 @@ void agent_op_execute(struct op_job *job)
         json_decref(job->body);
         job->body = NULL;
         if (r >= 0 && sr.code) {
-                /* staging refused the files */
+                /* staging refused the files, or a hook refused the action */
                 status = sr.status;
                 job->body = problem_new(status, sr.code, sr.detail);
                 if (sr.extra)
@@ -401,6 +596,12 @@ void agent_op_execute(struct op_job *job)
                 a->op_running = false;
                 a->ops_done[job->rq.action][r < 0 || sr.code ? 1 : 0]++;
                 agent_record_op_extra_locked(a, op, status, sr.code ? sr.extra : NULL);
+                /* A lease lives while the host is prepared or frozen (lease.c). */
+                if (a->lease.active && a->state != LUO_STATE_PREPARED &&
+                    a->state != LUO_STATE_FROZEN)
+                        lease_end_locked(a, job->rq.action == OP_CANCEL && r >= 0 && !sr.code
+                                                    ? "lease-cancelled"
+                                                    : "lease-void");
         }
         if (!job->body)
                 job->body = agent_doc_locked(a, op);
@@ -412,7 +613,7 @@ void agent_op_execute(struct op_job *job)
         agent_notify_index(a, idx);
 
         /* The request's audit record, with its answer; a reboot's was written at its 202. */
-        if (job->rq.action != OP_REBOOT) {
+        if (audit_now) {
                 const char *code =
                         job->problem ? json_string_value(json_object_get(job->body, "code")) : "ok";
                 agent_audit(a, &(struct audit_entry){
@@ -424,6 +625,7 @@ void agent_op_execute(struct op_job *job)
                                                                             : NULL,
                                        .status = job->status,
                                        .code = code,
+                                       .force = job->rq.force,
                                });
         }
 

@@ -24,3 +24,5 @@ struct op_job {
 };
 
 struct op_job *op_job_new(struct agent *a, const struct op_request *rq);
+/* Does an If-Match header ("12", "\"12\"", W/"12", "*", a list) match index? Also lease.c. */
+bool op_if_match_ok(const char *hdr, uint64_t index);

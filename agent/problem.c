@@ -50,6 +50,16 @@ static const struct {
         { "invalid-credentials", "Invalid credentials" },
         { "client-certificate-required", "A TLS client certificate is required" },
         { "forbidden", "The caller's role may not do this" },
+        { "hook-veto", "A workload hook vetoed the action" },
+        { "hook-failed", "A workload hook failed after the action" },
+        { "health-check-failed", "A post-update health check hook is failing" },
+        { "url-not-allowed", "URL scheme not allowed for staging" },
+        { "download-failed", "The download failed" },
+        { "download-too-large", "The download exceeds the size limit" },
+        { "signature-required", "A signed staging request is required" },
+        { "signature-invalid", "The staging request's signature is not valid" },
+        { "no-lease", "There is no lease to renew" },
+        { "lease-mismatch", "The lease belongs to another prepare" },
         { "internal-error", "Internal error" },
 };
 

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "lease.h"
 #include "luofleet/log.h"
 #include "luofleet/macro.h"
 #include "metrics.h"
@@ -24,6 +25,7 @@ static struct route routes[] = {
         { HTTP_POST, "/v1/cancel", h_action_post, -1 },
         { HTTP_POST, "/v1/reboot", h_action_post, -1 },
         { HTTP_POST, "/v1/finish", h_action_post, -1 },
+        { HTTP_POST, "/v1/lease", h_lease_post, -1 },
         { HTTP_PUT, "/v1/kernel", h_kernel_put, -1 },
         { HTTP_GET, "/v1/kernel", h_kernel_get, -1 },
         { HTTP_DELETE, "/v1/kernel", h_kernel_delete, -1 },

@@ -778,13 +778,14 @@ static void completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         metrics_request(ctx->route, http_method_to_string(ctx->req.method), ctx->status,
                         now_mono_usec() - ctx->started, ctx->timed);
         if (ctx->after_job) {
-                /* The 202 has left (or the client is gone): the accepted jump happens now. */
+                /* The 202 has left (or the client is gone): the accepted operation (a
+                 * reboot, a download) runs now. */
                 if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
-                        log_warning("Reboot answer not fully delivered (code %d); rebooting as "
-                                    "accepted",
+                        log_warning("202 answer not fully delivered (code %d); running the "
+                                    "accepted operation anyway",
                                     (int)toe);
                 if (worker_submit(lis->srv->worker, ctx->after_job) < 0) {
-                        log_warning("Agent stopping: the accepted reboot is not carried out");
+                        log_warning("Agent stopping: the accepted operation is not carried out");
                         op_job_free(ctx->after_job);
                 }
                 ctx->after_job = NULL;

@@ -44,6 +44,7 @@
 #define KEXEC_LOADED_REL "sys/kernel/kexec_loaded"
 #define BOOT_ID_REL "proc/sys/kernel/random/boot_id"
 #define OSRELEASE_REL "proc/sys/kernel/osrelease"
+#define UPTIME_REL "proc/uptime"
 
 _Static_assert(sizeof(struct luo_ioc_get_state) == 8, "GET_STATE struct is 8 bytes");
 _Static_assert(sizeof(struct luo_ioc_set_event) == 8, "SET_EVENT struct is 8 bytes");
@@ -263,6 +264,22 @@ static int luo_v3_get_info(struct backend *b, struct backend_info *ret)
                 _Static_assert(sizeof(u.release) <= sizeof(info.release), "release fits");
                 memcpy(info.release, u.release, sizeof(u.release));
                 info.release[sizeof(info.release) - 1] = 0;
+        }
+
+        /* "SECONDS.FRACTION IDLE": the blackout's share of the new boot (agent/verify.c). */
+        char up[128];
+        if (v3_read_attr_at(v, UPTIME_REL, up, sizeof(up)) > 0) {
+                char *end = NULL;
+                errno = 0;
+                unsigned long long sec = strtoull(up, &end, 10);
+                if (errno == 0 && end != up && sec < UINT64_MAX / 1000) {
+                        info.uptime_ms = (uint64_t)sec * 1000;
+                        if (*end == '.' && end[1] >= '0' && end[1] <= '9') {
+                                info.uptime_ms += (uint64_t)(end[1] - '0') * 100;
+                                if (end[2] >= '0' && end[2] <= '9')
+                                        info.uptime_ms += (uint64_t)(end[2] - '0') * 10;
+                        }
+                }
         }
 
         *ret = info;

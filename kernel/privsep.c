@@ -58,7 +58,7 @@
 
 /* No padding anywhere: every byte is a field, so "unused fields are zero" covers them all. */
 _Static_assert(sizeof(struct privsep_req) == 2072, "privsep_req layout");
-_Static_assert(sizeof(struct privsep_reply) == 728, "privsep_reply layout");
+_Static_assert(sizeof(struct privsep_reply) == 736, "privsep_reply layout");
 
 static const char *const type_names[_PRIVSEP_TYPE_MAX] = {
         [PRIVSEP_HELLO] = "HELLO",
@@ -259,6 +259,8 @@ int privsep_reply_decode(const void *buf, size_t len, int flags, size_t n_fds, u
         if ((!(f & F_STATE2) && p.state2 != 0) || p.state2 >= _LUO_STATE_MAX)
                 return -EPROTO;
         if ((!(f & F_FLAG) && p.flag != 0) || p.flag > 1)
+                return -EPROTO;
+        if (!(f & F_INFO) && p.uptime_ms != 0)
                 return -EPROTO;
         if (!str_ok(p.name, sizeof(p.name), f & F_NAME) ||
             !str_ok(p.boot_id, sizeof(p.boot_id), f & F_INFO) ||
@@ -537,6 +539,7 @@ static void helper_execute(struct helper *h, const struct privsep_req *q, const 
                 if (r >= 0) {
                         copy_str(p->boot_id, sizeof(p->boot_id), info.boot_id);
                         copy_str(p->release, sizeof(p->release), info.release);
+                        p->uptime_ms = info.uptime_ms;
                 }
                 break;
         case PRIVSEP_SELF_CHECK:
@@ -1233,6 +1236,7 @@ static int proxy_get_info(struct backend *b, struct backend_info *ret)
         /* Checked by the decoder: terminated, and they fit. */
         memcpy(info.boot_id, rep.boot_id, sizeof(info.boot_id));
         memcpy(info.release, rep.release, sizeof(info.release));
+        info.uptime_ms = rep.uptime_ms;
         *ret = info;
         return 0;
 }

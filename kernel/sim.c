@@ -8,7 +8,8 @@
  * Persistence: <state_dir>/sim/ (0700) holds
  *   kernel.json  the simulated machine: {state, boot_id, release,
  *                kexec: null | {kernel_sha256, initrd_sha256 | null, cmdline,
- *                kernel_size}, reboot_pending, boots, applied}, replaced
+ *                kernel_size, release?}, reboot_pending, boots, applied,
+ *                booted_usec?}, replaced
  *                atomically on every change; applied counts what the machine
  *                carried out, per kind ({prepare, cancel, finish, freeze,
  *                kexec, load, unload}: successful calls only), persisted with
@@ -22,7 +23,10 @@
  * The simulated reboot persists reboot_pending and returns 0; the caller
  * ends or re-executes the process, and the next sim_open() "boots": a new
  * boot id, boots + 1, kexec image gone, state updated if the machine went
- * down frozen (live-update data handed over), normal otherwise.
+ * down frozen (live-update data handed over), normal otherwise; the release
+ * is the one the image's bzImage header named (kexec.release), else
+ * --sim-release or uname. booted_usec (wall clock of the simulated boot) gives
+ * get_info() its uptime.
  *
  * Threads and locks: set_event, kexec_load, kexec_unload and reboot are
  * serialised by op_lock, held through fault delays, hashing and fsync;
@@ -49,6 +53,7 @@
 
 #include "backend-private.h"
 #include "luofleet/backend.h"
+#include "luofleet/bzimage.h"
 #include "luofleet/macro.h"
 #include "luofleet/util.h"
 
@@ -94,6 +99,9 @@ struct sim_kstate {
         uint64_t kernel_size;
         bool reboot_pending; /* the simulated kexec happened; next open boots */
         uint64_t boots;
+        /* the release the staged image's bzImage header names ("" = none): the next boot's */
+        char next_release[128];
+        uint64_t booted_usec; /* CLOCK_REALTIME of this simulated boot, 0 = unknown (uptime) */
         uint64_t applied[_SIM_APPLIED_MAX];
 };
 
@@ -234,6 +242,12 @@ static int sim_kstate_from_json(const char *text, size_t len, struct sim_kstate 
         }
         k.boots = (uint64_t)boots;
         k.reboot_pending = pending;
+        json_t *booted = json_object_get(j, "booted_usec");
+        if (booted && (!json_is_integer(booted) || json_integer_value(booted) < 0)) {
+                backend_msgf(why, why_size, "invalid booted_usec");
+                goto out;
+        }
+        k.booted_usec = booted ? (uint64_t)json_integer_value(booted) : 0;
 
         json_t *applied = json_object_get(j, "applied");
         if (applied && !json_is_object(applied)) {
@@ -273,6 +287,13 @@ static int sim_kstate_from_json(const char *text, size_t len, struct sim_kstate 
                         backend_msgf(why, why_size, "invalid kexec image record");
                         goto out;
                 }
+                json_t *nrel = json_object_get(kexec, "release");
+                if (nrel &&
+                    (!json_is_string(nrel) || copy_field(k.next_release, sizeof(k.next_release),
+                                                         json_string_value(nrel)) < 0)) {
+                        backend_msgf(why, why_size, "kexec: invalid release");
+                        goto out;
+                }
                 k.kexec = true;
                 memcpy(k.kernel_sha256, ksha, SHA256_HEX_LEN + 1);
                 if (isha)
@@ -294,9 +315,10 @@ static int sim_persist(struct sim *s, const struct sim_kstate *k)
         int r;
 
         if (k->kexec)
-                kexec = json_pack("{s:s, s:s?, s:s, s:I}", "kernel_sha256", k->kernel_sha256,
+                kexec = json_pack("{s:s, s:s?, s:s, s:I, s:s*}", "kernel_sha256", k->kernel_sha256,
                                   "initrd_sha256", k->initrd_sha256[0] ? k->initrd_sha256 : NULL,
-                                  "cmdline", k->cmdline, "kernel_size", (json_int_t)k->kernel_size);
+                                  "cmdline", k->cmdline, "kernel_size", (json_int_t)k->kernel_size,
+                                  "release", k->next_release[0] ? k->next_release : NULL);
         else
                 kexec = json_null();
         if (!kexec)
@@ -307,6 +329,11 @@ static int sim_persist(struct sim *s, const struct sim_kstate *k)
                       "reboot_pending", (int)k->reboot_pending, "boots", (json_int_t)k->boots);
         if (!j)
                 return -ENOMEM;
+        if (k->booted_usec &&
+            json_object_set_new(j, "booted_usec", json_integer((json_int_t)k->booted_usec)) < 0) {
+                json_decref(j);
+                return -ENOMEM;
+        }
         json_t *applied = json_object();
         for (int i = 0; applied && i < _SIM_APPLIED_MAX; i++)
                 json_object_set_new(applied, sim_applied_names[i],
@@ -578,6 +605,11 @@ static int sim_kexec_load(struct backend *b, int kernel_fd, int initrd_fd, const
                 if (r < 0)
                         return r;
         }
+        /* The kernel the image is: its header's release runs after the simulated kexec. */
+        char version[256];
+        n.next_release[0] = 0;
+        if (bzimage_version_fd(kernel_fd, version, sizeof(version)) >= 0)
+                bzimage_release(version, n.next_release, sizeof(n.next_release));
         n.kexec = true;
         n.kernel_size = size;
         memcpy(n.cmdline, cmdline, strlen(cmdline) + 1);
@@ -597,7 +629,7 @@ static int sim_kexec_unload(struct backend *b)
         if (!n.kexec)
                 return 0; /* like the kernel: unloading nothing succeeds */
         n.kexec = false;
-        n.kernel_sha256[0] = n.initrd_sha256[0] = n.cmdline[0] = 0;
+        n.kernel_sha256[0] = n.initrd_sha256[0] = n.cmdline[0] = n.next_release[0] = 0;
         n.kernel_size = 0;
         n.applied[SIM_APPLIED_UNLOAD]++;
         return sim_update(s, &n);
@@ -666,7 +698,11 @@ static int sim_get_info(struct backend *b, struct backend_info *ret)
         pthread_mutex_lock(&s->lock);
         memcpy(info.boot_id, s->k.boot_id, sizeof(s->k.boot_id));
         memcpy(info.release, s->k.release, sizeof(s->k.release));
+        uint64_t booted = s->k.booted_usec, now = now_real_usec();
         pthread_mutex_unlock(&s->lock);
+        /* The simulated boot's uptime: wall-clock time since sim_boot() (0 when unknown). */
+        /* At least 1 ms: 0 means unknown, and the agent may ask within the boot's first ms. */
+        info.uptime_ms = booted ? MAX((now > booted ? now - booted : 0) / 1000, 1u) : 0;
         *ret = info;
         return 0;
 }
@@ -708,7 +744,13 @@ static int sim_boot(struct sim_kstate *k, const struct backend_config *cfg)
         r = uuid_v4(k->boot_id);
         if (r < 0)
                 return r;
-        if (cfg->sim_release) {
+        k->booted_usec = now_real_usec();
+        if (k->next_release[0]) {
+                /* The simulated kexec into an image whose header named its release. */
+                if (copy_field(k->release, sizeof(k->release), k->next_release) < 0)
+                        return -EINVAL;
+                k->next_release[0] = 0;
+        } else if (cfg->sim_release) {
                 if (copy_field(k->release, sizeof(k->release), cfg->sim_release) < 0)
                         return -EINVAL;
         } else {

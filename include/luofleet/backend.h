@@ -131,8 +131,9 @@ struct backend {
 };
 
 struct backend_info {
-        char boot_id[40];  /* 36 chars of a UUID */
-        char release[128]; /* kernel release ("uname -r") */
+        char boot_id[40];   /* 36 chars of a UUID */
+        char release[128];  /* kernel release ("uname -r") */
+        uint64_t uptime_ms; /* the kernel's uptime at the call (/proc/uptime), 0 = unknown */
 };
 
 struct backend_ops {

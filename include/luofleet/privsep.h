@@ -100,6 +100,7 @@ struct privsep_reply {
         uint32_t state;              /* GET_STATE, STATE_CHANGED, SELF_CHECK (ioctl) */
         uint32_t state2;             /* SELF_CHECK (sysfs) */
         uint32_t flag;               /* KEXEC_LOADED: 0 or 1 */
+        uint64_t uptime_ms;          /* GET_INFO: the kernel's uptime, 0 = unknown */
         char name[PRIVSEP_NAME_MAX]; /* HELLO: "sim" or "luo-v3" */
         char boot_id[40];            /* HELLO, GET_INFO */
         char release[128];           /* HELLO, GET_INFO */

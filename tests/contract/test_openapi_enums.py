@@ -220,7 +220,8 @@ TABLES = [
 ]
 KERNEL_EVENTS = ("common/luo_state.c", "event_names")
 # Request schemas whose member names the handlers list in `fields[]` arrays.
-REQUEST_SCHEMAS = ("ActionRequest", "StageRequest", "StageFile")
+REQUEST_SCHEMAS = ("ActionRequest", "StageRequest", "StageFile", "StageSignature",
+                   "PrepareRequest", "LeaseRequest")
 
 
 def find_table(tables, rel, name):
@@ -500,7 +501,8 @@ def check_contract(spec, enums):
 
     # SSE event types = journal kinds, each described in GET /v1/events.
     kinds = set(schemas["JournalRecord"]["properties"]["kind"]["enum"])
-    if kinds != {"transition", "operation", "staging", "reboot", "start", "snapshot"}:
+    if kinds != {"transition", "operation", "staging", "reboot", "start", "snapshot", "hook",
+                 "lease"}:
         fail("JournalRecord.kind is %s" % sorted(kinds))
     ev_desc = paths["/v1/events"]["get"]["description"]
     for k in sorted(kinds):

@@ -1028,7 +1028,8 @@ class AgentTestCase(unittest.TestCase):
         d = r.json
         self.assertIsInstance(d, dict, r)
         self.assertEqual(set(d), {"state", "index", "changed_at", "boot_id", "kernel", "backend",
-                                  "staged", "operation", "hostname", "agent_version"}, r)
+                                  "staged", "operation", "hostname", "agent_version", "lease",
+                                  "last_update"}, r)
         self.assertIn(d["state"], STATES)
         self.assertIsInstance(d["index"], int)
         self.assertGreaterEqual(d["index"], 1)

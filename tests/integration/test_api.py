@@ -280,7 +280,8 @@ class BodyErrorTest(AgentTestCase):
         self.accepted(self.c.post("/v1/finish", json_body={"reason": "mise à jour ✓"}))
 
     def test_unknown_field(self):
-        r = self.c.post("/v1/finish", json_body={"reason": "x", "force": True})
+        # "force" is a member of finish only (workload hooks, docs/hooks.md).
+        r = self.c.post("/v1/prepare", json_body={"reason": "x", "force": True})
         self.assertProblem(r, 400, "unknown-field", field="force")
         r = self.c.post("/v1/prepare", json_body={"Operation_id": "a"})
         self.assertProblem(r, 400, "unknown-field", field="Operation_id")
@@ -560,7 +561,8 @@ class HealthTest(AgentTestCase):
         self.assertEqual(set(r.json), {"status", "checks"})
         self.assertEqual(r.json["status"], "ready")
         self.assertEqual([x["name"] for x in r.json["checks"]],
-                         ["backend", "journal", "kernel-consistent", "accepting", "security"])
+                         ["backend", "journal", "kernel-consistent", "accepting", "security",
+                          "kernel-verified"])
         for chk in r.json["checks"]:
             self.assertEqual(set(chk), {"name", "ok", "detail"})
             self.assertIs(chk["ok"], True)

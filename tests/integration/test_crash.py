@@ -396,7 +396,8 @@ class CrashTest(AgentTestCase):
         self.assertEqual([r["kind"] for r in recs], ["reboot"])
         rb = recs[0]
         self.assertEqual(set(rb), {"index", "time", "boot_id", "kind", "state", "from_state",
-                                   "from_boot_id", "to_boot_id", "blackout_ms", "planned"}, rb)
+                                   "from_boot_id", "to_boot_id", "blackout_ms", "planned",
+                                   "kernel_uptime_ms_at_start", "kexec_ms", "verification"}, rb)
         self.assertIs(rb["planned"], False)
         self.assertEqual((rb["state"], rb["from_state"]), ("normal", "prepared"))
         self.assertEqual((rb["from_boot_id"], rb["to_boot_id"], rb["boot_id"]),

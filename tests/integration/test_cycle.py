@@ -134,7 +134,8 @@ class CycleTest(AgentTestCase):
         reboot operation's end (as the state document shows it)."""
         self.assertEqual(set(rb), {"index", "time", "boot_id", "kind", "state", "from_state",
                                    "from_boot_id", "to_boot_id", "blackout_ms", "planned",
-                                   "operation_id", "operation", "http_status"}, rb)
+                                   "operation_id", "operation", "http_status",
+                                   "kernel_uptime_ms_at_start", "kexec_ms", "verification"}, rb)
         self.assertEqual(rb["kind"], "reboot")
         self.assertEqual(rb["boot_id"], d["boot_id"])
         self.assertEqual(rb["state"], "updated")

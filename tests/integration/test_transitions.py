@@ -334,7 +334,10 @@ class StagingTest(AgentTestCase):
             "cmdline": "console=ttyS0 quiet", "operation_id": "stage-1", "reason": "new kernel"})
         d = self.assertStateDoc(r)
         st = d["staged"]
-        self.assertEqual(set(st), {"kernel", "initrd", "cmdline", "staged_at", "loaded"})
+        self.assertEqual(set(st), {"kernel", "initrd", "cmdline", "staged_at", "loaded",
+                                   "signed_by", "previous", "expected"})
+        self.assertIsNone(st["signed_by"])
+        self.assertEqual(st["previous"]["release"], d["kernel"])
         self.assertEqual(st["kernel"], {"path": kpath, "sha256": ksha, "size": 100003})
         self.assertEqual(st["initrd"], {"path": ipath, "sha256": isha, "size": 4097})
         self.assertEqual(st["cmdline"], "console=ttyS0 quiet")

@@ -177,7 +177,9 @@ START_TEST(test_state_document)
         ck_assert(json_is_null(json_object_get(doc, "staged")));
         ck_assert(json_is_null(json_object_get(doc, "operation")));
         ck_assert(uuid_valid(json_string_value(json_object_get(doc, "boot_id"))));
-        ck_assert_int_eq(json_object_size(doc), 10);
+        ck_assert(json_is_null(json_object_get(doc, "lease")));
+        ck_assert(json_is_null(json_object_get(doc, "last_update")));
+        ck_assert_int_eq(json_object_size(doc), 12);
         json_decref(doc);
         http_reply_clear(&rep);
 

@@ -630,6 +630,19 @@ START_TEST(test_get_info)
         ck_assert_int_eq(b->ops->get_info(b, &bi), 0);
         ck_assert_str_eq(bi.boot_id, BOOT_ID);
         ck_assert_str_eq(bi.release, RELEASE);
+        ck_assert_uint_eq(bi.uptime_ms, 0); /* no proc/uptime: unknown */
+
+        /* The blackout's share of the new boot (agent/verify.c). */
+        fake_write("proc/uptime", "12345.67 99.00\n");
+        ck_assert_int_eq(b->ops->get_info(b, &bi), 0);
+        ck_assert_uint_eq(bi.uptime_ms, 12345670);
+        fake_write("proc/uptime", "7 1\n");
+        ck_assert_int_eq(b->ops->get_info(b, &bi), 0);
+        ck_assert_uint_eq(bi.uptime_ms, 7000);
+        fake_write("proc/uptime", "garbage\n");
+        ck_assert_int_eq(b->ops->get_info(b, &bi), 0);
+        ck_assert_uint_eq(bi.uptime_ms, 0);
+        fake_unlink("proc/uptime");
 
         fake_unlink("proc/sys/kernel/osrelease");
         ck_assert_int_eq(b->ops->get_info(b, &bi), 0);
