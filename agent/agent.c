@@ -27,8 +27,9 @@
 #include "verify.h"
 
 static const char *const action_names[_OP_ACTION_MAX] = {
-        [OP_PREPARE] = "prepare", [OP_CANCEL] = "cancel", [OP_REBOOT] = "reboot",
-        [OP_FINISH] = "finish",   [OP_STAGE] = "stage",   [OP_UNSTAGE] = "unstage",
+        [OP_PREPARE] = "prepare",   [OP_CANCEL] = "cancel", [OP_REBOOT] = "reboot",
+        [OP_FINISH] = "finish",     [OP_STAGE] = "stage",   [OP_UNSTAGE] = "unstage",
+        [OP_ROLLBACK] = "rollback",
 };
 
 const char *op_action_to_string(enum op_action a)
@@ -112,6 +113,8 @@ struct agent *agent_free(struct agent *a)
         lease_detach(a);
         json_decref(a->last_update);
         json_decref(a->staged);
+        json_decref(a->rollback_target);
+        json_decref(a->booted);
         json_decref(a->operation);
         json_decref(a->ops);
         json_decref(a->ops_order);
@@ -396,6 +399,35 @@ int agent_record_staging_locked(struct agent *a, json_t *staged)
                                    json_pack("{s:O}", "staged", staged ? staged : json_null()));
 }
 
+static bool same_str(json_t *obj, const char *key, const char *v);
+
+/*
+ * A reboot consumed a->staged (docs/staging.md, rollback): its "previous" is
+ * the rollback target (with its command line, the one the kernel rolled back
+ * from runs with), and when the new boot verified as the staged kernel, that
+ * record names the files of the running kernel. Before a->staged is dropped.
+ */
+static void agent_note_reboot_locked(struct agent *a, json_t *verification)
+{
+        json_t *prev = a->staged ? json_object_get(a->staged, "previous") : NULL;
+
+        json_decref(a->rollback_target);
+        a->rollback_target = NULL;
+        json_decref(a->booted);
+        a->booted = NULL;
+        if (json_is_object(prev) && json_is_string(json_object_get(prev, "release"))) {
+                a->rollback_target = json_deep_copy(prev);
+                if (a->rollback_target && json_is_string(json_object_get(a->staged, "cmdline")))
+                        json_object_set(a->rollback_target, "cmdline",
+                                        json_object_get(a->staged, "cmdline"));
+        }
+        if (a->staged && same_str(verification, "status", "match")) {
+                a->booted = json_deep_copy(a->staged);
+                if (a->booted)
+                        json_object_del(a->booted, "previous");
+        }
+}
+
 json_t *agent_allowed_actions(enum luo_state s)
 {
         json_t *arr = json_array();
@@ -414,6 +446,7 @@ json_t *agent_allowed_actions(enum luo_state s)
                 break;
         case LUO_STATE_UPDATED:
                 json_array_append_new(arr, json_string("finish"));
+                json_array_append_new(arr, json_string("rollback"));
                 break;
         default:
                 break;
@@ -506,6 +539,7 @@ static void agent_load_journal_locked(struct agent *a, char *ret_last_boot, size
                         lease_load(a, json_object_get(rec, "lease"));
                 } else if (kind && strcmp(kind, "reboot") == 0) {
                         json_t *op = json_object_get(rec, "operation");
+                        agent_note_reboot_locked(a, json_object_get(rec, "verification"));
                         json_decref(a->staged);
                         a->staged = NULL;
                         a->lease.active = false; /* a lease never outlives its boot */
@@ -535,6 +569,12 @@ static void agent_load_journal_locked(struct agent *a, char *ret_last_boot, size
                         json_decref(a->staged);
                         a->staged = json_is_object(st) ? json_deep_copy(st) : NULL;
                         lease_load(a, json_object_get(rec, "lease"));
+                        st = json_object_get(rec, "rollback_target");
+                        json_decref(a->rollback_target);
+                        a->rollback_target = json_is_object(st) ? json_deep_copy(st) : NULL;
+                        st = json_object_get(rec, "booted");
+                        json_decref(a->booted);
+                        a->booted = json_is_object(st) ? json_deep_copy(st) : NULL;
                         json_decref(a->last_update);
                         a->last_update =
                                 json_is_object(json_object_get(rec, "last_update"))
@@ -576,12 +616,14 @@ static json_t *agent_snapshot_fn(const struct journal_rec *const *dropped, size_
         (void)n;
         /* last_start: what the journal last recorded, not what runs now: a start
          * record still to be appended must not be claimed by the snapshot. */
-        return json_pack("{s:o, s:O, s:O, s:O, s:o, s:O}", "operations", ops, "staged",
+        return json_pack("{s:o, s:O, s:O, s:O, s:o, s:O, s:O, s:O}", "operations", ops, "staged",
                          a->staged ? a->staged : json_null(), "last_operation",
                          a->operation ? a->operation : json_null(), "last_start",
                          a->last_start ? a->last_start : json_null(), "lease",
                          lease_journal_json(&a->lease), "last_update",
-                         a->last_update ? a->last_update : json_null());
+                         a->last_update ? a->last_update : json_null(), "rollback_target",
+                         a->rollback_target ? a->rollback_target : json_null(), "booted",
+                         a->booted ? a->booted : json_null());
 }
 
 static json_t *start_facts(json_t *rec)
@@ -637,7 +679,8 @@ int agent_reconcile(struct agent *a)
                  * would otherwise see the new boot id, take the same-boot path and
                  * judge the reboot as failed).
                  */
-                bool planned = op_was_running && same_str(op, "action", "reboot");
+                bool planned = op_was_running && (same_str(op, "action", "reboot") ||
+                                                  same_str(op, "action", "rollback"));
                 uint64_t blackout_ms = now > last_time ? (now - last_time) / 1000 : 0;
                 enum luo_state from = a->state;
                 json_t *rec = json_pack("{s:s, s:s, s:s, s:I, s:b}", "from_boot_id", last_boot,
@@ -687,6 +730,7 @@ int agent_reconcile(struct agent *a)
                 a->last_update = verify_last_update_from_record(rec);
                 if (a->last_update)
                         json_object_set_new(a->last_update, "at", time_json(now));
+                agent_note_reboot_locked(a, verification);
                 metrics_blackout(blackout_ms);
                 /* Before the append, so that the document it rebuilds has no lease. */
                 lease_reconcile_locked(a, true);

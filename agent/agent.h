@@ -32,6 +32,7 @@ enum op_action {
         OP_FINISH,
         OP_STAGE,
         OP_UNSTAGE,
+        OP_ROLLBACK,
         _OP_ACTION_MAX,
 };
 
@@ -90,7 +91,15 @@ struct agent {
         uint64_t changed_at; /* realtime usec */
         struct backend_info info;
         char hostname[256];
-        json_t *staged;    /* NULL = nothing staged */
+        json_t *staged; /* NULL = nothing staged */
+        /*
+         * Rollback (docs/staging.md): rollback_target is the "previous" of the
+         * staged record the last reboot consumed, with that record's cmdline
+         * (NULL = none); booted is the staged record the last reboot booted
+         * when the verification matched (its files name the running kernel).
+         */
+        json_t *rollback_target;
+        json_t *booted;
         json_t *operation; /* current or last operation, NULL = none yet */
         bool op_running;
         struct doc_snapshot *snap;

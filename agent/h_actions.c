@@ -1,9 +1,9 @@
 /*
  * h_actions.c: the mutating endpoints: POST /v1/{prepare,cancel,reboot,
- * finish} and PUT/GET/DELETE /v1/kernel. They validate the request, let
- * agent_op_begin() admit it (durably), and defer the kernel call to the
- * worker: the answer comes when it is done, except reboot, answered 202
- * before the jump. Every answer of a mutating request leaves one audit
+ * finish,rollback} and PUT/GET/DELETE /v1/kernel. They validate the request,
+ * let agent_op_begin() admit it (durably), and defer the kernel call to the
+ * worker: the answer comes when it is done, except reboot and rollback,
+ * answered 202 before the jump. Every answer of a mutating request leaves one audit
  * record (agent_audit): here when it is given at once, at the end of the
  * job when the worker gives it. MHD thread.
  */
@@ -190,7 +190,7 @@ int h_action_post(struct http_req *req, struct http_reply *rep)
         int act = op_action_from_string(name), r;
 
         if (act < 0 || act == OP_STAGE || act == OP_UNSTAGE)
-                return -EINVAL; /* the route table only maps the four actions here */
+                return -EINVAL; /* the route table only maps the five actions here */
         request_init(req, act, &rq);
         r = action_post(req, rep, &rq);
         audit_answer(req, &rq, rep, r);

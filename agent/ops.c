@@ -1,9 +1,9 @@
 /*
  * ops.c: the life of an operation (prepare, cancel, reboot, finish, stage,
- * unstage): admission on MHD's thread (idempotent replay, If-Match, one at a
- * time, transition table), a durable "running" record before any kernel
- * call, execution on the worker thread, and a durable end record before the
- * caller hears the result. Lock: agent.lock, never held across a kernel call.
+ * unstage, rollback: finish + stage + prepare + reboot in one): admission on MHD's thread
+ * (idempotent replay, If-Match, one at a time, transition table), a durable "running" record before
+ * any kernel call, execution on the worker thread, and a durable end record before the caller hears
+ * the result. Lock: agent.lock, never held across a kernel call.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -31,7 +31,7 @@ struct op_job *op_job_new(struct agent *a, const struct op_request *rq)
                 return NULL;
         job->agent = a;
         job->rq = *rq;
-        job->ok_status = rq->action == OP_REBOOT ? 202 : 200;
+        job->ok_status = rq->action == OP_REBOOT || rq->action == OP_ROLLBACK ? 202 : 200;
         return job;
 }
 
@@ -88,6 +88,7 @@ static bool action_allowed(enum op_action act, enum luo_state s)
         case OP_CANCEL:
                 return s == LUO_STATE_PREPARED || s == LUO_STATE_FROZEN;
         case OP_FINISH:
+        case OP_ROLLBACK:
                 return s == LUO_STATE_UPDATED;
         case OP_REBOOT:
                 return s == LUO_STATE_PREPARED || s == LUO_STATE_FROZEN;
@@ -224,6 +225,21 @@ int agent_op_begin(struct agent *a, const struct op_request *rq, struct http_rep
                 problem_invalid_transition(a, rep, action, NULL);
                 goto refuse;
         }
+        if (rq->action == OP_ROLLBACK) {
+                json_t *t = a->rollback_target;
+                const char *rel = json_string_value(json_object_get(t, "release"));
+                if (!json_is_string(json_object_get(t, "image")) ||
+                    !json_is_string(json_object_get(t, "image_sha256"))) {
+                        http_reply_problem(rep, 409, "no-rollback-target",
+                                           "%s%s%s: no kernel image of it was recorded when the "
+                                           "running kernel was staged (docs/staging.md)",
+                                           rel ? "the previous release " : "no previous kernel",
+                                           rel ? rel : "", rel ? " is known but" : " is recorded");
+                        json_object_set_new(rep->json, "state",
+                                            json_string(luo_state_to_string(a->state)));
+                        goto refuse;
+                }
+        }
         if (rq->action == OP_REBOOT) {
                 bool loaded = false;
                 /* A sysfs read, not a blocking call: fine on this thread. */
@@ -352,6 +368,7 @@ static bool op_hooks_before(struct op_job *job, struct stage_result *sr)
                 phase = HOOK_PRE_PREPARE;
                 break;
         case OP_REBOOT:
+        case OP_ROLLBACK: /* before anything: its finish, staging and prepare run no hooks */
                 phase = HOOK_PRE_REBOOT;
                 break;
         case OP_FINISH:
@@ -467,12 +484,103 @@ static void op_reboot_accepted(struct op_job *job)
         agent_audit(a, &(struct audit_entry){
                                .who = &job->rq.who,
                                .source = job->rq.source,
-                               .action = "reboot",
+                               .action = op_action_to_string(job->rq.action),
                                .operation_id = job->rq.id,
                                .if_match = job->rq.has_precondition ? job->rq.precondition : NULL,
                                .status = 202,
                                .code = "accepted",
                        });
+}
+
+/*
+ * POST /v1/rollback on the worker (docs/staging.md): from updated, finish,
+ * stage the recorded previous kernel (digests checked, the expectation its
+ * release), prepare, then answer 202 and jump like a reboot. A step that
+ * fails ends the operation there (the host stays where that step left it).
+ * Returns like a kernel call; *jump when the reboot was made.
+ */
+/* The kernel re-read between a rollback's steps, so that its 202 shows where it stands. */
+static void op_apply_kernel_state(struct agent *a, const char *id)
+{
+        uint64_t ticket = agent_read_ticket(a), idx;
+        enum luo_state ks;
+        int rs = a->backend->ops->get_state(a->backend, &ks);
+
+        agent_lock(a);
+        if (rs >= 0 && ticket >= a->applied_ticket) {
+                a->applied_ticket = ticket;
+                agent_transition_op_locked(a, ks, id);
+        }
+        idx = a->index;
+        agent_unlock(a);
+        agent_notify_index(a, idx);
+}
+
+static int op_rollback(struct op_job *job, struct stage_result *sr, bool *jump)
+{
+        struct agent *a = job->agent;
+        struct backend *b = a->backend;
+        struct op_request *srq;
+        enum luo_state ks;
+        json_t *t, *staged;
+        uint64_t idx;
+        int r;
+
+        srq = calloc(1, sizeof(*srq));
+        if (!srq)
+                return -ENOMEM;
+        *srq = job->rq;
+        srq->action = OP_STAGE;
+        agent_lock(a);
+        t = a->rollback_target;
+        snprintf(srq->kernel_path, sizeof(srq->kernel_path), "%s",
+                 json_string_value(json_object_get(t, "image")) ?: "");
+        snprintf(srq->kernel_sha256, sizeof(srq->kernel_sha256), "%s",
+                 json_string_value(json_object_get(t, "image_sha256")) ?: "");
+        snprintf(srq->initrd_path, sizeof(srq->initrd_path), "%s",
+                 json_string_value(json_object_get(t, "initrd")) ?: "");
+        snprintf(srq->initrd_sha256, sizeof(srq->initrd_sha256), "%s",
+                 json_string_value(json_object_get(t, "initrd_sha256")) ?: "");
+        snprintf(srq->cmdline, sizeof(srq->cmdline), "%s",
+                 json_string_value(json_object_get(t, "cmdline")) ?: "");
+        snprintf(srq->expected_release, sizeof(srq->expected_release), "%s",
+                 json_string_value(json_object_get(t, "release")) ?: "");
+        srq->kernel_url[0] = srq->initrd_url[0] = srq->signed_by[0] = 0;
+        agent_unlock(a);
+
+        r = b->ops->get_state(b, &ks);
+        if (r >= 0 && ks == LUO_STATE_UPDATED) {
+                r = b->ops->set_event(b, LUO_EVENT_FINISH);
+                op_apply_kernel_state(a, job->rq.id);
+        }
+        if (r < 0)
+                goto out;
+        r = staging_run(b, srq, sr);
+        if (r < 0 || sr->code)
+                goto out;
+        verify_stage_expectation(a, srq, sr->staged);
+        staged = json_incref(sr->staged);
+        agent_lock(a);
+        staging_previous_from_booted(staged, a->booted);
+        /* The staged record keeps the kernel rolled back from as its own "previous". */
+        json_decref(a->staged);
+        a->staged = staged;
+        agent_record_staging_locked(a, a->staged);
+        idx = a->index;
+        agent_unlock(a);
+        agent_notify_index(a, idx);
+        r = b->ops->set_event(b, LUO_EVENT_PREPARE);
+        if (r < 0)
+                goto out;
+        op_apply_kernel_state(a, job->rq.id);
+        op_reboot_accepted(job);
+        sleep_ms(a->cfg ? a->cfg->reboot_delay_ms : 0);
+        log_notice("Rolling back to %s (operation %s)", srq->expected_release, job->rq.id);
+        r = b->ops->reboot(b);
+        *jump = r >= 0;
+out:
+        free(srq);
+        return r;
 }
 
 void agent_op_execute(struct op_job *job)
@@ -523,6 +631,11 @@ void agent_op_execute(struct op_job *job)
         case OP_UNSTAGE:
                 r = b->ops->kexec_unload(b);
                 break;
+        case OP_ROLLBACK:
+                r = op_rollback(job, &sr, &jump);
+                if (!job->done)
+                        audit_now = false; /* audited with its 202 (op_reboot_accepted) */
+                break;
         default:
                 r = -EINVAL;
         }
@@ -561,7 +674,7 @@ after_kernel:
         } else if (r < 0) {
                 struct problem_errno_map m = problem_from_errno(r);
                 char detail[256];
-                if (job->rq.action == OP_REBOOT && r == -EINVAL)
+                if ((job->rq.action == OP_REBOOT || job->rq.action == OP_ROLLBACK) && r == -EINVAL)
                         m = (struct problem_errno_map){ EINVAL, 500, "kernel-error" };
                 snprintf(detail, sizeof(detail), "the kernel refused %s: %s (%s)", action,
                          strerror(-r), errno_name(r, eb));
@@ -581,6 +694,7 @@ after_kernel:
                 status = job->ok_status;
                 json_object_set_new(op, "status", json_string(jump ? "running" : "succeeded"));
                 if (job->rq.action == OP_STAGE) {
+                        staging_previous_from_booted(sr.staged, a->booted);
                         json_decref(a->staged);
                         a->staged = json_incref(sr.staged);
                         agent_record_staging_locked(a, a->staged);

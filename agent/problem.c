@@ -32,6 +32,7 @@ static const struct {
         { "operation-in-progress", "Another operation is in progress" },
         { "operation-id-conflict", "operation_id already used for another action" },
         { "no-kernel-staged", "No kernel is staged for kexec" },
+        { "no-rollback-target", "No previous kernel to roll back to" },
         { "digest-mismatch", "SHA-256 digest does not match" },
         { "file-not-found", "File not found" },
         { "not-a-regular-file", "Not a regular file" },

@@ -24,6 +24,7 @@ static struct route routes[] = {
         { HTTP_POST, "/v1/prepare", h_action_post, -1 },
         { HTTP_POST, "/v1/cancel", h_action_post, -1 },
         { HTTP_POST, "/v1/reboot", h_action_post, -1 },
+        { HTTP_POST, "/v1/rollback", h_action_post, -1 },
         { HTTP_POST, "/v1/finish", h_action_post, -1 },
         { HTTP_POST, "/v1/lease", h_lease_post, -1 },
         { HTTP_PUT, "/v1/kernel", h_kernel_put, -1 },

@@ -197,30 +197,59 @@ static int stage_open(struct backend *b, const char *field, const char *path, co
  * file is (inside an allowed directory, through the helper with privilege
  * separation), its path and SHA-256; null members otherwise.
  */
+/* /boot/<prefix><release> when readable as a staged file would be: 1 and its digest in got. */
+static int boot_file(struct backend *b, const char *prefix, const char *release, char *path,
+                     size_t path_size, char got[static 65])
+{
+        char canonical[PATH_MAX];
+        uint64_t size = 0;
+        int n = snprintf(path, path_size, "/boot/%s%s", prefix, release);
+
+        if (n > 0 && (size_t)n < path_size && !strchr(release, '/') && stagepath_valid(path) &&
+            stagepath_allowed(path, realpath(path, canonical), allowed_dirs, n_allowed_dirs)) {
+                _cleanup_close_ int fd = stage_open_fd(b, path);
+                if (fd >= 0 && sha256_fd(fd, got, &size) >= 0)
+                        return 1;
+        }
+        return 0;
+}
+
 static json_t *previous_kernel(struct backend *b)
 {
         struct backend_info info = { 0 };
-        char path[PATH_MAX], canonical[PATH_MAX], got[65];
-        json_t *image = json_null(), *sha = json_null();
-        uint64_t size = 0;
-        int n;
+        char path[PATH_MAX], got[65];
+        json_t *prev;
 
         if (b->ops->get_info(b, &info) < 0)
                 return json_pack("{s:n, s:n, s:n}", "release", "image", "image_sha256");
-        n = snprintf(path, sizeof(path), "/boot/vmlinuz-%s", info.release);
-        if (n > 0 && (size_t)n < sizeof(path) && !strchr(info.release, '/') &&
-            stagepath_valid(path) &&
-            stagepath_allowed(path, realpath(path, canonical), allowed_dirs, n_allowed_dirs)) {
-                _cleanup_close_ int fd = stage_open_fd(b, path);
-                if (fd >= 0 && sha256_fd(fd, got, &size) >= 0) {
-                        json_decref(image);
-                        json_decref(sha);
-                        image = json_string(path);
-                        sha = json_string(got);
-                }
+        if (!boot_file(b, "vmlinuz-", info.release, path, sizeof(path), got))
+                return json_pack("{s:s, s:n, s:n}", "release", info.release, "image",
+                                 "image_sha256");
+        prev = json_pack("{s:s, s:s, s:s}", "release", info.release, "image", path, "image_sha256",
+                         got);
+        if (prev && boot_file(b, "initrd.img-", info.release, path, sizeof(path), got)) {
+                json_object_set_new(prev, "initrd", json_string(path));
+                json_object_set_new(prev, "initrd_sha256", json_string(got));
         }
-        return json_pack("{s:s, s:o, s:o}", "release", info.release, "image", image, "image_sha256",
-                         sha);
+        return prev;
+}
+
+void staging_previous_from_booted(json_t *staged, json_t *booted)
+{
+        json_t *prev = json_object_get(staged, "previous");
+        json_t *k = json_object_get(booted, "kernel"), *i = json_object_get(booted, "initrd");
+
+        if (!json_is_object(prev) || !json_is_null(json_object_get(prev, "image")) ||
+            !json_is_string(json_object_get(k, "path")) ||
+            !json_is_string(json_object_get(k, "sha256")))
+                return;
+        json_object_set(prev, "image", json_object_get(k, "path"));
+        json_object_set(prev, "image_sha256", json_object_get(k, "sha256"));
+        if (json_is_object(i) && json_is_string(json_object_get(i, "path")) &&
+            json_is_string(json_object_get(i, "sha256"))) {
+                json_object_set(prev, "initrd", json_object_get(i, "path"));
+                json_object_set(prev, "initrd_sha256", json_object_get(i, "sha256"));
+        }
 }
 
 int staging_run(struct backend *b, const struct op_request *rq, struct stage_result *res)

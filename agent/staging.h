@@ -43,6 +43,13 @@ int staging_execute(struct agent *a, struct op_request *rq, struct stage_result 
 int staging_check_signature(const struct agent_config *cfg, json_t *sig, struct op_request *rq,
                             const char **ret_code, char *detail, size_t detail_size);
 void stage_result_done(struct stage_result *res);
+/*
+ * The rollback target from what the agent booted (docs/staging.md): when
+ * staged's "previous" has no image (no readable /boot/vmlinuz-<release>),
+ * take the kernel (and initrd) files of booted, the staged record the last
+ * reboot booted into with a matching verification. Under agent.lock.
+ */
+void staging_previous_from_booted(json_t *staged, json_t *booted);
 
 /*
  * The directories staged files must lie in (canonical paths are compared;

@@ -1048,7 +1048,7 @@ class AgentTestCase(unittest.TestCase):
         self.assertEqual(set(op), {"id", "action", "status", "error", "requested_at",
                                    "finished_at", "reason", "requested_by"}, op)
         self.assertIn(op["action"], ("prepare", "cancel", "reboot", "finish", "stage",
-                                     "unstage"))
+                                     "unstage", "rollback"))
         self.assertIn(op["status"], ("running", "succeeded", "failed"))
         self.assertRegex(op["requested_at"], RFC3339_MS_RE)
         if op["status"] == "running":

@@ -163,7 +163,7 @@ class CycleTest(AgentTestCase):
         self.assertEqual(a.sim_kernel()["boots"], 2)
         # A new reboot is refused in updated.
         self.assertProblem(c.post("/v1/reboot"), 409, "invalid-transition", state="updated",
-                           allowed_actions=["finish"])
+                           allowed_actions=["finish", "rollback"])
         r = c.post("/v1/finish", json_body={"operation_id": "cycle-finish"})
         f = self.assertStateDoc(r)
         self.assertEqual(f["state"], "normal")
