@@ -293,14 +293,13 @@ int auth_tokens_load(const char *path, struct auth_tokens **ret, char *err, size
         buf = malloc((size_t)st.st_size + 1);
         if (!buf)
                 return -ENOMEM;
-        while (len < (size_t)st.st_size) {
-                ssize_t n = read(fd, buf + len, (size_t)st.st_size - len);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n <= 0)
-                        break;
-                len += (size_t)n;
+        ssize_t n = read_full(fd, buf, (size_t)st.st_size);
+        if (n < 0) {
+                free(buf);
+                snprintf(err, err_size, "cannot read %s: %s", path, strerror((int)-n));
+                return (int)n;
         }
+        len = (size_t)n;
         char perr[200] = "";
         r = auth_tokens_parse(buf, len, ret, perr, sizeof(perr));
         OPENSSL_cleanse(buf, len);

@@ -74,14 +74,13 @@ static int read_file(const char *what, const char *path, bool secret, gnutls_dat
         buf = gnutls_malloc((size_t)st.st_size + 1);
         if (!buf)
                 return -ENOMEM;
-        while (len < (size_t)st.st_size) {
-                ssize_t n = read(fd, buf + len, (size_t)st.st_size - len);
-                if (n < 0 && errno == EINTR)
-                        continue;
-                if (n <= 0)
-                        break;
-                len += (size_t)n;
+        ssize_t n = read_full(fd, buf, (size_t)st.st_size);
+        if (n < 0) {
+                gnutls_free(buf);
+                snprintf(err, err_size, "%s %s: %s", what, path, strerror((int)-n));
+                return (int)n;
         }
+        len = (size_t)n;
         buf[len] = 0;
         ret->data = (unsigned char *)buf;
         ret->size = (unsigned)len;

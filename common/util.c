@@ -185,6 +185,25 @@ int write_all(int fd, const void *data, size_t len)
         return 0;
 }
 
+ssize_t read_full(int fd, void *buf, size_t size)
+{
+        char *p = buf;
+        size_t len = 0;
+
+        while (len < size) {
+                ssize_t n = read(fd, p + len, size - len);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return negative_errno();
+                }
+                if (n == 0)
+                        break;
+                len += (size_t)n;
+        }
+        return (ssize_t)len;
+}
+
 int write_file_atomic_at(int dirfd, const char *name, const void *data, size_t len, mode_t mode)
 {
         char tmp[256];

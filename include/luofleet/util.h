@@ -50,6 +50,8 @@ int write_file_atomic_at(int dirfd, const char *name, const void *data, size_t l
 
 /* write() the whole buffer, looping on EINTR and short counts. */
 int write_all(int fd, const void *data, size_t len);
+/* read() until size bytes or end of file, looping on EINTR. Returns the count or -errno. */
+ssize_t read_full(int fd, void *buf, size_t size);
 
 /* "EINVAL" for 22; "E<n>" for numbers without a name (buf >= 16). */
 const char *errno_name(int err, char buf[static 16]);

@@ -48,6 +48,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -668,6 +669,20 @@ class SSEStream:
 
 # ---------------------------------------------------------------------------------------------
 # The agent process
+
+
+def make_bzimage(directory, name, version):
+    """A kernel-image-like file (8 KiB) whose x86 setup header names version: "HdrS" at
+    0x202, kernel_version at 0x20E pointing to the string (+ 0x200). Returns (path, sha256)."""
+    img = bytearray(os.urandom(16) * 512)
+    img[0x202:0x206] = b"HdrS"
+    img[0x20E:0x210] = struct.pack("<H", 0x300)
+    s = version.encode() + b"\0"
+    img[0x500:0x500 + len(s)] = s
+    path = os.path.join(directory, name)
+    with open(path, "wb") as f:
+        f.write(img)
+    return path, sha256_file(path)
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):

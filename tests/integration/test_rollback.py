@@ -13,14 +13,13 @@ polling through the blackout."""
 import hashlib
 import os
 import shutil
-import struct
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import AgentTestCase, sha256_file  # noqa: E402
+from harness import AgentTestCase  # noqa: E402
 
 setUpModule, tearDownModule = harness.module_fixtures(__file__)
 
@@ -30,16 +29,8 @@ NEW = "6.99.1-next (ci@build) #7 SMP PREEMPT_DYNAMIC Wed Nov 25 12:00:00 UTC 202
 
 
 def make_bzimage(directory, name, version):
-    """A file with an x86 setup header naming version (as in test_verify.py)."""
-    img = bytearray(os.urandom(16) * 512)
-    img[0x202:0x206] = b"HdrS"
-    img[0x20E:0x210] = struct.pack("<H", 0x300)
-    s = version.encode() + b"\0"
-    img[0x500:0x500 + len(s)] = s
-    path = os.path.join(directory, name)
-    with open(path, "wb") as f:
-        f.write(img)
-    return path, sha256_file(path)
+    return harness.make_bzimage(directory, name, version)
+
 
 
 class RollbackTest(AgentTestCase):

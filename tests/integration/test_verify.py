@@ -8,13 +8,12 @@ kept across an agent restart), unknown (no header, no release), cleared by the n
 prepare. The simulated kernel boots into the release its image's header names."""
 
 import os
-import struct
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
-from harness import AgentTestCase, make_file, sha256_file  # noqa: E402
+from harness import AgentTestCase, make_file  # noqa: E402
 
 setUpModule, tearDownModule = harness.module_fixtures(__file__)
 
@@ -23,17 +22,8 @@ VERSION = "6.99.1-next (ci@build) #7 SMP PREEMPT_DYNAMIC Wed Nov 25 12:00:00 UTC
 
 
 def make_bzimage(directory, name, version=VERSION):
-    """A file with an x86 setup header: "HdrS" at 0x202, kernel_version at 0x20E pointing
-    to the version string (+ 0x200)."""
-    img = bytearray(os.urandom(16) * 512)  # 8 KiB
-    img[0x202:0x206] = b"HdrS"
-    img[0x20E:0x210] = struct.pack("<H", 0x300)
-    s = version.encode() + b"\0"
-    img[0x500:0x500 + len(s)] = s
-    path = os.path.join(directory, name)
-    with open(path, "wb") as f:
-        f.write(img)
-    return path, sha256_file(path)
+    return harness.make_bzimage(directory, name, version)
+
 
 
 class VerifyTest(AgentTestCase):

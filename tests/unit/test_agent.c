@@ -30,42 +30,8 @@
 #include "router.h"
 #include "snapshot.h"
 #include "staging.h"
+#include "agentfixture.h"
 #include "testutil.h"
-
-static char tmpdir[256];
-static struct agent_config cfg;
-static struct backend *backend;
-static struct journal *journal;
-static struct agent *agent;
-static int dir_fd = -1;
-
-static void open_all(void)
-{
-        char msg[256];
-
-        cfg.backend.kind = BACKEND_SIM;
-        cfg.backend.state_dir = tmpdir;
-        cfg.backend.sim_release = "6.1.0-test";
-        cfg.max_wait_ms = 600000;
-        cfg.reboot_delay_ms = 0;
-        snprintf(cfg.hostname, sizeof(cfg.hostname), "unit-host");
-        ck_assert_int_eq(backend_open(&cfg.backend, &backend, msg, sizeof(msg)), 0);
-        dir_fd = open(tmpdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        ck_assert_int_ge(dir_fd, 0);
-        ck_assert_int_eq(journal_open(dir_fd, "journal", 0, &journal, NULL), 0);
-        ck_assert_int_eq(agent_new(&cfg, backend, journal, dir_fd, &agent), 0);
-        ck_assert_int_eq(agent_reconcile(agent), 0);
-}
-
-static void close_all(void)
-{
-        agent = agent_free(agent);
-        journal = journal_free(journal);
-        backend = backend_free(backend);
-        if (dir_fd >= 0)
-                close(dir_fd);
-        dir_fd = -1;
-}
 
 static void setup(void)
 {

@@ -308,6 +308,24 @@ START_TEST(test_hex_and_mkdir)
 }
 END_TEST
 
+START_TEST(test_read_full)
+{
+        char buf[16];
+        int p[2];
+
+        ck_assert_int_eq(pipe(p), 0);
+        ck_assert_int_eq(write_all(p[1], "hel", 3), 0);
+        ck_assert_int_eq(write_all(p[1], "lo", 2), 0);
+        close(p[1]);
+        /* Short reads are joined; end of file ends it. */
+        ck_assert_int_eq(read_full(p[0], buf, sizeof(buf)), 5);
+        ck_assert_int_eq(memcmp(buf, "hello", 5), 0);
+        ck_assert_int_eq(read_full(p[0], buf, sizeof(buf)), 0);
+        close(p[0]);
+        ck_assert_int_eq(read_full(p[0], buf, sizeof(buf)), -EBADF);
+}
+END_TEST
+
 static Suite *util_suite(void)
 {
         Suite *s = suite_create("util");
@@ -318,6 +336,7 @@ static Suite *util_suite(void)
         tcase_add_test(tc, test_rfc3339);
         tcase_add_test(tc, test_errno_names);
         tcase_add_test(tc, test_write_atomic);
+        tcase_add_test(tc, test_read_full);
         tcase_add_test(tc, test_read_small_file);
         tcase_add_test(tc, test_strip_trailing);
         tcase_add_test(tc, test_uuid);
