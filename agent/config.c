@@ -98,6 +98,14 @@ static void usage(FILE *f)
               "  --sim-release=STRING    kernel release the simulator reports\n"
               "  --sim-reboot=exec|exit  after a simulated kexec, re-execute the agent\n"
               "                          (default) or exit 0 for a supervisor to restart it\n"
+              "  --sim-downtime=DURATION|never  with --sim-reboot=exec: at the simulated\n"
+              "                          kexec close every listener and connection (clients\n"
+              "                          get connection refused), stay offline this long\n"
+              "                          (units ms, s, m; at most 1h), then come back on the\n"
+              "                          same addresses; never: exit 0, the machine does not\n"
+              "                          come back (default 0: back at once, sockets kept)\n"
+              "  --sim-boot-release=STRING  after a simulated kexec, report this release\n"
+              "                          instead of the staged image's (a wrong-kernel fault)\n"
               "\n"
               "Commands:\n"
               "  luofleet-agent token NAME [ROLE]  print a new random token and the line\n"
@@ -166,6 +174,8 @@ enum {
         ARG_SIM_FAULT,
         ARG_SIM_RELEASE,
         ARG_SIM_REBOOT,
+        ARG_SIM_DOWNTIME,
+        ARG_SIM_BOOT_RELEASE,
         ARG_HOSTNAME,
         ARG_LOG_LEVEL,
         ARG_VERSION,
@@ -274,6 +284,8 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 { "sim-fault", required_argument, NULL, ARG_SIM_FAULT },
                 { "sim-release", required_argument, NULL, ARG_SIM_RELEASE },
                 { "sim-reboot", required_argument, NULL, ARG_SIM_REBOOT },
+                { "sim-downtime", required_argument, NULL, ARG_SIM_DOWNTIME },
+                { "sim-boot-release", required_argument, NULL, ARG_SIM_BOOT_RELEASE },
                 { "hostname", required_argument, NULL, ARG_HOSTNAME },
                 { "log-level", required_argument, NULL, ARG_LOG_LEVEL },
                 { "max-connections-per-ip", required_argument, NULL, ARG_MAX_CONN_PER_IP },
@@ -438,6 +450,22 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                                 cfg->sim_reboot = SIM_REBOOT_EXIT;
                         else
                                 return bad("--sim-reboot", optarg, "expected exec or exit");
+                        break;
+                case ARG_SIM_DOWNTIME:
+                        if (strcmp(optarg, "never") == 0)
+                                cfg->sim_downtime_ms = SIM_DOWNTIME_NEVER;
+                        else if (parse_duration_ms(optarg, SIM_DOWNTIME_MAX_MS, &v) < 0)
+                                return bad("--sim-downtime", optarg,
+                                           "expected a duration like 2s or 500ms (at most 1h), "
+                                           "or never");
+                        else
+                                cfg->sim_downtime_ms = v;
+                        break;
+                case ARG_SIM_BOOT_RELEASE:
+                        if (!optarg[0] || strlen(optarg) >= 128)
+                                return bad("--sim-boot-release", optarg,
+                                           "expected 1 to 127 characters");
+                        cfg->backend.sim_boot_release = optarg;
                         break;
                 case ARG_HOSTNAME:
                         if (!optarg[0] || strlen(optarg) >= sizeof(cfg->hostname))
@@ -618,6 +646,14 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 fprintf(stderr,
                         "luofleet-agent: unexpected argument '%s'\nTry 'luofleet-agent --help'.\n",
                         argv[optind]);
+                return -EINVAL;
+        }
+        /* The downtime is the re-executed agent's: a supervisor restarting an exited one
+         * decides by itself when the machine is back. */
+        if (cfg->sim_downtime_ms && cfg->sim_reboot == SIM_REBOOT_EXIT) {
+                fprintf(stderr, "luofleet-agent: --sim-downtime needs --sim-reboot=exec (with "
+                                "--sim-reboot=exit the supervisor decides when the machine "
+                                "comes back)\n");
                 return -EINVAL;
         }
         if (cfg->n_listen == 0) {

@@ -24,6 +24,11 @@ enum sim_reboot_mode {
         SIM_REBOOT_EXIT, /* exit 0 and let the supervisor start us again */
 };
 
+/* --sim-downtime=never: the simulated machine does not come back after its kexec. */
+#define SIM_DOWNTIME_NEVER UINT64_MAX
+/* The longest --sim-downtime=DURATION. */
+#define SIM_DOWNTIME_MAX_MS (60ull * 60 * 1000)
+
 struct listen_addr {
         bool is_unix;
         char host[128]; /* numeric address or "localhost" */
@@ -89,6 +94,9 @@ struct agent_config {
         bool privsep;   /* kernel calls in a separate privileged process */
         char *run_user; /* drop the network process to this user (when root) */
         enum sim_reboot_mode sim_reboot;
+        /* --sim-downtime: how long the simulated machine stays offline at its kexec (nothing
+         * listens), 0 = comes back at once, SIM_DOWNTIME_NEVER = never (main.c's sim_jump) */
+        uint64_t sim_downtime_ms;
         int log_level;
         char hostname[256]; /* override; "" = gethostname() */
 

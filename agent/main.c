@@ -12,6 +12,10 @@
  * user (--user) and becomes that user, with no capabilities, before it
  * reads a journal record or a byte from the network. Later opens of those
  * files (SIGHUP) and of staged kernels go through the helper.
+ *
+ * The simulated kexec (--backend=sim) ends here too: sim_jump() re-executes
+ * the agent in place (or exits), and with --sim-downtime the new image first
+ * stays offline for that long (sim_downtime_wait()) before it binds again.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -19,6 +23,7 @@
 #include <grp.h>
 #include <limits.h>
 #include <linux/capability.h>
+#include <poll.h>
 #include <pwd.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -60,11 +65,19 @@ enum {
 #define HELPER_STOP_MS 5000
 /* How long a new helper retries a busy backend (its predecessor may still be exiting). */
 #define HELPER_BUSY_RETRY_MS 3000
+/*
+ * --sim-downtime across the simulated kexec's re-execution: the CLOCK_MONOTONIC
+ * microsecond at which the simulated machine is back up. Set by sim_jump() for
+ * the new image only, taken (and removed from the environment, so hooks never
+ * see it) by main() before any thread exists.
+ */
+#define SIM_DOWN_UNTIL_ENV "LUOFLEET_SIM_DOWN_UNTIL"
 
 static struct agent_config cfg;
 static struct server *the_server;
 static struct backend *the_backend; /* set before any thread starts */
 static pid_t helper_pid;
+static uint64_t sim_down_until; /* SIM_DOWN_UNTIL_ENV, 0 = not coming from a downtime */
 
 /*
  * The privileged helper is gone (killed, crashed) or broke the protocol
@@ -115,22 +128,45 @@ static void sim_jump_stop_helper(void)
                 (void)privsep_proxy_stop(the_backend, HELPER_STOP_MS);
 }
 
+/* Is e ("NAME=VALUE") the environment variable name? */
+static bool env_named(const char *e, const char *name)
+{
+        size_t n = strlen(name);
+
+        return strncmp(e, name, n) == 0 && e[n] == '=';
+}
+
 /*
  * The simulated kexec (worker thread): the process ends like a kernel would.
  * The new image gets the same flags, with every --listen replaced by the
  * address actually bound, so a port chosen by the kernel (port 0) survives.
+ *
+ * With --sim-downtime=DURATION the machine goes down for real: the
+ * listening sockets are not handed on, so execve() closes them with every
+ * connection (all O_CLOEXEC), and the new image sleeps through the rest of
+ * the downtime (sim_downtime_wait()) before it binds its --listen addresses
+ * again (SO_REUSEADDR: at once, despite the old connections' TIME_WAIT).
+ * Sleeping in the new image rather than in this one is what a kexec is:
+ * every thread of the old boot gone at one instant, none left to answer,
+ * journal or notice the helper's absence while the machine is down.
  */
 static void sim_jump(void *userdata)
 {
         static char specs[CONFIG_MAX_LISTEN][160], flags[CONFIG_MAX_LISTEN][200];
         static char fds_env[64 + CONFIG_MAX_LISTEN * 16];
         static char *argv[512], *envp[512];
+        bool down = cfg.sim_downtime_ms > 0;
         size_t n = 0, m = 0, len;
 
         (void)userdata;
         sim_jump_stop_helper();
         if (cfg.sim_reboot == SIM_REBOOT_EXIT) {
                 log_notice("Simulated kexec: exiting for the supervisor to start the new boot");
+                _exit(0);
+        }
+        if (cfg.sim_downtime_ms == SIM_DOWNTIME_NEVER) {
+                log_notice("Simulated kexec with --sim-downtime=never: the machine does not come "
+                           "back; exiting");
                 _exit(0);
         }
         for (char **p = cfg.argv; *p && n < ELEMENTSOF(argv) - CONFIG_MAX_LISTEN - 1; p++) {
@@ -153,10 +189,16 @@ static void sim_jump(void *userdata)
          * The listening sockets themselves go along (SERVER_LISTEN_FDS_ENV): the
          * re-executed process is the run user's and may not bind them again (a
          * port below 1024, a Unix socket in a root-only directory). --listen
-         * still names each, should one not be taken.
+         * still names each, should one not be taken. Not after a downtime: the
+         * machine was off, nothing survived it (the new process binds anew).
          */
-        len = (size_t)snprintf(fds_env, sizeof(fds_env), "%s=", SERVER_LISTEN_FDS_ENV);
-        for (unsigned i = 0; the_server && i < CONFIG_MAX_LISTEN; i++) {
+        if (down)
+                len = (size_t)snprintf(
+                        fds_env, sizeof(fds_env), "%s=%llu", SIM_DOWN_UNTIL_ENV,
+                        (unsigned long long)(now_mono_usec() + cfg.sim_downtime_ms * 1000));
+        else
+                len = (size_t)snprintf(fds_env, sizeof(fds_env), "%s=", SERVER_LISTEN_FDS_ENV);
+        for (unsigned i = 0; !down && the_server && i < CONFIG_MAX_LISTEN; i++) {
                 int fd = server_listen_fd(the_server, i);
                 int k;
                 if (fd < 0 || fcntl(fd, F_SETFD, 0) < 0)
@@ -169,13 +211,69 @@ static void sim_jump(void *userdata)
         }
         envp[m++] = fds_env;
         for (char **e = environ; *e && m < ELEMENTSOF(envp) - 1; e++)
-                if (strncmp(*e, SERVER_LISTEN_FDS_ENV "=", strlen(SERVER_LISTEN_FDS_ENV) + 1) != 0)
+                if (!env_named(*e, SERVER_LISTEN_FDS_ENV) && !env_named(*e, SIM_DOWN_UNTIL_ENV))
                         envp[m++] = *e;
         envp[m] = NULL;
-        log_notice("Simulated kexec: re-executing the agent");
+        if (down)
+                log_notice("Simulated kexec: the machine goes down for %llu ms, every listener "
+                           "and connection closed; re-executing the agent",
+                           (unsigned long long)cfg.sim_downtime_ms);
+        else
+                log_notice("Simulated kexec: re-executing the agent");
         execve("/proc/self/exe", argv, envp);
         log_error_errno(errno, "Failed to re-execute /proc/self/exe: %m; exiting instead");
         _exit(0);
+}
+
+/* main(), before any thread: SIM_DOWN_UNTIL_ENV, which sim_jump() left for this image. */
+static void take_sim_down_until(void)
+{
+        const char *e = getenv(SIM_DOWN_UNTIL_ENV);
+        uint64_t v;
+
+        if (e && parse_u64(e, UINT64_MAX, &v) == 0)
+                sim_down_until = v;
+        (void)unsetenv(SIM_DOWN_UNTIL_ENV);
+}
+
+/*
+ * The rest of a --sim-downtime, in the re-executed image, before anything is
+ * opened or bound: nothing listens, so clients are refused. Never longer than
+ * the configured downtime, whatever the environment says. SIGTERM, SIGINT and
+ * SIGQUIT stop the agent cleanly meanwhile (returns 1); SIGHUP is ignored.
+ * Returns 0 to go on booting, -errno on a failure.
+ */
+static int sim_downtime_wait(int sig_fd)
+{
+        uint64_t now = now_mono_usec(), until = sim_down_until;
+
+        if (!until || cfg.backend.kind != BACKEND_SIM || !cfg.sim_downtime_ms ||
+            cfg.sim_downtime_ms == SIM_DOWNTIME_NEVER)
+                return 0;
+        if (until > now + cfg.sim_downtime_ms * 1000)
+                until = now + cfg.sim_downtime_ms * 1000;
+        log_notice("Simulated kexec: the machine is down for another %llu ms",
+                   (unsigned long long)(until > now ? (until - now) / 1000 : 0));
+        while ((now = now_mono_usec()) < until) {
+                struct pollfd p = { .fd = sig_fd, .events = POLLIN };
+                struct signalfd_siginfo si;
+                uint64_t left_ms = (until - now + 999) / 1000;
+                int k = poll(&p, 1, (int)MIN(left_ms, (uint64_t)INT_MAX));
+
+                if (k < 0 && errno != EINTR)
+                        return log_error_errno(errno, "poll() failed: %m");
+                if (k <= 0)
+                        continue;
+                if (read(sig_fd, &si, sizeof(si)) != (ssize_t)sizeof(si))
+                        continue;
+                if (si.ssi_signo == SIGHUP)
+                        continue;
+                log_info("Received %s while the simulated machine is down, stopping",
+                         strsignal((int)si.ssi_signo));
+                return 1;
+        }
+        log_notice("Simulated kexec: the machine is back up after its downtime");
+        return 0;
 }
 
 static void raise_fd_limit(void)
@@ -503,6 +601,9 @@ static int run(void)
         if (sig_fd < 0)
                 return log_error_errno(errno, "signalfd() failed: %m"), EXIT_RUNTIME;
         raise_fd_limit();
+        r = sim_downtime_wait(sig_fd);
+        if (r != 0)
+                return r > 0 ? 0 : EXIT_RUNTIME;
 
         r = open_state_dir(cfg.state_dir, &dir_fd, &lock_fd);
         if (r < 0)
@@ -607,6 +708,7 @@ int main(int argc, char **argv)
                 return r > 0 ? 0 : EXIT_USAGE;
         }
         log_set_max_level(cfg.log_level);
+        take_sim_down_until();
         r = run();
         config_done(&cfg);
         return r;

@@ -24,9 +24,13 @@
  * ends or re-executes the process, and the next sim_open() "boots": a new
  * boot id, boots + 1, kexec image gone, state updated if the machine went
  * down frozen (live-update data handed over), normal otherwise; the release
- * is the one the image's bzImage header named (kexec.release), else
- * --sim-release or uname. booted_usec (wall clock of the simulated boot) gives
- * get_info() its uptime.
+ * is cfg->sim_boot_release (--sim-boot-release: the machine came back with
+ * another kernel than the one staged), else the one the image's bzImage
+ * header named (kexec.release), else --sim-release or uname. booted_usec
+ * (wall clock of the simulated boot, taken when the open boots) gives
+ * get_info() its uptime: however long the machine stayed down between the
+ * reboot call and that open (the agent's --sim-downtime) is the jump's share
+ * of a blackout (the agent's kexec_ms), never the new boot's uptime.
  *
  * Threads and locks: set_event, kexec_load, kexec_unload and reboot are
  * serialised by op_lock, held through fault delays, hashing and fsync;
@@ -736,8 +740,12 @@ static const struct backend_ops sim_ops = {
         .self_check = sim_self_check,
 };
 
-/* A (simulated) boot: fresh boot id, the release this boot runs. */
-static int sim_boot(struct sim_kstate *k, const struct backend_config *cfg)
+/*
+ * A (simulated) boot: fresh boot id, the release this boot runs. kexec: the
+ * boot a simulated kexec lands in (cfg->sim_boot_release applies), not the
+ * machine's first.
+ */
+static int sim_boot(struct sim_kstate *k, const struct backend_config *cfg, bool kexec)
 {
         int r;
 
@@ -745,7 +753,12 @@ static int sim_boot(struct sim_kstate *k, const struct backend_config *cfg)
         if (r < 0)
                 return r;
         k->booted_usec = now_real_usec();
-        if (k->next_release[0]) {
+        if (kexec && cfg->sim_boot_release) {
+                /* The wrong kernel came up: not the one the image names. */
+                if (copy_field(k->release, sizeof(k->release), cfg->sim_boot_release) < 0)
+                        return -EINVAL;
+                k->next_release[0] = 0;
+        } else if (k->next_release[0]) {
                 /* The simulated kexec into an image whose header named its release. */
                 if (copy_field(k->release, sizeof(k->release), k->next_release) < 0)
                         return -EINVAL;
@@ -783,6 +796,11 @@ int sim_open(const struct backend_config *cfg, struct backend **ret, char *msg, 
         }
         if (cfg->sim_release && (!cfg->sim_release[0] || strlen(cfg->sim_release) >= 128)) {
                 backend_msgf(msg, msg_size, "invalid simulated kernel release");
+                return -EINVAL;
+        }
+        if (cfg->sim_boot_release &&
+            (!cfg->sim_boot_release[0] || strlen(cfg->sim_boot_release) >= 128)) {
+                backend_msgf(msg, msg_size, "invalid simulated kernel release after a kexec");
                 return -EINVAL;
         }
         if (snprintf(dir, sizeof(dir), "%s/" SIM_DIR, cfg->state_dir) >= (int)sizeof(dir)) {
@@ -835,7 +853,7 @@ int sim_open(const struct backend_config *cfg, struct backend **ret, char *msg, 
                 /* First start ever: a machine that just booted normally. */
                 k.state = LUO_STATE_NORMAL;
                 k.boots = 1;
-                r = sim_boot(&k, cfg);
+                r = sim_boot(&k, cfg, false);
                 if (r < 0)
                         return r;
         } else if (r < 0 && r != -EFBIG) {
@@ -862,7 +880,7 @@ int sim_open(const struct backend_config *cfg, struct backend **ret, char *msg, 
                         k.kexec = false;
                         k.kernel_sha256[0] = k.initrd_sha256[0] = k.cmdline[0] = 0;
                         k.kernel_size = 0;
-                        r = sim_boot(&k, cfg);
+                        r = sim_boot(&k, cfg, true);
                         if (r < 0)
                                 return r;
                 } else

@@ -115,6 +115,9 @@ struct backend_config {
         /* sim only: */
         struct sim_fault faults[_SIM_FAULT_OP_MAX];
         const char *sim_release; /* kernel release the sim reports; NULL = uname */
+        /* the release every boot after a simulated kexec reports, whatever the staged image's
+         * header names (a "came back with the wrong kernel" fault); NULL = the image's */
+        const char *sim_boot_release;
 };
 
 /*

@@ -40,6 +40,8 @@ START_TEST(test_defaults)
         ck_assert_uint_eq(cfg.http_threads, 1);
         ck_assert_uint_eq(cfg.journal_max_bytes, 8 * 1024 * 1024);
         ck_assert_int_eq(cfg.sim_reboot, SIM_REBOOT_EXEC);
+        ck_assert_uint_eq(cfg.sim_downtime_ms, 0);
+        ck_assert_ptr_null(cfg.backend.sim_boot_release);
         ck_assert_int_eq(cfg.log_level, LOG_LEVEL_INFO);
         config_done(&cfg);
 }
@@ -77,6 +79,19 @@ START_TEST(test_values)
                 { "--sim-fault=explode=EIO", -EINVAL },
                 { "--sim-reboot=exit", 0 },
                 { "--sim-reboot=maybe", -EINVAL },
+                { "--sim-downtime=2s", 0 },
+                { "--sim-downtime=500ms", 0 },
+                { "--sim-downtime=1m", 0 },
+                { "--sim-downtime=0", 0 },
+                { "--sim-downtime=never", 0 },
+                { "--sim-downtime=61m", -EINVAL },
+                { "--sim-downtime=2h", -EINVAL },
+                { "--sim-downtime=soon", -EINVAL },
+                { "--sim-downtime=-1s", -EINVAL },
+                { "--sim-downtime=", -EINVAL },
+                { "--sim-downtime=Never", -EINVAL },
+                { "--sim-boot-release=6.66.6-wrong", 0 },
+                { "--sim-boot-release=", -EINVAL },
                 { "--log-level=debug", 0 },
                 { "--log-level=loud", -EINVAL },
                 { "--listen=unix:relative", -EINVAL },
@@ -95,6 +110,23 @@ START_TEST(test_values)
         ck_assert_int_eq(cfg.backend.faults[SIM_FAULT_FINISH].error, EIO);
         ck_assert_uint_eq(cfg.backend.faults[SIM_FAULT_FINISH].delay_ms, 250);
         ck_assert_uint_eq(cfg.max_wait_ms, 90000);
+        config_done(&cfg);
+        ck_assert_int_eq(parse(&cfg, "--sim-downtime=1500ms", "--sim-boot-release=6.6.6-x"), 0);
+        ck_assert_uint_eq(cfg.sim_downtime_ms, 1500);
+        ck_assert_str_eq(cfg.backend.sim_boot_release, "6.6.6-x");
+        config_done(&cfg);
+        ck_assert_int_eq(parse(&cfg, "--sim-downtime=never", NULL), 0);
+        ck_assert_uint_eq(cfg.sim_downtime_ms, SIM_DOWNTIME_NEVER);
+        config_done(&cfg);
+        ck_assert_int_eq(parse(&cfg, "--sim-downtime=1m", "--sim-reboot=exec"), 0);
+        ck_assert_uint_eq(cfg.sim_downtime_ms, 60000);
+        config_done(&cfg);
+        /* the downtime is the re-executed agent's: refused with --sim-reboot=exit */
+        ck_assert_int_eq(parse(&cfg, "--sim-downtime=2s", "--sim-reboot=exit"), -EINVAL);
+        config_done(&cfg);
+        ck_assert_int_eq(parse(&cfg, "--sim-reboot=exit", "--sim-downtime=never"), -EINVAL);
+        config_done(&cfg);
+        ck_assert_int_eq(parse(&cfg, "--sim-reboot=exit", "--sim-downtime=0"), 0);
         config_done(&cfg);
         /* a stray argument */
         ck_assert_int_eq(parse(&cfg, "--backend=sim", "extra"), -EINVAL);

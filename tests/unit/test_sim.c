@@ -1,7 +1,8 @@
 /*
  * test_sim.c: the simulated kernel (kernel/sim.c) against the kernel's rules:
  * every transition and errno, persistence across close/reopen, the simulated
- * kexec reboot, fault injection (cfg and the runtime faults file), eventfd
+ * kexec reboot (the release it boots into, --sim-boot-release, the uptime of
+ * a boot after a downtime), fault injection (cfg and the runtime faults file), eventfd
  * notification, exclusivity, corrupt state. Also the fault-spec parser and
  * the backend kind names of kernel/backend.c.
  *
@@ -474,6 +475,156 @@ START_TEST(test_reboot_from_frozen_with_image)
 }
 END_TEST
 
+/* A bzImage-like file in tmpdir whose setup header names version; opened read-only. */
+static int bzimage_fd(const char *name, const char *version)
+{
+        char path[PATH_MAX + 32];
+        uint8_t img[0x600] = { 0 };
+        _cleanup_close_ int fd = -1;
+        int rfd;
+
+        memcpy(img + 0x202, "HdrS", 4);
+        img[0x20E] = 0x00; /* le16 0x100: the string at 0x100 + 0x200 */
+        img[0x20F] = 0x01;
+        ck_assert_int_lt(strlen(version), sizeof(img) - 0x300);
+        memcpy(img + 0x300, version, strlen(version) + 1);
+        ck_assert_int_lt(snprintf(path, sizeof(path), "%s/%s", tmpdir, name), (int)sizeof(path));
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(write_all(fd, img, sizeof(img)), 0);
+        rfd = open(path, O_RDONLY | O_CLOEXEC);
+        ck_assert_int_ge(rfd, 0);
+        return rfd;
+}
+
+/* Stage an image naming 6.99.1-next, prepare, reboot, reopen: the new boot. */
+static struct backend *kexec_into_next(struct backend *b)
+{
+        _cleanup_close_ int k = bzimage_fd("vmlinuz-next", "6.99.1-next (ci@build) #7 SMP");
+
+        ck_assert_int_eq(b->ops->kexec_load(b, k, -1, ""), 0);
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_PREPARE), 0);
+        ck_assert_int_eq(b->ops->reboot(b), 0);
+        backend_free(b);
+        b = sim();
+        ck_assert_int_eq(state(b), LUO_STATE_UPDATED);
+        return b;
+}
+
+START_TEST(test_boot_release_from_image)
+{
+        struct backend_info bi;
+        struct backend *b = sim();
+
+        info(b, &bi);
+        ck_assert_str_eq(bi.release, RELEASE);
+        b = kexec_into_next(b);
+        info(b, &bi);
+        ck_assert_str_eq(bi.release, "6.99.1-next");
+        backend_free(b);
+}
+END_TEST
+
+START_TEST(test_boot_release_override)
+{
+        struct backend_info bi, bi2;
+        struct backend *b;
+        json_t *j;
+
+        /* --sim-boot-release: not the machine's first boot, nor a restart without a kexec */
+        cfg.sim_boot_release = "6.66.6-wrong";
+        b = sim();
+        info(b, &bi);
+        ck_assert_str_eq(bi.release, RELEASE);
+        backend_free(b);
+        b = sim();
+        info(b, &bi);
+        ck_assert_str_eq(bi.release, RELEASE);
+
+        /* but every boot a simulated kexec lands in, whatever the image names */
+        b = kexec_into_next(b);
+        info(b, &bi);
+        ck_assert_str_eq(bi.release, "6.66.6-wrong");
+        j = kernel_json();
+        ck_assert_str_eq(json_string_value(json_object_get(j, "release")), "6.66.6-wrong");
+        json_decref(j);
+        backend_free(b);
+
+        /* kept by the boot across restarts, even with the flag gone */
+        cfg.sim_boot_release = NULL;
+        b = sim();
+        info(b, &bi2);
+        ck_assert_str_eq(bi2.release, "6.66.6-wrong");
+        ck_assert_str_eq(bi2.boot_id, bi.boot_id);
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_FINISH), 0);
+
+        /* a plain kexec (no image release, from normal) too */
+        cfg.sim_boot_release = "6.66.7-wrong";
+        stage(b);
+        ck_assert_int_eq(b->ops->reboot(b), 0);
+        backend_free(b);
+        b = sim();
+        info(b, &bi);
+        ck_assert_str_eq(bi.release, "6.66.7-wrong");
+        ck_assert_int_eq(state(b), LUO_STATE_NORMAL);
+        backend_free(b);
+}
+END_TEST
+
+START_TEST(test_boot_release_invalid)
+{
+        struct backend *b = NULL;
+        char msg[256] = "";
+        char longrel[200];
+
+        cfg.sim_boot_release = "";
+        ck_assert_int_eq(sim_open(&cfg, &b, msg, sizeof(msg)), -EINVAL);
+        ck_assert_ptr_null(b);
+        ck_assert_ptr_nonnull(strstr(msg, "release"));
+        memset(longrel, 'x', sizeof(longrel) - 1);
+        longrel[sizeof(longrel) - 1] = 0;
+        cfg.sim_boot_release = longrel;
+        ck_assert_int_eq(sim_open(&cfg, &b, msg, sizeof(msg)), -EINVAL);
+        ck_assert_ptr_null(b);
+}
+END_TEST
+
+/*
+ * A machine that stays down between the reboot call and the next open (the
+ * agent's --sim-downtime): the new boot starts when it comes back, so the
+ * time down is the jump's share of the blackout, not the new boot's uptime.
+ */
+START_TEST(test_downtime_is_not_uptime)
+{
+        struct backend_info before, after;
+        struct backend *b = sim();
+        uint64_t down, booted;
+        json_t *j;
+
+        info(b, &before);
+        stage(b);
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_PREPARE), 0);
+        ck_assert_int_eq(b->ops->reboot(b), 0);
+        down = now_real_usec();
+        backend_free(b);
+        usleep(400 * 1000);
+
+        b = sim();
+        info(b, &after);
+        ck_assert_str_ne(before.boot_id, after.boot_id);
+        ck_assert_uint_ge(after.uptime_ms, 1);
+        ck_assert_uint_lt(after.uptime_ms, 400);
+        j = kernel_json();
+        booted = (uint64_t)json_integer_value(json_object_get(j, "booted_usec"));
+        json_decref(j);
+        ck_assert_uint_ge(booted, down + 400 * 1000);
+        usleep(50 * 1000);
+        info(b, &after);
+        ck_assert_uint_ge(after.uptime_ms, 50); /* and it runs from there */
+        backend_free(b);
+}
+END_TEST
+
 START_TEST(test_kexec_load_unload)
 {
         _cleanup_close_ int empty = -1, k = -1;
@@ -900,6 +1051,10 @@ static Suite *sim_suite(void)
         tcase_add_test(tc, test_reboot_normal_without_image);
         tcase_add_test(tc, test_reboot_prepared_without_image);
         tcase_add_test(tc, test_reboot_from_frozen_with_image);
+        tcase_add_test(tc, test_boot_release_from_image);
+        tcase_add_test(tc, test_boot_release_override);
+        tcase_add_test(tc, test_boot_release_invalid);
+        tcase_add_test(tc, test_downtime_is_not_uptime);
         tcase_add_test(tc, test_kexec_load_unload);
         tcase_add_test(tc, test_faults_cfg);
         tcase_add_test(tc, test_fault_freeze);
