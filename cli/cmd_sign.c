@@ -1,11 +1,9 @@
 /*
- * luofleetctl.c: the operator's command-line tool. One subcommand so far:
- *
- *   luofleetctl sign --key=PRIVATE.pem --kernel-sha256=HEX [--initrd-sha256=HEX]
- *                    --cmdline=STRING [--key-id=NAME]
- *
- * prints the `signature` object of a PUT /v1/kernel request, signed over the
- * canonical message of common/sign.c (docs/staging.md). Single-threaded.
+ * cmd_sign.c: `luofleetctl sign --key=PRIVATE.pem --kernel-sha256=HEX
+ * [--initrd-sha256=HEX] --cmdline=STRING [--key-id=NAME]` prints the
+ * `signature` object of a PUT /v1/kernel request, signed over the canonical
+ * message of common/sign.c (docs/staging.md). Its own option parser: it
+ * predates the common options and keeps its behaviour. Single-threaded.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -15,13 +13,13 @@
 
 #include <jansson.h>
 
+#include "cli.h"
 #include "luofleet/sign.h"
 
-static void usage(FILE *f)
+static void sign_usage(FILE *f)
 {
         fputs("Usage: luofleetctl sign --key=PRIVATE.pem --kernel-sha256=HEX\n"
               "                        [--initrd-sha256=HEX] --cmdline=STRING [--key-id=NAME]\n"
-              "       luofleetctl --help\n"
               "\n"
               "sign: print the \"signature\" object of a PUT /v1/kernel request: an Ed25519\n"
               "signature (OpenSSL PEM private key) over the kernel and initrd digests and the\n"
@@ -31,7 +29,7 @@ static void usage(FILE *f)
               f);
 }
 
-static int cmd_sign(int argc, char **argv)
+int cmd_sign(int argc, char **argv)
 {
         static const struct option opts[] = {
                 { "key", required_argument, NULL, 'k' },
@@ -66,17 +64,17 @@ static int cmd_sign(int argc, char **argv)
                         key_id = optarg;
                         break;
                 case 'h':
-                        usage(stdout);
+                        sign_usage(stdout);
                         return 0;
                 default:
-                        usage(stderr);
+                        sign_usage(stderr);
                         return 2;
                 }
         }
         if (optind != argc || !key || !ksha || !cmdline) {
                 fputs("luofleetctl sign: --key, --kernel-sha256 and --cmdline are required\n",
                       stderr);
-                usage(stderr);
+                sign_usage(stderr);
                 return 2;
         }
         if (!key_id) {
@@ -126,16 +124,4 @@ static int cmd_sign(int argc, char **argv)
         puts(s);
         free(s);
         return 0;
-}
-
-int main(int argc, char **argv)
-{
-        if (argc >= 2 && strcmp(argv[1], "sign") == 0)
-                return cmd_sign(argc - 1, argv + 1);
-        if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-                usage(stdout);
-                return 0;
-        }
-        usage(stderr);
-        return 2;
 }
