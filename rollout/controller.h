@@ -129,7 +129,8 @@ struct ctl_options {
         unsigned max_connections;
         /* Added to the wall clock for window checks (tests: LUOFLEET_TEST_TIME_OFFSET). */
         int64_t time_offset_s;
-        /* "controller" name put into operation ids: "<name>:<rollout>:<host>:<step>" (default "lf"). */
+        /* "controller" name put into operation ids: "<name>:<rollout>:<host>:<step>" (default
+         * "lf"). */
         const char *name;
 };
 

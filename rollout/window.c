@@ -348,7 +348,7 @@ struct interval {
  */
 static int window_intervals(const json_t *w, time_t now, struct interval *iv, size_t *n)
 {
-        const char *tzname = json_string_value(json_object_get(w, "time_zone"));
+        const char *zone = json_string_value(json_object_get(w, "time_zone"));
         const json_t *days = json_object_get(w, "days");
         int start = parse_hhmm(json_object_get(w, "start"));
         int end = parse_hhmm(json_object_get(w, "end"));
@@ -358,8 +358,8 @@ static int window_intervals(const json_t *w, time_t now, struct interval *iv, si
 
         if (!json_is_object(w) || start < 0 || end < 0)
                 return -EINVAL;
-        if (!tzname)
-                tzname = "UTC";
+        if (!zone)
+                zone = "UTC";
         if (days) {
                 size_t i;
                 json_t *v;
@@ -374,14 +374,14 @@ static int window_intervals(const json_t *w, time_t now, struct interval *iv, si
         } else {
                 mask = 0x7f;
         }
-        struct zone z = { .utc = is_utc(tzname) };
+        struct zone z = { .utc = is_utc(zone) };
         if (!z.utc) {
                 if (!tz_valid(json_object_get(w, "time_zone")))
                         return -EINVAL;
                 pthread_mutex_lock(&tz_lock);
                 const char *old = getenv("TZ");
                 saved = strdup(old ? old : ":/etc/localtime");
-                if (!saved || setenv("TZ", tzname, 1) < 0) {
+                if (!saved || setenv("TZ", zone, 1) < 0) {
                         r = -ENOMEM;
                         free(saved);
                         pthread_mutex_unlock(&tz_lock);
