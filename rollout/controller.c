@@ -934,6 +934,12 @@ int controller_metrics(struct controller *c, char **buf, size_t *len)
         for (int k = 0; k < _AC_KIND_MAX; k++)
                 fprintf(f, "luofleet_rollout_agent_requests_total{kind=\"%s\"} %" PRIu64 "\n",
                         ac_kind_to_string(k), ac_requests(c->ac, k));
+        fprintf(f,
+                "# HELP luofleet_rollout_agent_longpoll_renewals_total Long-polls of agents that "
+                "ran out of wait with nothing new (renewed).\n"
+                "# TYPE luofleet_rollout_agent_longpoll_renewals_total counter\n"
+                "luofleet_rollout_agent_longpoll_renewals_total %" PRIu64 "\n",
+                (uint64_t)atomic_load(&c->lp_renewals));
         fputs("# HELP luofleet_rollout_agent_errors_total Requests to agents that failed "
               "(no answer or 5xx).\n"
               "# TYPE luofleet_rollout_agent_errors_total counter\n",

@@ -47,6 +47,7 @@ static const char *const step_names[_STEP_MAX] = {
         [STEP_FINISH] = "finish",
         [STEP_CANCEL] = "cancel",
         [STEP_ROLLBACK] = "rollback",
+        [STEP_ROLLBACK_FINISH] = "rollback-finish",
 };
 static const char *const rstatus_names[_RS_MAX] = {
         [RS_PENDING] = "pending", [RS_RUNNING] = "running",     [RS_PAUSED] = "paused",
@@ -327,11 +328,23 @@ static void clear_dirty(struct controller *c)
         }
 }
 
+/* Anything changed in the model that the store does not have yet? */
+static bool any_dirty(const struct controller *c)
+{
+        for (size_t i = 0; i < c->nhosts; i++)
+                if (c->hosts[i]->dirty)
+                        return true;
+        for (size_t i = 0; i < c->nrollouts; i++)
+                if (c->rollouts[i]->dirty)
+                        return true;
+        return false;
+}
+
 int engine_commit(struct controller *c)
 {
         int r = 0;
 
-        if (c->txn || c->nsendq || !c->store_ok) {
+        if (c->txn || c->nsendq || !c->store_ok || any_dirty(c)) {
                 /* The dirty marks go only once the commit worked: a failed commit is
                  * written again by the next one (and nothing is sent before). */
                 r = engine_txn(c);
@@ -721,6 +734,7 @@ static void send_step(struct controller *c, struct rhost *rh)
                 path = "/v1/reboot";
                 break;
         case STEP_FINISH:
+        case STEP_ROLLBACK_FINISH:
                 path = "/v1/finish";
                 break;
         case STEP_CANCEL:
@@ -802,13 +816,34 @@ static void host_unreachable(struct controller *c, struct host *h, const char *e
         }
 }
 
+/*
+ * A failed host we sent POST /v1/rollback: the agent finishes the update,
+ * stages the previous kernel, prepares and kexecs into it, and comes back
+ * `updated` in a new boot. Finish that boot (its own operation id), so the
+ * host ends normal on its old kernel and stops counting as unavailable.
+ */
+static void rollback_progress(struct controller *c, struct rhost *rh, const json_t *doc)
+{
+        const char *boot = jstr(doc, "boot_id"), *st = jstr(doc, "state");
+
+        if (rh->phase != PH_FAILED || rh->step != STEP_ROLLBACK || !rh->rec.step_done ||
+            rh->action || rh->send_queued)
+                return;
+        if (!boot || !st || !rh->rec.boot_id_after[0] || strcmp(boot, rh->rec.boot_id_after) == 0)
+                return;
+        if (strcmp(st, "updated") == 0)
+                start_step(c, rh, STEP_ROLLBACK_FINISH);
+}
+
 void engine_on_state(struct controller *c, struct host *h, json_t *doc)
 {
         if (!json_is_object(doc) || !json_is_integer(json_object_get(doc, "index")))
                 return;
         host_seen(c, h, doc);
-        if (h->active)
+        if (h->active) {
                 rh_observe(c, h->active, doc, false);
+                rollback_progress(c, h->active, doc);
+        }
 }
 
 void engine_on_action(struct controller *c, struct rhost *rh, const struct ac_result *res)
@@ -822,7 +857,8 @@ void engine_on_action(struct controller *c, struct rhost *rh, const struct ac_re
                 host_unreachable(c, rh->host, res->error);
 
         enum resp_verdict v = engine_classify(rh->step, res->status, res->body);
-        if (phase_terminal(rh->phase) && rh->step != STEP_CANCEL && rh->step != STEP_ROLLBACK)
+        if (phase_terminal(rh->phase) && rh->step != STEP_CANCEL && rh->step != STEP_ROLLBACK &&
+            rh->step != STEP_ROLLBACK_FINISH)
                 return;
         switch (v) {
         case RESP_OK:
@@ -832,6 +868,12 @@ void engine_on_action(struct controller *c, struct rhost *rh, const struct ac_re
                                 rh_observe(c, rh, rh->host->rec.state, false);
                 } else if (rh->step == STEP_CANCEL || rh->step == STEP_ROLLBACK) {
                         step_done(rh);
+                } else if (rh->step == STEP_ROLLBACK_FINISH) {
+                        step_done(rh);
+                        json_t *ev = json_object();
+                        const char *k = rh->host ? jstr(rh->host->rec.state, "kernel") : NULL;
+                        json_object_set_new(ev, "detail", json_string(k ? k : ""));
+                        (void)engine_event(c, rh->ro, "host-rolled-back", rh, ev);
                 } else {
                         step_succeeded(c, rh);
                 }
@@ -859,7 +901,8 @@ void engine_on_action(struct controller *c, struct rhost *rh, const struct ac_re
                 break;
         case RESP_FAIL:
                 problem_text(res, code, sizeof(code), detail, sizeof(detail));
-                if (rh->step == STEP_CANCEL || rh->step == STEP_ROLLBACK) {
+                if (rh->step == STEP_CANCEL || rh->step == STEP_ROLLBACK ||
+                    rh->step == STEP_ROLLBACK_FINISH) {
                         /* Nothing left to cancel (already normal), or no rollback target:
                          * the host stays failed; say so. */
                         host_error_event(c, rh, code, detail);
@@ -1050,24 +1093,44 @@ static void finish_rollout(struct controller *c, struct rollout *ro)
         struct rollout_counts n;
         engine_count(ro, -1, &n);
         if (ro->rec.aborting) {
-                engine_set_status(c, ro, RS_ABORTED, "aborted-by-user", "aborted", NULL);
+                char detail[256];
+                const char *d = jstr(ro->rec.reason, "detail");
+                snprintf(detail, sizeof(detail), "%s", d ? d : "aborted by user");
+                engine_set_status(c, ro, RS_ABORTED, "aborted-by-user", detail, NULL);
                 return;
         }
-        if (n.by_phase[PH_DONE] == 0 && n.failed > 0)
-                engine_set_status(c, ro, RS_FAILED, "failure-budget-exhausted",
+        if (n.by_phase[PH_DONE] == 0 && n.failed > 0) {
+                /* Keep the more specific cause a pause gave, if any. */
+                const char *why = jstr(ro->rec.reason, "code");
+                bool two_phase = why && strcmp(why, "two-phase-prepare-failed") == 0;
+                engine_set_status(c, ro, RS_FAILED,
+                                  two_phase ? "two-phase-prepare-failed"
+                                            : "failure-budget-exhausted",
                                   "no host could be updated", NULL);
-        else
+        } else
                 engine_set_status(c, ro, RS_COMPLETED, NULL, NULL, NULL);
 }
 
 static bool hosts_busy(const struct rollout *ro)
 {
+        int64_t now = engine_now_wall_ms(ro->ctl);
+
         for (size_t i = 0; i < ro->nhosts; i++) {
                 const struct rhost *rh = &ro->hosts[i];
-                if (rh->action || rh->send_queued ||
-                    ((rh->step == STEP_CANCEL || rh->step == STEP_ROLLBACK) && !rh->rec.step_done &&
-                     rh->host && rh->host->rec.reachable))
+                if (rh->action || rh->send_queued)
                         return true;
+                if ((rh->step == STEP_CANCEL || rh->step == STEP_ROLLBACK ||
+                     rh->step == STEP_ROLLBACK_FINISH) &&
+                    !rh->rec.step_done && rh->host && rh->host->rec.reachable)
+                        return true;
+                /* Rolled back, its new boot not finished yet: wait for it, within the
+                 * reboot and finish timeouts. */
+                if (rh->step == STEP_ROLLBACK && rh->rec.step_done && rh->host &&
+                    now - rh->rec.step_at < ro->lim.reboot_ms + ro->lim.finish_ms) {
+                        const char *st = jstr(rh->host->rec.state, "state");
+                        if (!st || strcmp(st, "normal") != 0)
+                                return true;
+                }
         }
         return false;
 }
@@ -1095,6 +1158,54 @@ static void tick_abort(struct controller *c, struct rollout *ro)
         }
         if (all_terminal && !hosts_busy(ro))
                 finish_rollout(c, ro);
+}
+
+/*
+ * Two-phase mode: a host of the current wave failed before any of the wave
+ * rebooted. Nothing more of the wave may go ahead: prepared hosts are
+ * cancelled, staged-only ones set aside (cancelled, nothing to undo in the
+ * kernel), hosts whose stage or prepare is still under way are waited for;
+ * then the rollout pauses with two-phase-prepare-failed, whatever the failure
+ * budget says (the cause is more specific). Returns true while the wave is
+ * being taken down (the pass ends there).
+ */
+static bool tick_two_phase_failure(struct controller *c, struct rollout *ro)
+{
+        struct rollout_counts w;
+        int wave = ro->rec.current_wave;
+        bool waiting = false;
+        char detail[256];
+
+        if (ro->lim.mode != ROLLOUT_TWO_PHASE || wave < 0)
+                return false;
+        engine_count(ro, wave, &w);
+        unsigned past = w.by_phase[PH_REBOOTING] + w.by_phase[PH_UPDATED] +
+                        w.by_phase[PH_VERIFYING] + w.by_phase[PH_FINISHING] + w.by_phase[PH_DONE];
+        if (w.failed == 0 || past > 0 || w.by_phase[PH_STAGING] + w.by_phase[PH_PREPARED] == 0)
+                return false;
+        for (size_t i = 0; i < ro->nhosts; i++) {
+                struct rhost *rh = &ro->hosts[i];
+                if (rh->rec.wave != wave || (rh->phase != PH_STAGING && rh->phase != PH_PREPARED))
+                        continue;
+                if (rh->action || rh->send_queued || rh->resync ||
+                    (rh->phase == PH_STAGING && !rh->rec.step_done)) {
+                        waiting = true; /* its answer comes first */
+                        continue;
+                }
+                if (rh->phase == PH_PREPARED) {
+                        engine_set_phase(c, rh, PH_CANCELLED, "two-phase-prepare-failed");
+                        start_step(c, rh, STEP_CANCEL);
+                } else {
+                        engine_set_phase(c, rh, PH_CANCELLED, "two-phase-prepare-failed");
+                }
+        }
+        if (!waiting) {
+                snprintf(detail, sizeof(detail),
+                         "%u hosts of wave %d failed before the reboot: the wave was cancelled",
+                         w.failed, wave);
+                engine_set_status(c, ro, RS_PAUSED, "two-phase-prepare-failed", detail, NULL);
+        }
+        return true;
 }
 
 static void start_wave(struct controller *c, struct rollout *ro, int wave)
@@ -1142,21 +1253,8 @@ void engine_tick(struct controller *c, struct rollout *ro)
                                 resend_step(c, rh);
                 }
         }
-        if (ro->rec.aborting) {
-                tick_abort(c, ro);
-                return;
-        }
-
-        /* Failure budget. */
-        engine_count(ro, -1, &all);
-        if ((int)all.failed - ro->rec.budget_baseline > (int)ro->lim.max_failures &&
-            ro->status != RS_PAUSED) {
-                snprintf(detail, sizeof(detail), "%u hosts failed, more than max_failures %u",
-                         all.failed - (unsigned)ro->rec.budget_baseline, ro->lim.max_failures);
-                engine_set_status(c, ro, RS_PAUSED, "failure-budget-exhausted", detail, NULL);
-        }
-
-        /* Hosts past the reboot complete whatever the status. */
+        /* Hosts past the reboot complete whatever the status, aborting included: a
+         * kexec cannot be called back, and an updated host must be finished. */
         for (size_t i = 0; i < ro->nhosts; i++) {
                 struct rhost *rh = &ro->hosts[i];
                 if (rh->action || rh->send_queued || rh->resync)
@@ -1167,6 +1265,21 @@ void engine_tick(struct controller *c, struct rollout *ro)
                 } else if (rh->phase == PH_VERIFYING && !rh->retry_at) {
                         start_readyz(c, rh);
                 }
+        }
+        if (ro->rec.aborting) {
+                tick_abort(c, ro);
+                return;
+        }
+        if (tick_two_phase_failure(c, ro))
+                return;
+
+        /* Failure budget. */
+        engine_count(ro, -1, &all);
+        if ((int)all.failed - ro->rec.budget_baseline > (int)ro->lim.max_failures &&
+            ro->status != RS_PAUSED) {
+                snprintf(detail, sizeof(detail), "%u hosts failed, more than max_failures %u",
+                         all.failed - (unsigned)ro->rec.budget_baseline, ro->lim.max_failures);
+                engine_set_status(c, ro, RS_PAUSED, "failure-budget-exhausted", detail, NULL);
         }
 
         /* The current wave. */
@@ -1236,23 +1349,7 @@ void engine_tick(struct controller *c, struct rollout *ro)
                                 }
                                 started = true;
                         }
-                } else if (staging == 0 && prepared > 0 && past == 0 && w.failed > 0) {
-                        /* A prepare failed: cancel the whole wave. */
-                        for (size_t i = 0; i < ro->nhosts; i++) {
-                                struct rhost *rh = &ro->hosts[i];
-                                if (rh->rec.wave != wave || rh->phase != PH_PREPARED)
-                                        continue;
-                                engine_set_phase(c, rh, PH_CANCELLED, "two-phase-prepare-failed");
-                                start_step(c, rh, STEP_CANCEL);
-                        }
-                        snprintf(detail, sizeof(detail),
-                                 "%u hosts of wave %d failed to prepare: the wave was cancelled",
-                                 w.failed, wave);
-                        engine_set_status(c, ro, RS_PAUSED, "two-phase-prepare-failed", detail,
-                                          NULL);
-                        json_decref(extra);
-                        return;
-                } else if (staging == 0 && prepared > 0) {
+                } else if (staging == 0 && prepared > 0 && past == 0 && w.failed == 0) {
                         /* Every host prepared: reboot the wave at once. */
                         want_start = true;
                         unsigned others = unavail; /* none of this wave is down yet */
@@ -1368,7 +1465,7 @@ void engine_attach(struct controller *c, struct rollout *ro, bool resume)
                         rh->host->active = rh;
                 if (resume && rh->step != STEP_NONE && !rh->rec.step_done &&
                     (!phase_terminal(rh->phase) || rh->step == STEP_CANCEL ||
-                     rh->step == STEP_ROLLBACK))
+                     rh->step == STEP_ROLLBACK || rh->step == STEP_ROLLBACK_FINISH))
                         rh->resync = true;
                 if (resume && rh->phase == PH_REBOOTING)
                         rh->resync = true;
@@ -1383,6 +1480,10 @@ static void on_watch_cb(void *ud, const struct ac_result *res)
         struct controller *c = h->ctl;
 
         h->watch = NULL;
+        if (h->watch_lp && (res->status == 304 ||
+                            (res->status == 200 && json_integer_value(json_object_get(
+                                                           res->body, "index")) == h->watch_idx)))
+                atomic_fetch_add(&c->lp_renewals, 1);
         if (res->status == 200 && json_is_object(res->body)) {
                 engine_on_state(c, h, res->body);
                 h->watch_at = 0;
@@ -1457,6 +1558,8 @@ static void watch_hosts(struct controller *c, int64_t now, int64_t *next)
                 } else {
                         snprintf(path, sizeof(path), "/v1/state");
                 }
+                h->watch_lp = kind == AC_LONGPOLL;
+                h->watch_idx = idx;
                 /* Whatever this read is, the idle refresh is due only later. */
                 h->refresh_at = now + IDLE_REFRESH_MS;
                 if (ac_start(c->ac, kind, "GET", h->rec.url, path, NULL, -1, timeout, on_watch_cb,

@@ -47,6 +47,7 @@ enum step {
         STEP_FINISH,
         STEP_CANCEL,
         STEP_ROLLBACK,
+        STEP_ROLLBACK_FINISH, /* finish the boot the rollback kexec'ed into */
         _STEP_MAX,
 };
 
@@ -83,6 +84,8 @@ struct host {
         struct ac_req *watch; /* outstanding GET /v1/state (long-poll or plain) */
         int64_t watch_at;     /* monotonic ms: start the next watch not before */
         unsigned watch_backoff;
+        bool watch_lp;      /* the outstanding watch is a long-poll... */
+        int64_t watch_idx;  /* ...from this index */
         int64_t refresh_at; /* monotonic ms: idle refresh of the fleet view */
         bool dirty;         /* rec to be saved */
 };
@@ -125,6 +128,8 @@ struct controller {
         bool engine_known;
         atomic_bool stop;
         atomic_int_fast64_t last_pass_ms; /* monotonic, for controller_healthy */
+        /* Long-polls that ran out of wait with nothing new (metrics, bench). */
+        atomic_uint_fast64_t lp_renewals;
 
         /* options (strings copied) */
         char name[32];

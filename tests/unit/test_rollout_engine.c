@@ -537,6 +537,21 @@ START_TEST(test_verify_fails_rollback)
         ck_assert_str_eq(sent[nsent - 1].op_id, "lf:r1:h1:rollback");
         answer(c, h1, 202, NULL);
         pass(c, ro);
+        /* The rollback's kexec is under way: the rollout waits for it. */
+        ck_assert_int_eq(ro->status, RS_RUNNING);
+        /* Back in a third boot, updated on the old kernel: the controller finishes it. */
+        d = doc(20, "updated", "boot-3", NULL, NULL);
+        engine_on_state(c, h1->host, d);
+        json_decref(d);
+        ck_assert_int_eq(engine_commit(c), 0);
+        ck_assert_int_eq(sent[nsent - 1].step, STEP_ROLLBACK_FINISH);
+        ck_assert_str_eq(sent[nsent - 1].op_id, "lf:r1:h1:rollback-finish");
+        answer(c, h1, 200, NULL);
+        d = doc(22, "normal", "boot-3", NULL, NULL);
+        engine_on_state(c, h1->host, d);
+        json_decref(d);
+        pass(c, ro);
+        ck_assert_int_eq(h1->phase, PH_FAILED);
         /* Within max_failures 1, but no host got through: failed. */
         ck_assert_int_eq(ro->status, RS_FAILED);
         controller_stop(c);
