@@ -104,7 +104,8 @@ static void usage(FILE *f)
               "                          (units ms, s, m; at most 1h), then come back on the\n"
               "                          same addresses; never: exit 0, the machine does not\n"
               "                          come back (default 0: back at once, sockets kept)\n"
-              "  --sim-boot-release=STRING  after a simulated kexec, report this release\n"
+              "  --sim-boot-release=[IMAGE=]STRING  after a simulated kexec (into an image\n"
+              "                          whose header names IMAGE), report this release\n"
               "                          instead of the staged image's (a wrong-kernel fault)\n"
               "\n"
               "Commands:\n"
@@ -462,9 +463,12 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                                 cfg->sim_downtime_ms = v;
                         break;
                 case ARG_SIM_BOOT_RELEASE:
-                        if (!optarg[0] || strlen(optarg) >= 128)
+                        if (!optarg[0] || strlen(optarg) >= 128 || optarg[0] == '=' ||
+                            optarg[strlen(optarg) - 1] == '=' ||
+                            strchr(strchr(optarg, '=') ? strchr(optarg, '=') + 1 : optarg, '='))
                                 return bad("--sim-boot-release", optarg,
-                                           "expected 1 to 127 characters");
+                                           "expected [IMAGE-RELEASE=]RELEASE, 1 to 127 "
+                                           "characters");
                         cfg->backend.sim_boot_release = optarg;
                         break;
                 case ARG_HOSTNAME:

@@ -25,7 +25,8 @@
  * boot id, boots + 1, kexec image gone, state updated if the machine went
  * down frozen (live-update data handed over), normal otherwise; the release
  * is cfg->sim_boot_release (--sim-boot-release: the machine came back with
- * another kernel than the one staged), else the one the image's bzImage
+ * another kernel than the one staged; "IMAGE=WRONG" only when the image's
+ * header named IMAGE), else the one the image's bzImage
  * header named (kexec.release), else --sim-release or uname. booted_usec
  * (wall clock of the simulated boot, taken when the open boots) gives
  * get_info() its uptime: however long the machine stayed down between the
@@ -753,9 +754,21 @@ static int sim_boot(struct sim_kstate *k, const struct backend_config *cfg, bool
         if (r < 0)
                 return r;
         k->booted_usec = now_real_usec();
+        const char *wrong = NULL;
         if (kexec && cfg->sim_boot_release) {
+                /* "IMAGE=WRONG": only a kexec into an image whose header names IMAGE
+                 * comes up wrong (so a rollback into another kernel works). */
+                const char *eq = strchr(cfg->sim_boot_release, '=');
+                if (!eq)
+                        wrong = cfg->sim_boot_release;
+                else if (strlen(k->next_release) == (size_t)(eq - cfg->sim_boot_release) &&
+                         strncmp(k->next_release, cfg->sim_boot_release,
+                                 (size_t)(eq - cfg->sim_boot_release)) == 0)
+                        wrong = eq + 1;
+        }
+        if (wrong) {
                 /* The wrong kernel came up: not the one the image names. */
-                if (copy_field(k->release, sizeof(k->release), cfg->sim_boot_release) < 0)
+                if (copy_field(k->release, sizeof(k->release), wrong) < 0)
                         return -EINVAL;
                 k->next_release[0] = 0;
         } else if (k->next_release[0]) {
@@ -799,7 +812,9 @@ int sim_open(const struct backend_config *cfg, struct backend **ret, char *msg, 
                 return -EINVAL;
         }
         if (cfg->sim_boot_release &&
-            (!cfg->sim_boot_release[0] || strlen(cfg->sim_boot_release) >= 128)) {
+            (!cfg->sim_boot_release[0] || strlen(cfg->sim_boot_release) >= 128 ||
+             cfg->sim_boot_release[0] == '=' ||
+             cfg->sim_boot_release[strlen(cfg->sim_boot_release) - 1] == '=')) {
                 backend_msgf(msg, msg_size, "invalid simulated kernel release after a kexec");
                 return -EINVAL;
         }

@@ -571,6 +571,26 @@ START_TEST(test_boot_release_override)
 }
 END_TEST
 
+/* "IMAGE=WRONG": only a kexec into an image naming IMAGE comes up wrong. */
+START_TEST(test_boot_release_override_for_one_image)
+{
+        struct backend_info bi;
+        struct backend *b;
+
+        cfg.sim_boot_release = "6.1.0-other=6.66.8-wrong";
+        b = kexec_into_next(sim());
+        info(b, &bi);
+        ck_assert_str_eq(bi.release, "6.99.1-next");
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_FINISH), 0);
+        cfg.sim_boot_release = "6.99.1-next=6.66.8-wrong";
+        b = kexec_into_next(b);
+        info(b, &bi);
+        ck_assert_str_eq(bi.release, "6.66.8-wrong");
+        cfg.sim_boot_release = NULL;
+        backend_free(b);
+}
+END_TEST
+
 START_TEST(test_boot_release_invalid)
 {
         struct backend *b = NULL;
@@ -584,6 +604,11 @@ START_TEST(test_boot_release_invalid)
         memset(longrel, 'x', sizeof(longrel) - 1);
         longrel[sizeof(longrel) - 1] = 0;
         cfg.sim_boot_release = longrel;
+        ck_assert_int_eq(sim_open(&cfg, &b, msg, sizeof(msg)), -EINVAL);
+        ck_assert_ptr_null(b);
+        cfg.sim_boot_release = "=6.1.0";
+        ck_assert_int_eq(sim_open(&cfg, &b, msg, sizeof(msg)), -EINVAL);
+        cfg.sim_boot_release = "6.1.0=";
         ck_assert_int_eq(sim_open(&cfg, &b, msg, sizeof(msg)), -EINVAL);
         ck_assert_ptr_null(b);
 }
@@ -1053,6 +1078,7 @@ static Suite *sim_suite(void)
         tcase_add_test(tc, test_reboot_from_frozen_with_image);
         tcase_add_test(tc, test_boot_release_from_image);
         tcase_add_test(tc, test_boot_release_override);
+        tcase_add_test(tc, test_boot_release_override_for_one_image);
         tcase_add_test(tc, test_boot_release_invalid);
         tcase_add_test(tc, test_downtime_is_not_uptime);
         tcase_add_test(tc, test_kexec_load_unload);
