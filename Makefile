@@ -4,7 +4,7 @@
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 LISTEN ?= 127.0.0.1:8421
 
-.PHONY: all deps build run test test-vm bench format clean
+.PHONY: all deps build run test test-vm test-fleet bench bench-fleet format clean
 
 all: build
 
@@ -25,8 +25,15 @@ test-vm: build
 	scripts/install-deps --with-vm
 	cd build && ctest --output-on-failure -L vm
 
+test-fleet: build
+	cd build && ctest --output-on-failure -L fleet
+
 bench: build
 	bench/run
+
+# 100 and 1,000 real agents in one rollout (docs/benchmarks.md, "Fleet rollout").
+bench-fleet: build
+	bench/fleet-rollout 100 1000
 
 format:
 	scripts/check-source --fix
