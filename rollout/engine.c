@@ -1509,7 +1509,15 @@ static void on_watch_cb(void *ud, const struct ac_result *res)
         h->watch_at = engine_now_mono_ms(c) + h->watch_backoff;
 }
 
-/* Should the host be long-polled now? */
+/*
+ * Should the host be long-polled now? Only while the controller waits for
+ * something the agent does on its own: the kexec (a new boot id), an
+ * operation that answered 202 and runs, a rollback's reboot, a failed or
+ * unreachable host's return. Not while an action is on its way: its answer
+ * carries the state document, and a long-poll beside it would come back
+ * for every journal record the action writes (most of the requests per host
+ * were those).
+ */
 static bool host_watched(const struct host *h)
 {
         const struct rhost *rh = h->active;
@@ -1518,10 +1526,22 @@ static bool host_watched(const struct host *h)
         if (rh->rec.wave > rh->ro->rec.current_wave)
                 /* A later wave: only an unreachable host, whose return frees the budget. */
                 return !h->rec.reachable && h->rec.error && rh->phase == PH_PENDING;
+        if (rh->action || rh->send_queued)
+                return false;
+        if (rh->phase == PH_REBOOTING || rh->waiting_op)
+                return true;
+        if (rh->phase == PH_FAILED) {
+                /* Rolling back, or not normal (it counts as unavailable until it is). */
+                const char *st = jstr(h->rec.state, "state");
+                return (rh->step == STEP_ROLLBACK && rh->rec.step_done) || !st ||
+                       strcmp(st, "normal") != 0 || !h->rec.reachable;
+        }
         if (phase_terminal(rh->phase))
-                return (rh->phase == PH_FAILED || !rh->rec.step_done) &&
-                       (rh->step != STEP_NONE || rh->phase == PH_FAILED);
-        return true;
+                return !rh->rec.step_done && rh->step != STEP_NONE;
+        /* Between steps (pending, staged, prepared waiting for the budget, verifying):
+         * the engine acts next, or polls /readyz; an unreachable host is watched for
+         * its return. */
+        return !h->rec.reachable && h->rec.error;
 }
 
 static void watch_hosts(struct controller *c, int64_t now, int64_t *next)

@@ -268,8 +268,8 @@ class Fleet:
         return {"kernel": {"path": self.kernel_path, "sha256": self.kernel_sha},
                 "cmdline": "console=ttyS0 liveupdate=on", "release": TARGET_RELEASE}
 
-    def controller(self, args=(), env=None, name="ctl"):
-        c = Controller(self, args=args, env=env, name=name)
+    def controller(self, args=(), env=None, name="ctl", fast=True):
+        c = Controller(self, args=args, env=env, name=name, fast=fast)
         self.controllers.append(c)
         return c
 
@@ -307,8 +307,9 @@ class ControllerError(AssertionError):
 
 
 class Controller:
-    def __init__(self, fleet, args=(), env=None, name="ctl"):
+    def __init__(self, fleet, args=(), env=None, name="ctl", fast=True):
         self.fleet = fleet
+        self.fast = fast  # shorter long-polls and retries than the defaults (tests)
         self.name = name
         self.bin = binary("LUOFLEET_ROLLOUT", "luofleet-rollout")
         self.db = os.path.join(fleet.dir, name + ".db")
@@ -322,8 +323,9 @@ class Controller:
         self.returncodes = []
 
     def command(self):
-        cmd = [self.bin, "--listen=127.0.0.1:0", "--db=%s" % self.db,
-               "--poll-wait=10s", "--retry-min=200ms", "--retry-max=1s"]
+        cmd = [self.bin, "--listen=127.0.0.1:0", "--db=%s" % self.db]
+        if self.fast:
+            cmd += ["--poll-wait=10s", "--retry-min=200ms", "--retry-max=1s"]
         if not any(a.startswith("--inventory") for a in self.args):
             cmd.append("--inventory=%s" % self.fleet.inventory())
         return cmd + self.args
