@@ -248,6 +248,28 @@ unsigned engine_backoff(unsigned cur, unsigned min_ms, unsigned max_ms)
         return (unsigned)MAX(next, (uint64_t)1);
 }
 
+int64_t engine_reboot_retry_ms(int64_t since_ms, int64_t est_ms, unsigned *backoff, unsigned min_ms,
+                               unsigned max_ms)
+{
+        if (est_ms > 0 && since_ms < est_ms * 9 / 10) {
+                *backoff = 0;
+                return est_ms * 9 / 10 - since_ms;
+        }
+        if (est_ms > 0 && since_ms < est_ms * 2) {
+                *backoff = 0;
+                return engine_backoff(0, MAX(min_ms / 2, 1u), MAX(min_ms / 2, 1u));
+        }
+        *backoff = engine_backoff(*backoff, min_ms, max_ms);
+        return *backoff;
+}
+
+int64_t engine_blackout_estimate(int64_t est_ms, int64_t blackout_ms)
+{
+        if (blackout_ms < 0)
+                return est_ms;
+        return est_ms > 0 ? (est_ms * 7 + blackout_ms * 3) / 10 : MAX(blackout_ms, (int64_t)1);
+}
+
 /* ---- model helpers -------------------------------------------------------------- */
 
 struct host *engine_host_find(struct controller *c, const char *name)
@@ -632,6 +654,8 @@ static void rebooted(struct controller *c, struct rhost *rh, const json_t *doc)
         snprintf(rh->rec.boot_id_after, sizeof(rh->rec.boot_id_after), "%s", boot ? boot : "");
         snprintf(rh->rec.kernel, sizeof(rh->rec.kernel), "%s", kernel ? kernel : "");
         rh->rec.blackout_ms = json_is_integer(bo) ? json_integer_value(bo) : -1;
+        rh->ro->blackout_est_ms =
+                engine_blackout_estimate(rh->ro->blackout_est_ms, rh->rec.blackout_ms);
         json_t *ev = json_object();
         if (rh->rec.blackout_ms >= 0)
                 json_object_set_new(ev, "blackout_ms", json_integer(rh->rec.blackout_ms));
@@ -1454,6 +1478,9 @@ void engine_attach(struct controller *c, struct rollout *ro, bool resume)
         for (size_t i = 0; i < ro->nhosts; i++) {
                 struct rhost *rh = &ro->hosts[i];
                 rh->ro = ro;
+                if (rh->rec.blackout_ms >= 0 && rh->rec.boot_id_after[0])
+                        ro->blackout_est_ms =
+                                engine_blackout_estimate(ro->blackout_est_ms, rh->rec.blackout_ms);
                 rh->phase = phase_from_string(rh->rec.phase);
                 rh->step = step_from_string(rh->rec.step);
                 rh->host = engine_host_find(c, rh->rec.name);
@@ -1499,13 +1526,19 @@ static void on_watch_cb(void *ud, const struct ac_result *res)
         else
                 snprintf(err, sizeof(err), "GET /v1/state: HTTP %d", res->status);
         host_unreachable(c, h, err);
-        /* A host we rebooted is expected back within seconds: cap its backoff at twice
-         * the first delay (1 s by default: one refused connection a second for at most
-         * max_unavailable hosts), so its return is seen soon after it happens. */
-        unsigned cap = c->retry_max_ms;
-        if (h->active && h->active->phase == PH_REBOOTING)
-                cap = MAX(c->retry_min_ms, MIN(c->retry_max_ms, 2 * c->retry_min_ms));
-        h->watch_backoff = engine_backoff(h->watch_backoff, c->retry_min_ms, cap);
+        /* A host in its reboot: look for it when the hosts before it came back (the
+         * rollout's blackout estimate), often around then, not in a fixed rhythm
+         * through the whole downtime: few requests, and its return seen soon. */
+        if (h->active && h->active->phase == PH_REBOOTING) {
+                struct rhost *rh = h->active;
+                int64_t since = engine_now_wall_ms(c) - rh->rec.step_at;
+                h->watch_at =
+                        engine_now_mono_ms(c) +
+                        engine_reboot_retry_ms(since, rh->ro->blackout_est_ms, &h->watch_backoff,
+                                               c->retry_min_ms, c->retry_max_ms);
+                return;
+        }
+        h->watch_backoff = engine_backoff(h->watch_backoff, c->retry_min_ms, c->retry_max_ms);
         h->watch_at = engine_now_mono_ms(c) + h->watch_backoff;
 }
 

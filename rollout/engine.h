@@ -116,6 +116,9 @@ struct rollout {
         struct rhost *hosts;
         size_t nhosts;
         int nwaves;
+        /* Blackout the hosts of this rollout took so far (EWMA of their agents'
+         * blackout_ms; 0: none back yet): when to look for a rebooting host. */
+        int64_t blackout_est_ms;
         bool dirty;
 };
 
@@ -202,6 +205,17 @@ int engine_op_id(const char *name, const char *rollout, const char *host, enum s
 
 /* Backoff: next delay after cur (0: first), between min and max, x2, +-20% jitter. */
 unsigned engine_backoff(unsigned cur, unsigned min_ms, unsigned max_ms);
+/*
+ * When to look again for a host in its reboot that did not answer, since_ms
+ * after its reboot was sent, given the rollout's blackout estimate est_ms (0:
+ * none yet). Without an estimate: the backoff (*backoff, from min_ms to
+ * max_ms). With one: nothing until 90% of it has passed, then every
+ * min_ms / 2 until twice the estimate, then the backoff again. Returns ms.
+ */
+int64_t engine_reboot_retry_ms(int64_t since_ms, int64_t est_ms, unsigned *backoff, unsigned min_ms,
+                               unsigned max_ms);
+/* Fold one observed blackout into the estimate. */
+int64_t engine_blackout_estimate(int64_t est_ms, int64_t blackout_ms);
 
 /* ---- model helpers (under c->lock) ---- */
 struct host *engine_host_find(struct controller *c, const char *name);

@@ -377,6 +377,38 @@ static int duration_in(const json_t *v, const char *field, int64_t min_ms, int64
 }
 
 /* Sets the normalised strategy object into out. */
+/*
+ * A Duration member NAME, or its normalised form NAME_ms (an integer of
+ * milliseconds, as GET answers it), so that a stored spec can be posted
+ * again as it is. Not both. *present tells whether either was given.
+ */
+static int duration_member(const json_t *obj, const char *name, const char *prefix, int64_t min_ms,
+                           int64_t max_ms, int64_t *ret_ms, struct ctl_problem *p)
+{
+        char key[32], field[64];
+        const json_t *d = obj ? json_object_get(obj, name) : NULL;
+
+        (void)snprintf(key, sizeof(key), "%s_ms", name);
+        const json_t *m = obj ? json_object_get(obj, key) : NULL;
+        if (d && m) {
+                field_fmt(field, sizeof(field), "%s.%s", prefix, key);
+                return invalid(p, field, "give %s or %s, not both", name, key);
+        }
+        if (d) {
+                field_fmt(field, sizeof(field), "%s.%s", prefix, name);
+                return duration_in(d, field, min_ms, max_ms, ret_ms, p);
+        }
+        if (m) {
+                field_fmt(field, sizeof(field), "%s.%s", prefix, key);
+                if (!json_is_integer(m) || json_integer_value(m) < min_ms ||
+                    json_integer_value(m) > max_ms)
+                        return invalid(p, field, "an integer of milliseconds %" PRId64 "..%" PRId64,
+                                       min_ms, max_ms);
+                *ret_ms = json_integer_value(m);
+        }
+        return 0;
+}
+
 static int check_strategy(const json_t *s, json_t *out, struct ctl_problem *p)
 {
         static const char *const counts[] = { "canary", "batch", "max_unavailable",
@@ -387,7 +419,8 @@ static int check_strategy(const json_t *s, json_t *out, struct ctl_problem *p)
         if (s && !json_is_object(s))
                 return invalid(p, "strategy", "strategy must be an object");
         json_object_foreach ((json_t *)s, k, v) {
-                bool known = key_plain(k) && (strcmp(k, "mode") == 0 || strcmp(k, "soak") == 0);
+                bool known = key_plain(k) && (strcmp(k, "mode") == 0 || strcmp(k, "soak") == 0 ||
+                                              strcmp(k, "soak_ms") == 0);
                 for (size_t i = 0; i < ELEMENTSOF(counts); i++)
                         known = known || (key_plain(k) && strcmp(k, counts[i]) == 0);
                 if (!known) {
@@ -435,8 +468,7 @@ static int check_strategy(const json_t *s, json_t *out, struct ctl_problem *p)
                         return problem(p, 500, "internal-error", NULL, "out of memory");
         }
         int64_t soak = 0;
-        const json_t *sv = s ? json_object_get(s, "soak") : NULL;
-        if (sv && duration_in(sv, "strategy.soak", 0, DURATION_DAY_MS, &soak, p) < 0)
+        if (duration_member(s, "soak", "strategy", 0, DURATION_DAY_MS, &soak, p) < 0)
                 return -1;
         if (json_object_set_new(st, "soak_ms", json_integer(soak)) < 0)
                 return problem(p, 500, "internal-error", NULL, "out of memory");
@@ -452,8 +484,11 @@ static int check_timeouts(const json_t *t, json_t *out, struct ctl_problem *p)
                 return invalid(p, "timeouts", "timeouts must be an object");
         json_object_foreach ((json_t *)t, k, v) {
                 bool known = false;
-                for (size_t i = 0; i < ELEMENTSOF(timeouts); i++)
-                        known = known || (key_plain(k) && strcmp(k, timeouts[i].name) == 0);
+                for (size_t i = 0; i < ELEMENTSOF(timeouts); i++) {
+                        size_t n = strlen(timeouts[i].name);
+                        known = known || (key_plain(k) && strncmp(k, timeouts[i].name, n) == 0 &&
+                                          (k[n] == 0 || strcmp(k + n, "_ms") == 0));
+                }
                 if (!known) {
                         char sub[64];
                         field_fmt(sub, sizeof(sub), "timeouts.%s", k);
@@ -464,13 +499,12 @@ static int check_timeouts(const json_t *t, json_t *out, struct ctl_problem *p)
         if (!to || json_object_set_new(out, "timeouts", to) < 0)
                 return problem(p, 500, "internal-error", NULL, "out of memory");
         for (size_t i = 0; i < ELEMENTSOF(timeouts); i++) {
-                char sub[64], key[32];
+                char key[32];
                 int64_t ms = timeouts[i].def_ms;
-                const json_t *d = t ? json_object_get(t, timeouts[i].name) : NULL;
 
-                field_fmt(sub, sizeof(sub), "timeouts.%s", timeouts[i].name);
                 (void)snprintf(key, sizeof(key), "%s_ms", timeouts[i].name);
-                if (d && duration_in(d, sub, 1000, DURATION_DAY_MS, &ms, p) < 0)
+                if (duration_member(t, timeouts[i].name, "timeouts", 1000, DURATION_DAY_MS, &ms,
+                                    p) < 0)
                         return -1;
                 if (json_object_set_new(to, key, json_integer(ms)) < 0)
                         return problem(p, 500, "internal-error", NULL, "out of memory");

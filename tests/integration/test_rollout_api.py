@@ -919,7 +919,7 @@ class TestRollouts(RolloutTestCase):
         # (The engine finishes the abort: cancels what is prepared, then the status is final.)
         ro = self.wait_rollout(cl, "r2", timeout=20 * SCALE)
         self.assertEqual(ro["status"], "aborted")
-        self.assertEqual(ro["reason"]["code"], "aborted-by-user", ro)
+        self.assertEqual(ro["reason"], {"code": "aborted-by-user", "detail": "wrong kernel"})
         for action in ("pause", "resume", "abort"):
             self.assertProblem(cl.post("/v1/rollouts/r2/" + action), 409,
                                "invalid-transition")

@@ -264,8 +264,10 @@ class SimRebootTest(AgentTestCase):
              "--sim-downtime needs --sim-reboot=exec"),
             (["--sim-downtime=never", "--sim-reboot=exit"],
              "--sim-downtime needs --sim-reboot=exec"),
-            (["--sim-boot-release="], "invalid --sim-boot-release=: expected 1 to 127 "
-                                      "characters"),
+            (["--sim-boot-release="], "invalid --sim-boot-release=: expected "
+                                      "[IMAGE-RELEASE=]RELEASE, 1 to 127 characters"),
+            (["--sim-boot-release=6.1=6.2=6.3"], "invalid --sim-boot-release=6.1=6.2=6.3: "
+                                                 "expected [IMAGE-RELEASE=]RELEASE"),
         ]
         for args, msg in cases:
             with self.subTest(args=args):
@@ -276,7 +278,7 @@ class SimRebootTest(AgentTestCase):
         rc, out, err = run_agent(["--help"])
         self.assertEqual(rc, 0)
         self.assertIn("--sim-downtime=DURATION|never", out)
-        self.assertIn("--sim-boot-release=STRING", out)
+        self.assertIn("--sim-boot-release=[IMAGE=]STRING", out)
 
 
 if __name__ == "__main__":

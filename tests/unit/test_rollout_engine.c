@@ -90,6 +90,38 @@ START_TEST(test_classify)
 }
 END_TEST
 
+/* When a host in its reboot is looked for again, and the blackout estimate. */
+START_TEST(test_reboot_retry)
+{
+        unsigned b = 0;
+
+        /* No estimate yet: the plain backoff from min (+-20%). */
+        int64_t d = engine_reboot_retry_ms(100, 0, &b, 500, 10000);
+        ck_assert(d >= 400 && d <= 600);
+        d = engine_reboot_retry_ms(700, 0, &b, 500, 10000);
+        ck_assert(d >= 800 && d <= 1200);
+        /* An estimate of 5 s, 1 s after the reboot: not before 4.5 s, exactly. */
+        b = 1000;
+        ck_assert_int_eq(engine_reboot_retry_ms(1000, 5000, &b, 500, 10000), 3500);
+        ck_assert_uint_eq(b, 0);
+        /* Around the estimate: every min/2 (+-20%). */
+        d = engine_reboot_retry_ms(4600, 5000, &b, 500, 10000);
+        ck_assert(d >= 200 && d <= 300);
+        d = engine_reboot_retry_ms(9900, 5000, &b, 500, 10000);
+        ck_assert(d >= 200 && d <= 300);
+        /* Past twice the estimate: the backoff again. */
+        d = engine_reboot_retry_ms(10000, 5000, &b, 500, 10000);
+        ck_assert(d >= 400 && d <= 600);
+
+        /* The estimate: the first blackout, then 70/30. */
+        ck_assert_int_eq(engine_blackout_estimate(0, -1), 0);
+        ck_assert_int_eq(engine_blackout_estimate(0, 1000), 1000);
+        ck_assert_int_eq(engine_blackout_estimate(1000, 2000), 1300);
+        ck_assert_int_eq(engine_blackout_estimate(1300, -1), 1300);
+        ck_assert_int_eq(engine_blackout_estimate(0, 0), 1);
+}
+END_TEST
+
 START_TEST(test_op_id_and_backoff)
 {
         char id[STORE_OPID_MAX], id2[STORE_OPID_MAX];
@@ -630,6 +662,7 @@ static Suite *suite(void)
         tcase_add_test(pure, test_observe);
         tcase_add_test(pure, test_classify);
         tcase_add_test(pure, test_op_id_and_backoff);
+        tcase_add_test(pure, test_reboot_retry);
         suite_add_tcase(s, pure);
         TCase *tick = tcase_create("tick");
         tcase_add_test(tick, test_rolling_waves);

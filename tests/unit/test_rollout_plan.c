@@ -113,7 +113,42 @@ START_TEST(test_normalize_full)
                 " \"windows\": [{\"days\": "
                 "[\"mon\",\"tue\",\"wed\",\"thu\",\"fri\",\"sat\",\"sun\"],"
                 "   \"start\": \"01:00\", \"end\": \"02:00\", \"time_zone\": \"UTC\"}]}");
+
+        /* What GET answers can be posted again: normalising it changes nothing. */
+        json_t *again = NULL;
+        ck_assert_int_eq(rollout_spec_normalize(out, &again, &p), 0);
+        ck_assert(json_equal(again, out));
+        json_decref(again);
         json_decref(out);
+}
+END_TEST
+
+START_TEST(test_normalize_ms_forms)
+{
+        struct ctl_problem p = { 0 };
+        json_t *out = norm("{\"target\": " TARGET ", \"strategy\": {\"soak_ms\": 1500},"
+                           " \"timeouts\": {\"reboot_ms\": 5000, \"stage\": \"2s\"}}",
+                           &p);
+
+        ck_assert_msg(out != NULL, "%s: %s", p.field, p.detail);
+        ck_assert_int_eq(
+                json_integer_value(json_object_get(json_object_get(out, "strategy"), "soak_ms")),
+                1500);
+        ck_assert_int_eq(
+                json_integer_value(json_object_get(json_object_get(out, "timeouts"), "reboot_ms")),
+                5000);
+        ck_assert_int_eq(
+                json_integer_value(json_object_get(json_object_get(out, "timeouts"), "stage_ms")),
+                2000);
+        json_decref(out);
+        expect_problem("{\"target\": " TARGET ", \"strategy\": {\"soak\": 1, \"soak_ms\": 1}}", 400,
+                       "invalid-field", "strategy.soak_ms");
+        expect_problem("{\"target\": " TARGET ", \"strategy\": {\"soak_ms\": \"1s\"}}", 400,
+                       "invalid-field", "strategy.soak_ms");
+        expect_problem("{\"target\": " TARGET ", \"timeouts\": {\"finish_ms\": 999}}", 400,
+                       "invalid-field", "timeouts.finish_ms");
+        expect_problem("{\"target\": " TARGET ", \"timeouts\": {\"finish_s\": 9}}", 400,
+                       "invalid-field", "timeouts.finish_s");
 }
 END_TEST
 
@@ -756,6 +791,7 @@ static Suite *plan_suite(void)
         tcase_set_timeout(tc, 60);
         tcase_add_test(tc, test_normalize_defaults);
         tcase_add_test(tc, test_normalize_full);
+        tcase_add_test(tc, test_normalize_ms_forms);
         tcase_add_test(tc, test_normalize_invalid);
         tcase_add_test(tc, test_duration);
         tcase_add_test(tc, test_count);
