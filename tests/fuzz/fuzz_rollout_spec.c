@@ -30,8 +30,8 @@ static json_t *inventory(void)
                 char name[16];
                 snprintf(name, sizeof(name), "h%02u", i);
                 json_array_append_new(hosts, json_pack("{s:s, s:{s:s, s:s}}", "name", name,
-                                                       "labels", "zone", zones[i % 3],
-                                                       "group", i < 8 ? "hv" : "storage"));
+                                                       "labels", "zone", zones[i % 3], "group",
+                                                       i < 8 ? "hv" : "storage"));
         }
         return hosts;
 }
@@ -66,11 +66,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 size_t i, j, total = 0;
                 struct rollout_limits lim;
 
-                json_array_foreach(waves, i, w)
-                {
+                json_array_foreach (waves, i, w) {
                         json_t *h;
-                        json_array_foreach(json_object_get(w, "hosts"), j, h)
-                        {
+                        json_array_foreach (json_object_get(w, "hosts"), j, h) {
                                 if (json_object_get(seen, json_string_value(h)))
                                         abort(); /* a host in two waves */
                                 json_object_set_new(seen, json_string_value(h), json_true());
