@@ -580,6 +580,16 @@ static bool owes_cancel(const struct rhost *rh)
 {
         if (rh->phase == PH_PREPARED)
                 return true;
+        if (rh->phase == PH_REBOOTING) {
+                /* The kexec was refused or never seen: unless the host is known to be in
+                 * a new boot, it may still be prepared (or frozen): cancel it. A host that
+                 * did reboot answers the cancel with 409, which changes nothing. */
+                const json_t *st = rh->host ? rh->host->rec.state : NULL;
+                const char *state = jstr(st, "state"), *boot = jstr(st, "boot_id");
+                bool new_boot = boot && rh->rec.boot_id_before[0] &&
+                                strcmp(boot, rh->rec.boot_id_before) != 0;
+                return !new_boot && (!state || strcmp(state, "normal") != 0);
+        }
         if (rh->phase == PH_STAGING && rh->step == STEP_PREPARE) {
                 /* A refused prepare leaves the kernel normal: nothing to cancel. When the
                  * last state seen is not normal (or unknown), cancel to be sure. */
@@ -1171,7 +1181,9 @@ static void tick_abort(struct controller *c, struct rollout *ro)
                                 rh->resync = false;
                                 engine_set_phase(c, rh, PH_CANCELLED, "aborted");
                         }
-                } else if (owes_cancel(rh) && !(rh->action && rh->step == STEP_PREPARE)) {
+                } else if (rh->phase != PH_REBOOTING && owes_cancel(rh) &&
+                           !(rh->action && rh->step == STEP_PREPARE)) {
+                        /* (A host in its reboot completes: the kexec cannot be called back.) */
                         abandon_action(c, rh);
                         rh->resync = false;
                         engine_set_phase(c, rh, PH_CANCELLED, "aborted");

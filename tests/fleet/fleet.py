@@ -26,6 +26,7 @@ LUOFLEET_TEST_TMP, LUOFLEET_TEST_KEEP=1, LUOFLEET_TEST_TIMEOUT_SCALE (as tests/i
 import json
 import os
 import re
+import ssl  # noqa: F401  (contexts for HTTPS agents)
 import shutil
 import signal
 import subprocess
@@ -89,7 +90,7 @@ class FleetAgent:
 
     @property
     def url(self):
-        return "http://127.0.0.1:%d" % self.port
+        return "%s://127.0.0.1:%d" % (self.fleet.scheme, self.port)
 
     def command(self):
         cmd = [self.fleet.agent_bin, "--backend=sim", "--state-dir=%s" % self.state_dir,
@@ -100,7 +101,7 @@ class FleetAgent:
             cmd.append("--user=root")
         if not any(f.startswith("--sim-downtime") for f in self.flags):
             cmd.append("--sim-downtime=%s" % self.fleet.downtime)
-        return cmd + self.flags
+        return cmd + self.fleet.agent_args + self.flags
 
     def spawn(self):
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
@@ -117,7 +118,8 @@ class FleetAgent:
                 raise AssertionError("agent %s exited with %s at start:\n%s"
                                      % (self.name, self.proc.returncode, self.log()))
             try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as r:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=2,
+                                            context=self.fleet.ssl_context) as r:
                     if r.status == 200:
                         return
             except (OSError, urllib.error.URLError):
@@ -203,7 +205,8 @@ class FleetAgent:
         return (start, end)
 
     def state(self, timeout=5):
-        with urllib.request.urlopen(self.url + "/v1/state", timeout=timeout) as r:
+        req = urllib.request.Request(self.url + "/v1/state", headers=self.fleet.auth_headers)
+        with urllib.request.urlopen(req, timeout=timeout, context=self.fleet.ssl_context) as r:
             return json.loads(r.read())
 
 
@@ -224,9 +227,14 @@ def max_overlap(intervals):
 class Fleet:
     """N agents. faults: {agent index: [extra flags]}. labels(i) -> dict."""
 
-    def __init__(self, name, n, downtime="1s", faults=None, labels=None, keep=None):
+    def __init__(self, name, n, downtime="1s", faults=None, labels=None, keep=None,
+                 secure=False):
         self.name = name
         self.dir = workdir(name)
+        self.scheme = "http"
+        self.agent_args = []
+        self.ssl_context = None
+        self.auth_headers = {}
         self.agent_bin = binary("LUOFLEET_AGENT", "luofleet-agent")
         self.downtime = downtime
         self.kernel_dir = os.path.join(self.dir, "kernels")
@@ -242,9 +250,53 @@ class Fleet:
                        for i in range(n)]
         self.keep = os.environ.get("LUOFLEET_TEST_KEEP") == "1" if keep is None else keep
         self.controllers = []
+        if secure:
+            self.secure()
 
     def __getitem__(self, i):
         return self.agents[i]
+
+    def secure(self):
+        """Agents on HTTPS (a throwaway CA) with bearer tokens: pki/ca.pem, pki/token (an
+        operator token the controller may use), pki/viewer-token."""
+        import ssl
+        d = os.path.join(self.dir, "pki")
+        os.makedirs(d)
+
+        def openssl(*args):
+            p = subprocess.run(["openssl"] + list(args), cwd=d, capture_output=True, timeout=60)
+            if p.returncode != 0:
+                raise AssertionError("openssl %s: %s" % (args, p.stderr.decode()))
+        openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=fleet-ca")
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                "-keyout", "agent.key", "-out", "agent.csr", "-subj", "/CN=localhost")
+        with open(os.path.join(d, "agent.ext"), "w") as f:
+            f.write("extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n")
+        openssl("x509", "-req", "-in", "agent.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", "agent.pem", "-days", "2", "-extfile", "agent.ext")
+        os.chmod(os.path.join(d, "agent.key"), 0o600)
+        lines = []
+        for name, role, out in (("rollout", "operator", "token"),
+                                ("dashboard", "viewer", "viewer-token")):
+            p = subprocess.run([self.agent_bin, "token", name, role], capture_output=True,
+                               text=True, timeout=30)
+            if p.returncode != 0:
+                raise AssertionError("luofleet-agent token: %s" % p.stderr)
+            with open(os.path.join(d, out), "w") as f:
+                f.write(p.stdout.strip() + "\n")
+            os.chmod(os.path.join(d, out), 0o600)
+            lines.append(p.stderr.strip().splitlines()[-1])
+        with open(os.path.join(d, "tokens"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.chmod(os.path.join(d, "tokens"), 0o600)
+        self.pki = d
+        self.scheme = "https"
+        self.agent_args = ["--tls-cert=%s/agent.pem" % d, "--tls-key=%s/agent.key" % d,
+                           "--tokens=%s/tokens" % d]
+        self.ssl_context = ssl.create_default_context(cafile=os.path.join(d, "ca.pem"))
+        with open(os.path.join(d, "viewer-token")) as f:
+            self.auth_headers = {"Authorization": "Bearer " + f.read().strip()}
 
     def start(self, batch=64):
         deadline = time.monotonic() + (20 + len(self.agents) * 0.05) * SCALE

@@ -379,6 +379,57 @@ class FleetTest(unittest.TestCase):
         self.assert_done(f, doc)
         self.assertGreaterEqual(hosts_by_name(doc)["h001"]["blackout_ms"], 3000)
 
+    def test_failure_after_prepare_is_cancelled(self):
+        # h000 prepares, then its kexec is refused (EPERM): the controller cancels it.
+        f = self.fleet(2, downtime="200ms", faults={0: ["--sim-fault=reboot=EPERM"]})
+        ctl = f.controller().start()
+        rid = ctl.create(spec(f, strategy={"canary": 1, "batch": 1, "max_failures": 1}))["id"]
+        doc = ctl.wait(rid)
+        self.assertEqual(doc["status"], "completed", json.dumps(doc)[:2000])
+        h = hosts_by_name(doc)["h000"]
+        self.assertEqual(h["phase"], "failed")
+        self.assertEqual(h["error"]["code"], "kernel-permission-denied", h)
+        self.assertEqual([o["action"] for o in f[0].operations()],
+                         ["stage", "prepare", "reboot", "cancel"])
+        self.assertEqual([(t["from"], t["to"]) for t in f[0].transitions()],
+                         [("normal", "prepared"), ("prepared", "normal")])
+        self.assertEqual(f[0].applied("kexec"), 0)
+        self.assert_done(f, doc, [f[1]])
+
+    def test_secured_agents(self):
+        # Agents on HTTPS with bearer tokens; the controller trusts their CA and has a token.
+        f = self.fleet(3, downtime="200ms", secure=True)
+        ctl = f.controller(args=["--agent-ca-bundle=%s/ca.pem" % f.pki,
+                                 "--agent-token-file=%s/token" % f.pki]).start()
+        rid = ctl.create(spec(f, strategy={"canary": 1, "batch": 2, "max_unavailable": 2}))["id"]
+        doc = ctl.wait(rid)
+        self.assertEqual(doc["status"], "completed", json.dumps(doc)[:2000])
+        self.assert_done(f, doc)
+        for a in f.agents:
+            for o in a.operations():
+                self.assertEqual(o["requested_by"], "token:rollout")
+        # Without the token, or without the CA: the controller cannot read the agents; they
+        # count as unavailable and the rollout waits (blocked), saying why in the fleet view.
+        for name, args, why in (("no-token", ["--agent-ca-bundle=%s/ca.pem"], "HTTP 401"),
+                                ("no-ca", [], "certificate")):
+            g = self.fleet(1, downtime="200ms", secure=True)
+            c = g.controller(args=[a % g.pki if "%s" in a else a for a in args], name=name)
+            c.start()
+            # (Once the controller's first read of the host failed; before, the stage
+            # itself would fail with the same cause and the rollout end failed.)
+            deadline = time.monotonic() + 20 * fleet.SCALE
+            while c.request("GET", "/v1/hosts/h000")[1].get("error") is None:
+                self.assertLess(time.monotonic(), deadline)
+                time.sleep(0.05)
+            rid = c.create(spec(g, strategy={"canary": 0, "batch": 1}))["id"]
+            doc = c.wait(rid, ("blocked",), timeout=30)
+            self.assertEqual(doc["reason"]["code"], "unavailable-budget", doc["reason"])
+            status, host = c.request("GET", "/v1/hosts/h000")
+            self.assertEqual(status, 200)
+            self.assertFalse(host["reachable"])
+            self.assertIn(why, host["error"])
+            self.assertEqual(g[0].operations(), [])
+
     def test_cli_drives_a_rollout(self):
         f = self.fleet(3, downtime="200ms")
         ctl = f.controller().start()
