@@ -1680,13 +1680,16 @@ void *engine_thread(void *arg)
         while (!atomic_load(&c->stop)) {
                 pthread_mutex_lock(&c->lock);
                 int64_t now = engine_now_mono_ms(c);
-                int64_t next = now + 1000;
+                int64_t next = now + 5000;
                 ac_dispatch(c->ac);
                 for (size_t i = 0; i < c->ngraveyard; i++)
                         engine_host_free(c, c->graveyard[i]);
                 c->ngraveyard = 0;
-                for (size_t i = 0; i < c->nrollouts; i++)
+                bool active = false;
+                for (size_t i = 0; i < c->nrollouts; i++) {
                         engine_tick(c, c->rollouts[i]);
+                        active = active || !rstatus_finished(c->rollouts[i]->status);
+                }
                 watch_hosts(c, now, &next);
                 next = next_host_timer(c, next);
                 (void)engine_commit(c);
@@ -1694,9 +1697,11 @@ void *engine_thread(void *arg)
                 pthread_mutex_unlock(&c->lock);
 
                 int64_t wait = next - engine_now_mono_ms(c);
-                /* Soak and window ends are checked at least once a second. */
+                /* Soak and window ends are checked at least once a second while a rollout
+                 * runs; idle, every 5 s (the pass is the liveness /healthz reports, which
+                 * allows 10 s); an API change wakes the engine at once (ac_wakeup). */
                 wait = MAX(wait, (int64_t)10);
-                wait = MIN(wait, (int64_t)1000);
+                wait = MIN(wait, active ? (int64_t)1000 : (int64_t)5000);
                 (void)ac_poll(c->ac, (int)wait);
         }
         return NULL;
