@@ -228,7 +228,7 @@ class Fleet:
     """N agents. faults: {agent index: [extra flags]}. labels(i) -> dict."""
 
     def __init__(self, name, n, downtime="1s", faults=None, labels=None, keep=None,
-                 secure=False):
+                 secure=False, mtls=False):
         self.name = name
         self.dir = workdir(name)
         self.scheme = "http"
@@ -250,15 +250,16 @@ class Fleet:
                        for i in range(n)]
         self.keep = os.environ.get("LUOFLEET_TEST_KEEP") == "1" if keep is None else keep
         self.controllers = []
-        if secure:
-            self.secure()
+        if secure or mtls:
+            self.secure(mtls)
 
     def __getitem__(self, i):
         return self.agents[i]
 
-    def secure(self):
+    def secure(self, mtls=False):
         """Agents on HTTPS (a throwaway CA) with bearer tokens: pki/ca.pem, pki/token (an
-        operator token the controller may use), pki/viewer-token."""
+        operator token the controller may use), pki/viewer-token; with mtls, the agents also
+        verify client certificates from that CA (pki/client.pem and .key, CN rollout-ctl)."""
         import ssl
         d = os.path.join(self.dir, "pki")
         os.makedirs(d)
@@ -276,6 +277,15 @@ class Fleet:
         openssl("x509", "-req", "-in", "agent.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
                 "-CAcreateserial", "-out", "agent.pem", "-days", "2", "-extfile", "agent.ext")
         os.chmod(os.path.join(d, "agent.key"), 0o600)
+        if mtls:
+            openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=rollout-ctl")
+            with open(os.path.join(d, "client.ext"), "w") as f:
+                f.write("extendedKeyUsage=clientAuth\n")
+            openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                    "-CAcreateserial", "-out", "client.pem", "-days", "2", "-extfile",
+                    "client.ext")
+            os.chmod(os.path.join(d, "client.key"), 0o600)
         lines = []
         for name, role, out in (("rollout", "operator", "token"),
                                 ("dashboard", "viewer", "viewer-token")):
@@ -294,7 +304,12 @@ class Fleet:
         self.scheme = "https"
         self.agent_args = ["--tls-cert=%s/agent.pem" % d, "--tls-key=%s/agent.key" % d,
                            "--tokens=%s/tokens" % d]
+        if mtls:
+            self.agent_args.append("--tls-client-ca=%s/ca.pem" % d)
         self.ssl_context = ssl.create_default_context(cafile=os.path.join(d, "ca.pem"))
+        if mtls:
+            self.ssl_context.load_cert_chain(os.path.join(d, "client.pem"),
+                                             os.path.join(d, "client.key"))
         with open(os.path.join(d, "viewer-token")) as f:
             self.auth_headers = {"Authorization": "Bearer " + f.read().strip()}
 

@@ -408,6 +408,18 @@ class FleetTest(unittest.TestCase):
         for a in f.agents:
             for o in a.operations():
                 self.assertEqual(o["requested_by"], "token:rollout")
+        # Mutual TLS instead of a token: the controller's client certificate.
+        m = self.fleet(2, downtime="200ms", mtls=True)
+        c = m.controller(args=["--agent-ca-bundle=%s/ca.pem" % m.pki,
+                               "--agent-cert=%s/client.pem" % m.pki,
+                               "--agent-key=%s/client.key" % m.pki], name="mtls")
+        c.start()
+        rid = c.create(spec(m, strategy={"canary": 0, "batch": 2, "max_unavailable": 2}))["id"]
+        doc = c.wait(rid)
+        self.assertEqual(doc["status"], "completed", json.dumps(doc)[:2000])
+        self.assert_done(m, doc)
+        for a in m.agents:
+            self.assertEqual({o["requested_by"] for o in a.operations()}, {"cert:rollout-ctl"})
         # Without the token, or without the CA: the controller cannot read the agents; they
         # count as unavailable and the rollout waits (blocked), saying why in the fleet view.
         for name, args, why in (("no-token", ["--agent-ca-bundle=%s/ca.pem"], "HTTP 401"),
