@@ -572,6 +572,10 @@ static void abandon_action(struct controller *c, struct rhost *rh)
                 ac_cancel(c->ac, rh->action);
                 rh->action = NULL;
         }
+        if (rh->lease_req) {
+                ac_cancel(c->ac, rh->lease_req);
+                rh->lease_req = NULL;
+        }
         rh->send_queued = false;
 }
 
@@ -642,6 +646,7 @@ static void step_succeeded(struct controller *c, struct rhost *rh)
         case STEP_PREPARE:
                 if (rh->phase == PH_STAGING)
                         engine_set_phase(c, rh, PH_PREPARED, NULL);
+                rh->lease_at = engine_now_wall_ms(c);
                 break;
         case STEP_FINISH:
                 if (rh->phase == PH_FINISHING)
@@ -1053,6 +1058,56 @@ void engine_on_resync(struct controller *c, struct rhost *rh, const struct ac_re
         rh->retry_at = engine_now_mono_ms(c) + rh->backoff;
 }
 
+/* ---- leases ---------------------------------------------------------------------- */
+
+/*
+ * A host prepared with a dead-man lease (lease_seconds) that waits (for the
+ * rest of a two-phase wave, for the budget, through a pause) has its lease
+ * renewed at a third of its length, so it stays prepared while the
+ * controller lives, and cancels itself when the controller is gone. A lease
+ * already gone (404 no-lease, 409 lease-mismatch: the host cancelled itself)
+ * fails the host with lease-expired instead of a confusing refusal later.
+ */
+static void on_lease_cb(void *ud, const struct ac_result *res)
+{
+        struct rhost *rh = ud;
+        struct controller *c = rh->ro->ctl;
+        char code[64], detail[320];
+
+        rh->lease_req = NULL;
+        if (rh->phase != PH_PREPARED)
+                return;
+        if (res->status == 200) {
+                rh->lease_at = engine_now_wall_ms(c);
+                return;
+        }
+        problem_text(res, code, sizeof(code), detail, sizeof(detail));
+        if (res->status == 404 || res->status == 409) {
+                fail_host(c, rh, "lease-expired", detail, false);
+                return;
+        }
+        host_error_event(c, rh, code, detail);
+        /* Transport error or 5xx: the next pass tries again (not before a second). */
+        rh->lease_at = engine_now_wall_ms(c) - (int64_t)rh->ro->lim.lease_seconds * 1000 / 3 + 1000;
+}
+
+static void renew_lease(struct controller *c, struct rhost *rh, int64_t now_wall)
+{
+        unsigned secs = rh->ro->lim.lease_seconds;
+
+        if (!secs || rh->phase != PH_PREPARED || rh->step != STEP_PREPARE || rh->lease_req ||
+            rh->action || rh->send_queued || !rh->host || c->send_hook ||
+            now_wall - rh->lease_at < (int64_t)secs * 1000 / 3)
+                return;
+        json_t *body =
+                json_pack("{s:s, s:i}", "operation_id", rh->rec.op_id, "lease_seconds", (int)secs);
+        if (!body)
+                return;
+        (void)ac_start(c->ac, AC_ACTION, "POST", rh->host->rec.url, "/v1/lease", body, -1, 0,
+                       on_lease_cb, rh, &rh->lease_req);
+        json_decref(body);
+}
+
 /* ---- the rollout pass ---------------------------------------------------------------- */
 
 static bool window_open(struct controller *c, struct rollout *ro, json_t **reason_extra,
@@ -1272,6 +1327,7 @@ void engine_tick(struct controller *c, struct rollout *ro)
         for (size_t i = 0; i < ro->nhosts; i++) {
                 struct rhost *rh = &ro->hosts[i];
                 check_timeout(c, rh, now_wall);
+                renew_lease(c, rh, now_wall);
                 if (rh->action || rh->send_queued)
                         continue;
                 if (rh->retry_at && now_mono < rh->retry_at)

@@ -106,6 +106,10 @@ struct rhost {
         unsigned backoff;
         int precond_failures;
         bool dirty;
+        /* Prepared with a lease: when it was last granted (wall ms; 0 after a restart:
+         * renew at once) and the renewal under way. */
+        int64_t lease_at;
+        struct ac_req *lease_req;
 };
 
 struct rollout {

@@ -251,6 +251,47 @@ class FleetTest(unittest.TestCase):
                                for a in agents)
             self.assertLess(last_prepare, first_reboot)
 
+    def test_lease_renewed_while_waiting(self):
+        # Two-phase, a 2 s dead-man lease; h001 takes 3 s to prepare. h000, prepared at once,
+        # waits for it: the controller renews its lease, so it does not cancel itself.
+        f = self.fleet(2, downtime="200ms", faults={1: ["--sim-fault=prepare=3000ms"]})
+        ctl = f.controller().start()
+        rid = ctl.create(spec(f, strategy={"mode": "two-phase", "canary": 0, "batch": 2,
+                                           "max_unavailable": 2},
+                              lease_seconds=2))["id"]
+        doc = ctl.wait(rid)
+        self.assertEqual(doc["status"], "completed", json.dumps(doc)[:2000])
+        self.assert_done(f, doc)
+        leases = [r for r in f[0].journal() if r.get("kind") == "lease"]
+        causes = [r.get("cause") for r in leases]
+        self.assertNotIn("lease-expired", causes)
+        # granted by the prepare, renewed at least 3 times (every ~0.67 s for ~3 s), ended
+        # by the reboot
+        self.assertGreaterEqual(causes.count(None), 4, leases)
+        self.assertEqual(f[0].applied("cancel"), 0)
+
+    def test_lease_expired_while_controller_down(self):
+        # A host prepared and its controller gone for longer than the lease: the
+        # host cancels itself; the restarted controller sees the lease gone (lease-expired)
+        # instead of failing later on a refused reboot.
+        f = self.fleet(2, downtime="200ms", faults={1: ["--sim-fault=prepare=2500ms"]})
+        ctl = f.controller().start()
+        rid = ctl.create(spec(f, strategy={"mode": "two-phase", "canary": 0, "batch": 2,
+                                           "max_unavailable": 2, "max_failures": 2},
+                              lease_seconds=1))["id"]
+        ctl.wait(rid, cond=lambda d: hosts_by_name(d)["h000"]["phase"] == "prepared")
+        ctl.kill9()
+        deadline = time.monotonic() + 20 * fleet.SCALE
+        while f[0].state()["state"] != "normal":
+            self.assertLess(time.monotonic(), deadline)
+            time.sleep(0.1)
+        ctl.start()
+        doc = ctl.wait(rid, ("paused", "completed", "failed"))
+        h = hosts_by_name(doc)["h000"]
+        self.assertEqual(h["phase"], "failed", h)
+        self.assertEqual(h["error"]["code"], "lease-expired", h)
+        self.assertEqual(f[0].applied("kexec"), 0)
+
     def test_kill9_controller_resumes_with_one_reboot_per_host(self):
         f = self.fleet(6, downtime="1s")
         ctl = f.controller().start()
