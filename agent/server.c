@@ -1283,17 +1283,8 @@ int server_start(struct server *s)
                 if (s->cfg->http_threads > 1)
                         opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_THREAD_POOL_SIZE,
                                                              (intptr_t)s->cfg->http_threads, NULL };
-                if (lis->tls) {
-                        /* The certificate comes from tls.c per handshake: SIGHUP reloads it. */
-                        opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_CERT_CALLBACK, 0,
-                                                             tls_cert_callback() };
-                        opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_PRIORITIES, 0,
-                                                             (void *)TLS_PRIORITIES };
-                        /* A trust list makes MHD request client certificates; tls.c verifies. */
-                        if (tls_client_ca_pem())
-                                opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_TRUST, 0,
-                                                                     (void *)tls_client_ca_pem() };
-                }
+                if (lis->tls)
+                        n += tls_mhd_options(opts + n); /* cert callback: SIGHUP reloads */
                 opts[n] = (struct MHD_OptionItem){ MHD_OPTION_END, 0, NULL };
                 /*
                  * Limits (docs/limits.md): connlimit.c counts connections over every

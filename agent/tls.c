@@ -7,6 +7,7 @@
 #include <gnutls/abstract.h>
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
+#include <microhttpd.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -233,6 +234,22 @@ void *tls_cert_callback(void)
 const char *tls_client_ca_pem(void)
 {
         return tls.ca_pem;
+}
+
+unsigned tls_mhd_options(struct MHD_OptionItem *opts)
+{
+        unsigned n = 0;
+
+        /* The certificate comes from here per handshake: SIGHUP reloads it. */
+        opts[n++] =
+                (struct MHD_OptionItem){ MHD_OPTION_HTTPS_CERT_CALLBACK, 0, tls_cert_callback() };
+        opts[n++] =
+                (struct MHD_OptionItem){ MHD_OPTION_HTTPS_PRIORITIES, 0, (void *)TLS_PRIORITIES };
+        /* A trust list makes MHD request client certificates; this file verifies them. */
+        if (tls_client_ca_pem())
+                opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_TRUST, 0,
+                                                     (void *)tls_client_ca_pem() };
+        return n;
 }
 
 bool tls_enabled(void)

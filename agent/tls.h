@@ -37,6 +37,16 @@ void *tls_cert_callback(void);
 /* PEM of the client CA bundle as loaded at start (MHD_OPTION_HTTPS_MEM_TRUST), or NULL. */
 const char *tls_client_ca_pem(void);
 
+/*
+ * Append the options of an HTTPS daemon to opts: the certificate callback,
+ * TLS_PRIORITIES and, with a client CA bundle, the trust list that makes MHD
+ * request client certificates (verified here). At most TLS_MHD_OPTIONS
+ * items; returns how many. Shared by the agent's and the controller's daemons.
+ */
+#define TLS_MHD_OPTIONS 3
+struct MHD_OptionItem;
+unsigned tls_mhd_options(struct MHD_OptionItem *opts);
+
 /* The current credentials generation (changes at each reload): a cache key. */
 const void *tls_generation(void);
 

@@ -504,20 +504,11 @@ int httpd_start(struct httpd *h, struct api *api)
         idle_sec = MAX(idle_sec, (unsigned)(2 * api->keepalive_ms / 1000 + 1));
         for (unsigned i = 0; i < h->n_lis; i++) {
                 struct listener *l = &h->lis[i];
-                struct MHD_OptionItem opts[4];
+                struct MHD_OptionItem opts[TLS_MHD_OPTIONS + 1];
                 unsigned n = 0;
 
-                if (l->tls) {
-                        /* The certificate comes from tls.c per handshake: SIGHUP reloads it. */
-                        opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_CERT_CALLBACK, 0,
-                                                             tls_cert_callback() };
-                        opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_PRIORITIES, 0,
-                                                             (void *)TLS_PRIORITIES };
-                        /* A trust list makes MHD request client certificates; tls.c verifies. */
-                        if (tls_client_ca_pem())
-                                opts[n++] = (struct MHD_OptionItem){ MHD_OPTION_HTTPS_MEM_TRUST, 0,
-                                                                     (void *)tls_client_ca_pem() };
-                }
+                if (l->tls)
+                        n += tls_mhd_options(opts + n); /* cert callback: SIGHUP reloads */
                 opts[n] = (struct MHD_OptionItem){ MHD_OPTION_END, 0, NULL };
                 l->daemon = MHD_start_daemon(
                         MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD |
