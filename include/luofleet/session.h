@@ -7,12 +7,18 @@
  * Link with -lluofleet-session (pkg-config luofleet-session). Every function
  * returns 0 (or a count) on success and -errno on failure; errnos from the
  * kernel come back unchanged (EEXIST, EBUSY, ENOENT, EBADF, ...), with the
- * broker's sentence in lfs_last_message(). Nothing is printed.
+ * broker's sentence in lfs_last_message(). Nothing is printed. A message
+ * from the broker that breaks the protocol fails the call with -EPROTO, the
+ * broker's end of file with -ECONNRESET; the connection is then dead and
+ * every later call returns -ENOTCONN (queued events are still returned).
  *
  * A client is one connection, used by one thread at a time. Events
  * (LFS_EVENT_PREPARE, ...) that arrive while a request waits for its answer
- * are queued (up to 64) and returned by lfs_next_event(). lfs_get_fd() is
- * readable when an event may be waiting: poll() it in an event loop.
+ * are queued (up to 64, the oldest dropped beyond) and returned by
+ * lfs_next_event(). lfs_get_fd() is readable when an event may be waiting
+ * on the socket: poll() it in an event loop, but first drain what earlier
+ * calls queued (lfs_next_event(c, &ev, 0) until -ETIMEDOUT), since queued
+ * events no longer make the socket readable.
  *
  *   struct lfs_client *c;
  *   lfs_connect(NULL, "vm-42", LFS_HELLO_REGISTER, &c);
@@ -38,9 +44,9 @@ extern "C" {
 struct lfs_client;
 
 struct lfs_event {
-        uint64_t id;               /* confirm or veto a PREPARE with this id */
-        enum lfs_event_kind kind;  /* LFS_EVENT_PREPARE, ... */
-        uint64_t deadline_ms;      /* PREPARE: confirm within this many ms of its arrival */
+        uint64_t id;              /* confirm or veto a PREPARE with this id */
+        enum lfs_event_kind kind; /* LFS_EVENT_PREPARE, ... */
+        uint64_t deadline_ms;     /* PREPARE: confirm within this many ms of its arrival */
         char note[LFS_TEXT_MAX + 1];
 };
 
@@ -70,8 +76,7 @@ const char *lfs_default_socket(void);
  * not). -ECONNREFUSED/-ENOENT: no broker; -EACCES: the socket's mode/group
  * keep us out; -EUSERS: too many clients.
  */
-int lfs_connect(const char *socket_path, const char *name, unsigned flags,
-                struct lfs_client **ret);
+int lfs_connect(const char *socket_path, const char *name, unsigned flags, struct lfs_client **ret);
 /* Close the connection (NULL is fine). Sessions stay with the broker. */
 void lfs_close(struct lfs_client *c);
 

@@ -25,6 +25,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #define LFS_PROTO_MAGIC 0x53464c53u /* "SLFS" little-endian */
 #define LFS_PROTO_VERSION 1
 
@@ -58,11 +62,11 @@ enum lfs_type {
         LFS_CONFIRM,          /* arg: the event id of an LFS_EVENT_PREPARE: state preserved */
         LFS_VETO,             /* arg: that event id; text: the reason. The prepare fails */
         /* ---- broker -> workload only ---- */
-        LFS_EVENT,            /* seq 0; arg: event id; token: enum lfs_event_kind; arg2: for
-                                 PREPARE the deadline, in ms from now; text: a note */
-        LFS_INFO,             /* entry of LFS_LIST: session, arg = enum lfs_phase, arg2 = fds,
-                                 token = bytes */
-        LFS_FD_INFO,          /* entry of LFS_SHOW: token, arg = bytes, arg2 = 1 if retrieved */
+        LFS_EVENT,   /* seq 0; arg: event id; token: enum lfs_event_kind; arg2: for
+                        PREPARE the deadline, in ms from now; text: a note */
+        LFS_INFO,    /* entry of LFS_LIST: session, arg = enum lfs_phase, arg2 = fds,
+                        token = bytes */
+        LFS_FD_INFO, /* entry of LFS_SHOW: token, arg = bytes, arg2 = 1 if retrieved */
         _LFS_TYPE_MAX,
 };
 
@@ -70,7 +74,7 @@ enum lfs_type {
 #define LFS_HELLO_REGISTER 0x1u /* take part in prepare: confirm or veto each LFS_EVENT_PREPARE */
 
 enum lfs_event_kind {
-        LFS_EVENT_PREPARE = 1, /* a live update is being prepared: preserve, then confirm (or veto) */
+        LFS_EVENT_PREPARE = 1, /* an update is being prepared: preserve, then confirm (or veto) */
         LFS_EVENT_CANCEL,      /* the prepare was cancelled (or failed): back to normal */
         LFS_EVENT_REBOOT,      /* the kexec is imminent: nothing more will be preserved */
         LFS_EVENT_UPDATED,     /* this boot came from a live update: retrieve your sessions */
@@ -114,7 +118,10 @@ void lfs_msg_init(struct lfs_msg *m, enum lfs_type type, uint32_t seq);
 /* Copy s into a fixed field (zero-padded); -ENAMETOOLONG when it does not fit. */
 int lfs_msg_set_str(char *field, size_t size, const char *s);
 
-/* How many fds a message carries: PRESERVE request 1, RETRIEVE_FD answer with result 0 1, else 0. */
+/*
+ * How many fds a message carries: a PRESERVE request 1, a RETRIEVE_FD answer
+ * with result 0 1, anything else 0.
+ */
 int lfs_msg_fds(uint16_t type, bool answer, int32_t result);
 
 enum lfs_direction {
@@ -125,8 +132,9 @@ enum lfs_direction {
 /*
  * Check one datagram of len bytes (recvmsg()'s msg_flags in flags) carrying
  * n_fds descriptors, travelling in direction dir. Returns 0 with the message
- * in *ret, or -EPROTO (malformed: never act on it) or -EBADMSG (well-formed
- * but a name or text outside its alphabet: answerable with EINVAL). Pure.
+ * in *ret, or -EPROTO (malformed: never act on it, *ret untouched) or
+ * -EBADMSG (well-formed but a name or text outside its alphabet: answerable
+ * with EINVAL; *ret is filled so the answer can carry its type and seq). Pure.
  */
 int lfs_msg_decode(const void *buf, size_t len, int flags, size_t n_fds, enum lfs_direction dir,
                    struct lfs_msg *ret);
@@ -134,8 +142,14 @@ int lfs_msg_decode(const void *buf, size_t len, int flags, size_t n_fds, enum lf
 /*
  * Send and receive one message with up to one descriptor (MSG_NOSIGNAL,
  * MSG_CMSG_CLOEXEC, EINTR retried). lfs_recv returns the length (0 at EOF)
- * with *ret_fd = the descriptor or -1, and *ret_flags = msg_flags; extra
- * descriptors are closed. -errno on failure.
+ * with *ret_fd = the descriptor or -1 (the caller closes it, also when the
+ * decoder refuses the message), and *ret_flags = msg_flags. More than one
+ * descriptor: all are closed, *ret_fd is -1 and MSG_CTRUNC is set in
+ * *ret_flags, so the decoder refuses the message. -errno on failure.
  */
 int lfs_send(int sock, const struct lfs_msg *m, int fd, bool nonblock);
 long lfs_recv(int sock, struct lfs_msg *m, int *ret_fd, int *ret_flags, bool nonblock);
+
+#ifdef __cplusplus
+}
+#endif
