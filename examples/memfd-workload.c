@@ -1,0 +1,660 @@
+/*
+ * memfd-workload.c: an example workload for VMM authors: a memfd standing in
+ * for guest memory kept across a live update with libluofleet-session
+ * (docs/sessions.md). Three modes:
+ *
+ *   preserve  fill a memfd of N MiB with a pattern from --seed, preserve it
+ *             in session S under --token, then serve events: confirm every
+ *             prepare (or --veto it, or --no-confirm to let it time out),
+ *             print each event, exit 0 at the reboot event (or at SIGTERM).
+ *   restore   after the update: retrieve session S and the file, check its
+ *             size and every byte against the pattern, report the time, and
+ *             finish the session (unless --no-finish).
+ *   list      the caller's sessions and their files.
+ *
+ * Only libc and the library: copy what you need. One thread; signals by
+ * signalfd so the event loop is a single poll().
+ */
+#include <errno.h>
+#include <ctype.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "luofleet/session.h"
+
+#define MIB (UINT64_C(1) << 20)
+#define MIB_MAX (UINT64_C(1) << 20) /* 1 TiB */
+
+struct opts {
+        const char *socket; /* NULL: $LUOFLEET_SESSIONS_SOCKET or the default */
+        const char *name;
+        const char *session;
+        uint64_t mib;
+        uint64_t token;
+        uint64_t seed;
+        const char *state_file;
+        const char *reboot_time;
+        const char *veto;
+        bool no_confirm;
+        bool no_finish;
+        const char *mode;
+};
+
+static void usage(FILE *f)
+{
+        fprintf(f,
+                "usage: luofleet-memfd-workload [OPTIONS] preserve|restore|list\n"
+                "  --socket=PATH        the broker's socket (default $LUOFLEET_SESSIONS_SOCKET,\n"
+                "                       else %s)\n"
+                "  --name=NAME          this workload's name (default memfd-workload)\n"
+                "  --session=S          the session (preserve, restore)\n"
+                "  --mib=N              the memfd's size in MiB (preserve, restore)\n"
+                "  --token=T            the file's token in the session (default 1)\n"
+                "  --seed=X             the pattern's seed (default 1)\n"
+                "  --state-file=FILE    preserve: write size and checksum there;\n"
+                "                       restore: check them too\n"
+                "  --veto=REASON        preserve: veto every prepare\n"
+                "  --no-confirm         preserve: never answer a prepare\n"
+                "  --reboot-time=FILE   preserve: write the reboot event's arrival there\n"
+                "                       (CLOCK_REALTIME us); restore: read it and print\n"
+                "                       blackout-to-data-ms\n"
+                "  --no-finish          restore: leave the session unfinished\n"
+                "exit status: 0 ok, 1 failure, 2 usage\n",
+                LFS_SOCKET_DEFAULT);
+}
+
+/* A one-line message on stderr; the exit status of a failure. */
+static int fail(const char *what, int r, struct lfs_client *c)
+{
+        const char *msg = c ? lfs_last_message(c) : "";
+
+        if (*msg)
+                fprintf(stderr, "memfd-workload: %s: %s (%s)\n", what, strerror(-r), msg);
+        else
+                fprintf(stderr, "memfd-workload: %s: %s\n", what, strerror(-r));
+        return 1;
+}
+
+/* Decimal, or hexadecimal after "0x"; nothing else, nothing after it. */
+static int parse_u64(const char *s, uint64_t max, uint64_t *ret)
+{
+        int base = strncmp(s, "0x", 2) == 0 ? 16 : 10;
+        unsigned long long v;
+        char *end;
+
+        if (base == 16)
+                s += 2;
+        if (!isxdigit((unsigned char)*s))
+                return -EINVAL;
+        errno = 0;
+        v = strtoull(s, &end, base);
+        if (errno || *end || v > max)
+                return -ERANGE;
+        *ret = v;
+        return 0;
+}
+
+static uint64_t now_usec(clockid_t clock)
+{
+        struct timespec ts;
+
+        clock_gettime(clock, &ts);
+        return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* ---- the pattern: xorshift64 words, checksummed with FNV-1a over 64-bit words ------------- */
+
+static uint64_t pattern_start(uint64_t seed)
+{
+        /* splitmix64 of the seed: any seed (0 too) gives a non-zero xorshift state. */
+        uint64_t z = seed + 0x9e3779b97f4a7c15;
+
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111eb;
+        z ^= z >> 31;
+        return z ? z : 1;
+}
+
+static uint64_t pattern_next(uint64_t *x)
+{
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        return *x;
+}
+
+#define FNV_OFFSET 0xcbf29ce484222325
+#define FNV_PRIME 0x100000001b3
+
+static uint64_t fill(uint64_t *words, size_t n, uint64_t seed)
+{
+        uint64_t x = pattern_start(seed), h = FNV_OFFSET;
+
+        for (size_t i = 0; i < n; i++) {
+                words[i] = pattern_next(&x);
+                h = (h ^ words[i]) * FNV_PRIME;
+        }
+        return h;
+}
+
+/* The number of words that differ from the pattern; the checksum of what is there. */
+static size_t verify(const uint64_t *words, size_t n, uint64_t seed, uint64_t *ret_sum,
+                     size_t *ret_first)
+{
+        uint64_t x = pattern_start(seed), h = FNV_OFFSET;
+        size_t bad = 0;
+
+        for (size_t i = 0; i < n; i++) {
+                if (words[i] != pattern_next(&x) && bad++ == 0)
+                        *ret_first = i;
+                h = (h ^ words[i]) * FNV_PRIME;
+        }
+        *ret_sum = h;
+        return bad;
+}
+
+/* ---- small files ------------------------------------------------------------------------ */
+
+/* Write text to path durably: a temporary file, fsync, rename. */
+static int write_text(const char *path, const char *text)
+{
+        char tmp[4096];
+        size_t len = strlen(text);
+        int fd, r = 0;
+
+        if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+                return -ENAMETOOLONG;
+        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0)
+                return -errno;
+        if (write(fd, text, len) != (ssize_t)len || fsync(fd) < 0)
+                r = errno ? -errno : -EIO;
+        if (close(fd) < 0 && r == 0)
+                r = -errno;
+        if (r == 0 && rename(tmp, path) < 0)
+                r = -errno;
+        if (r < 0)
+                unlink(tmp);
+        return r;
+}
+
+static int read_text(const char *path, char *buf, size_t size)
+{
+        ssize_t n;
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+        if (fd < 0)
+                return -errno;
+        n = read(fd, buf, size - 1);
+        close(fd);
+        if (n < 0)
+                return -errno;
+        buf[n] = 0;
+        return 0;
+}
+
+/* The value after "key=" on its own line of text. */
+static int text_u64(const char *text, const char *key, uint64_t *ret)
+{
+        size_t k = strlen(key);
+
+        for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL)
+                if (strncmp(p, key, k) == 0 && p[k] == '=') {
+                        char v[32];
+                        size_t n = strcspn(p + k + 1, "\n");
+                        if (n >= sizeof(v))
+                                return -ERANGE;
+                        memcpy(v, p + k + 1, n);
+                        v[n] = 0;
+                        return parse_u64(v, UINT64_MAX, ret);
+                }
+        return -ENOENT;
+}
+
+/* ---- preserve ----------------------------------------------------------------------------- */
+
+/* One event: one line, and the answer a prepare needs. Returns 1 at the reboot. */
+static int on_event(struct lfs_client *c, const struct lfs_event *ev, const struct opts *o)
+{
+        const char *kind = lfs_event_kind_to_string(ev->kind);
+        int r;
+
+        if (ev->kind == LFS_EVENT_REBOOT) {
+                uint64_t at = now_usec(CLOCK_REALTIME);
+                char line[32];
+
+                printf("event reboot id=%" PRIu64 " note=\"%s\" at-usec=%" PRIu64 "\n", ev->id,
+                       ev->note, at);
+                snprintf(line, sizeof(line), "%" PRIu64 "\n", at);
+                if (o->reboot_time && (r = write_text(o->reboot_time, line)) < 0) {
+                        fail(o->reboot_time, r, NULL);
+                        return -1;
+                }
+                return 1;
+        }
+        printf("event %s id=%" PRIu64, kind ? kind : "unknown", ev->id);
+        if (ev->kind == LFS_EVENT_PREPARE)
+                printf(" deadline-ms=%" PRIu64, ev->deadline_ms);
+        printf(" note=\"%s\"", ev->note);
+        if (ev->kind == LFS_EVENT_PREPARE) {
+                /* A VMM would quiesce its devices here; the memory is preserved already. */
+                if (o->no_confirm) {
+                        printf(" -> not answered\n");
+                        return 0;
+                }
+                r = o->veto ? lfs_veto(c, ev->id, o->veto) : lfs_confirm(c, ev->id);
+                if (r == -ESTALE) {
+                        printf(" -> too late, that prepare is over\n");
+                        return 0;
+                }
+                if (r < 0) {
+                        printf("\n");
+                        fail(o->veto ? "veto" : "confirm", r, c);
+                        return -1;
+                }
+                printf(o->veto ? " -> vetoed\n" : " -> confirmed\n");
+                return 0;
+        }
+        printf("\n");
+        return 0;
+}
+
+/* Until the reboot event (0), SIGTERM or SIGINT (0), or a failure (1): the exit status. */
+static int serve_events(struct lfs_client *c, const struct opts *o)
+{
+        struct lfs_event ev;
+        sigset_t mask;
+        int sfd, r, status = 1;
+
+        sigemptyset(&mask);
+        sigaddset(&mask, SIGTERM);
+        sigaddset(&mask, SIGINT);
+        if (sigprocmask(SIG_BLOCK, &mask, NULL) < 0 || (sfd = signalfd(-1, &mask, SFD_CLOEXEC)) < 0)
+                return fail("signalfd", -errno, NULL);
+
+        for (;;) {
+                struct pollfd p[2] = {
+                        { .fd = lfs_get_fd(c), .events = POLLIN },
+                        { .fd = sfd, .events = POLLIN },
+                };
+
+                /* Events that arrived while a confirm waited are queued, not on the socket. */
+                while ((r = lfs_next_event(c, &ev, 0)) == 0) {
+                        r = on_event(c, &ev, o);
+                        if (r < 0)
+                                goto out;
+                        if (r == 1) {
+                                status = 0;
+                                goto out;
+                        }
+                }
+                if (r != -ETIMEDOUT) {
+                        fail("waiting for events", r, c);
+                        goto out;
+                }
+                if (poll(p, 2, -1) < 0 && errno != EINTR) {
+                        fail("poll", -errno, NULL);
+                        goto out;
+                }
+                if (p[1].revents) {
+                        printf("terminated\n");
+                        status = 0;
+                        goto out;
+                }
+        }
+out:
+        close(sfd);
+        return status;
+}
+
+/* The "guest memory": a memfd (the one kind of file Linux 7.3 preserves), filled. */
+static int make_memory(const struct opts *o, int *ret_fd, uint64_t *ret_sum)
+{
+        uint64_t size = o->mib * MIB;
+        uint64_t *words;
+        int fd;
+
+        fd = memfd_create("memfd-workload", MFD_CLOEXEC);
+        if (fd < 0)
+                return fail("memfd_create", -errno, NULL);
+        if (ftruncate(fd, (off_t)size) < 0) {
+                close(fd);
+                return fail("ftruncate", -errno, NULL);
+        }
+        words = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (words == MAP_FAILED) {
+                close(fd);
+                return fail("mmap", -errno, NULL);
+        }
+        *ret_sum = fill(words, size / 8, o->seed);
+        munmap(words, size);
+        *ret_fd = fd;
+        return 0;
+}
+
+static int preserve(struct lfs_client *c, int fd, const struct opts *o)
+{
+        uint64_t bytes = 0;
+        int r;
+
+        r = lfs_session_create(c, o->session);
+        if (r < 0)
+                return fail("create session", r, c);
+        r = lfs_preserve(c, o->session, fd, o->token, &bytes);
+        if (r < 0)
+                return fail("preserve", r, c);
+        printf("preserved %" PRIu64 " bytes in session %s under token %" PRIu64 "\n", bytes,
+               o->session, o->token);
+        return serve_events(c, o);
+}
+
+static int do_preserve(const struct opts *o)
+{
+        struct lfs_client *c = NULL;
+        uint64_t sum;
+        int fd = -1, r, status;
+
+        if (make_memory(o, &fd, &sum) != 0)
+                return 1;
+        printf("filled %" PRIu64 " MiB, seed %" PRIu64 ", checksum %016" PRIx64 "\n", o->mib,
+               o->seed, sum);
+        if (o->state_file) {
+                char text[128];
+                snprintf(text, sizeof(text),
+                         "bytes=%" PRIu64 "\nchecksum=0x%016" PRIx64 "\nseed=%" PRIu64 "\n",
+                         o->mib * MIB, sum, o->seed);
+                if ((r = write_text(o->state_file, text)) < 0) {
+                        close(fd);
+                        return fail(o->state_file, r, NULL);
+                }
+        }
+        /* Registered: every prepare now waits for our confirm. */
+        r = lfs_connect(o->socket, o->name, LFS_HELLO_REGISTER, &c);
+        if (r < 0) {
+                close(fd);
+                return fail("connect", r, NULL);
+        }
+        status = preserve(c, fd, o);
+        lfs_close(c);
+        /* The broker holds its own reference; a VMM would keep using ours until it exits. */
+        close(fd);
+        return status;
+}
+
+/* ---- restore ------------------------------------------------------------------------------ */
+
+/* The size and every word of the file against the pattern: 0 when bit-exact. */
+static int check_memory(int fd, const struct opts *o, uint64_t *ret_sum)
+{
+        uint64_t want = o->mib * MIB;
+        size_t bad, first = 0;
+        struct stat st;
+        void *p;
+
+        if (fstat(fd, &st) < 0)
+                return fail("fstat", -errno, NULL);
+        if ((uint64_t)st.st_size != want) {
+                fprintf(stderr, "memfd-workload: size %jd, expected %" PRIu64 "\n",
+                        (intmax_t)st.st_size, want);
+                return 1;
+        }
+        p = mmap(NULL, want, PROT_READ, MAP_SHARED, fd, 0);
+        if (p == MAP_FAILED)
+                return fail("mmap", -errno, NULL);
+        bad = verify(p, want / 8, o->seed, ret_sum, &first);
+        munmap(p, want);
+        if (bad) {
+                fprintf(stderr,
+                        "memfd-workload: checksum MISMATCH: %zu of %" PRIu64
+                        " words differ, the first at byte %zu\n",
+                        bad, want / 8, first * 8);
+                return 1;
+        }
+        return 0;
+}
+
+/* What the preserve run recorded, and the blackout since the reboot. */
+static int check_records(const struct opts *o, uint64_t sum)
+{
+        int r;
+
+        if (o->state_file) {
+                char text[256];
+                uint64_t was;
+                if ((r = read_text(o->state_file, text, sizeof(text))) < 0)
+                        return fail(o->state_file, r, NULL);
+                if (text_u64(text, "checksum", &was) < 0 || was != sum) {
+                        fprintf(stderr, "memfd-workload: %s records another checksum\n",
+                                o->state_file);
+                        return 1;
+                }
+        }
+        if (o->reboot_time) {
+                char text[64];
+                uint64_t then, now = now_usec(CLOCK_REALTIME);
+                if ((r = read_text(o->reboot_time, text, sizeof(text))) < 0)
+                        return fail(o->reboot_time, r, NULL);
+                text[strcspn(text, " \n")] = 0;
+                if (parse_u64(text, UINT64_MAX, &then) < 0 || then > now) {
+                        fprintf(stderr, "memfd-workload: %s: not a time in the past\n",
+                                o->reboot_time);
+                        return 1;
+                }
+                printf("blackout-to-data-ms=%.1f\n", (double)(now - then) / 1000.0);
+        }
+        return 0;
+}
+
+static int restore(struct lfs_client *c, const struct opts *o, uint64_t t0)
+{
+        uint64_t sum = 0;
+        int fd, r, status;
+
+        r = lfs_session_retrieve(c, o->session);
+        if (r < 0)
+                return fail("retrieve session", r, c);
+        r = lfs_retrieve_fd(c, o->session, o->token, &fd);
+        if (r < 0)
+                return fail("retrieve fd", r, c);
+        status = check_memory(fd, o, &sum);
+        /* A VMM would map it as guest memory now; we only needed to read it. */
+        close(fd);
+        if (status)
+                return status;
+        printf("restored %" PRIu64 " MiB in %.1f ms, checksum ok (%016" PRIx64 ")\n", o->mib,
+               (double)(now_usec(CLOCK_MONOTONIC) - t0) / 1000.0, sum);
+        status = check_records(o, sum);
+        if (status)
+                return status;
+        if (!o->no_finish) {
+                /* Done with it: the broker frees what was not retrieved. */
+                r = lfs_session_finish(c, o->session);
+                if (r < 0)
+                        return fail("finish session", r, c);
+                printf("finished session %s\n", o->session);
+        }
+        return 0;
+}
+
+static int do_restore(const struct opts *o)
+{
+        uint64_t t0 = now_usec(CLOCK_MONOTONIC);
+        struct lfs_client *c = NULL;
+        int r, status;
+
+        r = lfs_connect(o->socket, o->name, 0, &c);
+        if (r < 0)
+                return fail("connect", r, NULL);
+        status = restore(c, o, t0);
+        lfs_close(c);
+        return status;
+}
+
+/* ---- list --------------------------------------------------------------------------------- */
+
+static int do_list(const struct opts *o)
+{
+        struct lfs_session_info *s = NULL;
+        struct lfs_client *c = NULL;
+        size_t n = 0;
+        int r;
+
+        r = lfs_connect(o->socket, o->name, 0, &c);
+        if (r < 0)
+                return fail("connect", r, NULL);
+        r = lfs_list(c, &s, &n);
+        if (r < 0) {
+                fail("list", r, c);
+                lfs_close(c);
+                return 1;
+        }
+        printf("%-24s %-10s %5s %14s\n", "SESSION", "PHASE", "FDS", "BYTES");
+        for (size_t i = 0; i < n; i++) {
+                struct lfs_fd_info *f = NULL;
+                size_t m = 0;
+                const char *phase = lfs_phase_to_string(s[i].phase);
+
+                printf("%-24s %-10s %5" PRIu64 " %14" PRIu64 "\n", s[i].name, phase ? phase : "?",
+                       s[i].fds, s[i].bytes);
+                if (lfs_show(c, s[i].name, &f, &m) < 0)
+                        continue;
+                for (size_t j = 0; j < m; j++)
+                        printf("  token %" PRIu64 ": %" PRIu64 " bytes%s\n", f[j].token, f[j].bytes,
+                               f[j].retrieved ? ", retrieved" : "");
+                free(f);
+        }
+        free(s);
+        lfs_close(c);
+        return 0;
+}
+
+/* ---- main --------------------------------------------------------------------------------- */
+
+static int usage_error(const char *msg, const char *arg)
+{
+        fprintf(stderr, "memfd-workload: %s%s\n", msg, arg ? arg : "");
+        return -1;
+}
+
+static int parse_args(int argc, char **argv, struct opts *o)
+{
+        enum {
+                O_SOCKET = 256,
+                O_NAME,
+                O_SESSION,
+                O_MIB,
+                O_TOKEN,
+                O_SEED,
+                O_STATE,
+                O_REBOOT,
+                O_VETO,
+                O_NO_CONFIRM,
+                O_NO_FINISH,
+                O_HELP
+        };
+        static const struct option longopts[] = {
+                { "socket", required_argument, NULL, O_SOCKET },
+                { "name", required_argument, NULL, O_NAME },
+                { "session", required_argument, NULL, O_SESSION },
+                { "mib", required_argument, NULL, O_MIB },
+                { "token", required_argument, NULL, O_TOKEN },
+                { "seed", required_argument, NULL, O_SEED },
+                { "state-file", required_argument, NULL, O_STATE },
+                { "reboot-time", required_argument, NULL, O_REBOOT },
+                { "veto", required_argument, NULL, O_VETO },
+                { "no-confirm", no_argument, NULL, O_NO_CONFIRM },
+                { "no-finish", no_argument, NULL, O_NO_FINISH },
+                { "help", no_argument, NULL, O_HELP },
+                { 0 },
+        };
+        int c;
+
+        *o = (struct opts){ .name = "memfd-workload", .token = 1, .seed = 1 };
+        while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+                switch (c) {
+                case O_SOCKET:
+                        o->socket = optarg;
+                        break;
+                case O_NAME:
+                        o->name = optarg;
+                        break;
+                case O_SESSION:
+                        o->session = optarg;
+                        break;
+                case O_MIB:
+                        if (parse_u64(optarg, MIB_MAX, &o->mib) < 0 || o->mib == 0)
+                                return usage_error("--mib: 1..1048576, not ", optarg);
+                        break;
+                case O_TOKEN:
+                        if (parse_u64(optarg, UINT64_MAX, &o->token) < 0)
+                                return usage_error("--token: a number, not ", optarg);
+                        break;
+                case O_SEED:
+                        if (parse_u64(optarg, UINT64_MAX, &o->seed) < 0)
+                                return usage_error("--seed: a number, not ", optarg);
+                        break;
+                case O_STATE:
+                        o->state_file = optarg;
+                        break;
+                case O_REBOOT:
+                        o->reboot_time = optarg;
+                        break;
+                case O_VETO:
+                        o->veto = optarg;
+                        break;
+                case O_NO_CONFIRM:
+                        o->no_confirm = true;
+                        break;
+                case O_NO_FINISH:
+                        o->no_finish = true;
+                        break;
+                case O_HELP:
+                        usage(stdout);
+                        exit(0);
+                default:
+                        return -1;
+                }
+        }
+        if (optind != argc - 1)
+                return usage_error("one mode: preserve, restore or list", NULL);
+        o->mode = argv[optind];
+        if (strcmp(o->mode, "list") == 0)
+                return 0;
+        if (strcmp(o->mode, "preserve") != 0 && strcmp(o->mode, "restore") != 0)
+                return usage_error("unknown mode ", o->mode);
+        if (!o->session || o->mib == 0)
+                return usage_error("preserve and restore need --session and --mib", NULL);
+        if (o->veto && o->no_confirm)
+                return usage_error("--veto and --no-confirm exclude each other", NULL);
+        return 0;
+}
+
+int main(int argc, char **argv)
+{
+        struct opts o;
+
+        /* Lines reach a pipe as they are printed: a test harness waits for them. */
+        setvbuf(stdout, NULL, _IOLBF, 0);
+        if (parse_args(argc, argv, &o) < 0) {
+                usage(stderr);
+                return 2;
+        }
+        if (strcmp(o.mode, "preserve") == 0)
+                return do_preserve(&o);
+        if (strcmp(o.mode, "restore") == 0)
+                return do_restore(&o);
+        return do_list(&o);
+}
