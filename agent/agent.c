@@ -21,6 +21,7 @@
 #include "journal.h"
 #include "lease.h"
 #include "metrics.h"
+#include "sessions.h"
 #include "luofleet/log.h"
 #include "luofleet/macro.h"
 #include "luofleet/util.h"
@@ -69,6 +70,7 @@ int agent_new(const struct agent_config *cfg, struct backend *b, struct journal 
         a->journal = j;
         a->state_dir_fd = state_dir_fd;
         pthread_mutex_init(&a->audit_lock, NULL);
+        pthread_mutex_init(&a->sessions_lock, NULL);
         atomic_init(&a->lease.due_mono, UINT64_MAX);
         a->ops = json_object();
         a->ops_order = json_array();
@@ -101,6 +103,8 @@ int agent_new(const struct agent_config *cfg, struct backend *b, struct journal 
                 agent_free(a);
                 return r;
         }
+        if (b->ops->describe && b->ops->describe(b, a->interface, sizeof(a->interface)) < 0)
+                a->interface[0] = 0;
         *ret = a;
         return 0;
 }
@@ -120,9 +124,11 @@ struct agent *agent_free(struct agent *a)
         json_decref(a->ops_order);
         json_decref(a->last_start);
         json_decref(a->hooks_failing);
+        json_decref(a->sessions_doc);
         doc_snapshot_unref(a->snap);
         journal_free(a->audit);
         pthread_mutex_destroy(&a->audit_lock);
+        pthread_mutex_destroy(&a->sessions_lock);
         pthread_mutex_destroy(&a->lock);
         free(a);
         return NULL;
@@ -172,6 +178,10 @@ json_t *agent_doc_locked(struct agent *a, json_t *op)
                 json_object_set_new(doc, "lease", lease_json(&a->lease));
                 json_object_set_new(doc, "last_update",
                                     a->last_update ? json_deep_copy(a->last_update) : json_null());
+                /* The kernel interface found, and the workloads' sessions (sessions.c). */
+                json_object_set_new(doc, "interface",
+                                    a->interface[0] ? json_string(a->interface) : json_null());
+                json_object_set_new(doc, "sessions", sessions_summary_locked(a));
         }
         return doc;
 }
@@ -259,6 +269,12 @@ static int agent_append_locked(struct agent *a, const char *kind, json_t *fields
 static int agent_record_locked(struct agent *a, const char *kind, json_t *fields)
 {
         return agent_append_locked(a, kind, fields, false);
+}
+
+void agent_doc_refresh_locked(struct agent *a)
+{
+        if (agent_rebuild_snapshot_locked(a) < 0)
+                log_error("Out of memory rebuilding the state document");
 }
 
 int agent_record_kind_locked(struct agent *a, const char *kind, json_t *fields, bool must_persist)
@@ -589,6 +605,8 @@ static void agent_load_journal_locked(struct agent *a, char *ret_last_boot, size
                                 a->operation =
                                         json_deep_copy(json_object_get(rec, "last_operation"));
                         }
+                } else if (kind && strcmp(kind, "session") == 0) {
+                        sessions_load_record(a, rec);
                 } else if (kind && strcmp(kind, "start") == 0) {
                         json_decref(*ret_last_start);
                         *ret_last_start = json_incref(rec);

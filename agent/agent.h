@@ -142,6 +142,18 @@ struct agent {
         /* The failing post-update hook ({hook, phase, exit_code, ...}), NULL = healthy. */
         json_t *hooks_failing;
 
+        /*
+         * The session broker (sessions.c): its document (without events),
+         * the broker instance and the last event journaled, and what the
+         * backend says of its kernel interface (describe). sessions_lock
+         * serialises refreshes (before agent.lock).
+         */
+        pthread_mutex_t sessions_lock;
+        json_t *sessions_doc;
+        char sessions_broker_id[40];
+        uint64_t sessions_seq;
+        char interface[256];
+
         agent_listener_fn listeners[8];
         void *listener_data[8];
         unsigned n_listeners;
@@ -219,6 +231,12 @@ void agent_notify_index(struct agent *a, uint64_t index);
  * append changes nothing, not even the index, and -errno is returned.
  */
 int agent_record_kind_locked(struct agent *a, const char *kind, json_t *fields, bool must_persist);
+/*
+ * Rebuild the served document without a record (agent.lock held): only for
+ * what is no change of the host, as the sessions summary read at start-up
+ * (sessions.c); every change goes through a record and moves the index.
+ */
+void agent_doc_refresh_locked(struct agent *a);
 
 /*
  * Audit (agent.c): every mutating request, allowed or denied, becomes an

@@ -24,9 +24,11 @@ static void usage(FILE *f)
               "reboot, finish and cancel against the kernel, safely and idempotently.\n"
               "\n"
               "Kernel backend:\n"
-              "  --backend=KIND          luo-v3 (the kernel's v3 interface), sim (a simulated\n"
-              "                          kernel, no root needed) or auto (default: luo-v3 when\n"
-              "                          /sys/kernel/liveupdate/state exists)\n"
+              "  --backend=KIND          luo-sessions (Linux 6.19+ sessions), luo-v3 (the v3\n"
+              "                          interface), sim (a simulated kernel, no root needed)\n"
+              "                          or auto (default: luo-v3 when /sys/kernel/liveupdate/\n"
+              "                          state exists, else luo-sessions when /dev/liveupdate\n"
+              "                          does)\n"
               "  --root=DIR              resolve /sys, /dev and /proc under DIR (default /)\n"
               "  --state-dir=DIR         journal and simulator state (default /var/lib/luofleet)\n"
               "\n"
@@ -86,6 +88,20 @@ static void usage(FILE *f)
               "  --hook-timeout=DURATION per hook (default 60s)\n"
               "  --hook-output-max=N     bytes of a hook's output kept (default 16384)\n"
               "  --max-lease=DURATION    longest prepare lease accepted (default 24h)\n"
+              "\n"
+              "Workload sessions (the broker; docs/sessions.md):\n"
+              "  --sessions-socket=PATH|none  where workloads connect (default: as root with\n"
+              "                          the default state directory /run/luofleet/\n"
+              "                          sessions.sock, else STATE_DIR/sessions.sock);\n"
+              "                          none: no workload sessions\n"
+              "  --sessions-socket-mode=MODE  its mode (default 0660)\n"
+              "  --sessions-group=GROUP  its group (default: the agent's)\n"
+              "  --workload-confirm-timeout=DURATION  how long registered workloads have to\n"
+              "                          confirm a prepare (default 30s)\n"
+              "  --session-max-per-owner=N  sessions per workload uid (default 16)\n"
+              "  --session-max-fds-per-owner=N  preserved files per uid (default 256)\n"
+              "  --session-max-bytes-per-owner=SIZE  preserved bytes per uid (default 64G)\n"
+              "  --session-max-clients=N connected workloads (default 64)\n"
               "\n"
               "Journal:\n"
               "  --journal-max-bytes=N   compact the journal above N bytes (default 8388608)\n"
@@ -208,6 +224,14 @@ enum {
         ARG_HOOK_TIMEOUT,
         ARG_HOOK_OUTPUT_MAX,
         ARG_MAX_LEASE,
+        ARG_SESSIONS_SOCKET,
+        ARG_SESSIONS_SOCKET_MODE,
+        ARG_SESSIONS_GROUP,
+        ARG_WORKLOAD_CONFIRM_TIMEOUT,
+        ARG_SESSION_MAX_PER_OWNER,
+        ARG_SESSION_MAX_FDS,
+        ARG_SESSION_MAX_BYTES,
+        ARG_SESSION_MAX_CLIENTS,
 };
 
 static int bad(const char *flag, const char *value, const char *want)
@@ -251,6 +275,29 @@ static int parse_anonymous(const char *v, unsigned *ret)
                         return -EINVAL;
         }
         *ret = bits;
+        return 0;
+}
+
+/* "N", or N with a binary suffix K, M, G or T (at most 2^60 bytes). */
+static int parse_size(const char *v, uint64_t *ret)
+{
+        static const char units[] = "KMGT";
+        char num[32];
+        size_t n = strlen(v);
+        unsigned shift = 0;
+        uint64_t x;
+
+        if (n == 0 || n >= sizeof(num))
+                return -EINVAL;
+        memcpy(num, v, n + 1);
+        const char *u = strchr(units, num[n - 1]);
+        if (u && num[n - 1]) {
+                shift = 10u * (unsigned)(u - units + 1);
+                num[n - 1] = 0;
+        }
+        if (parse_u64(num, (UINT64_C(1) << 60) >> shift, &x) < 0)
+                return -EINVAL;
+        *ret = x << shift;
         return 0;
 }
 
@@ -317,6 +364,15 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 { "hook-timeout", required_argument, NULL, ARG_HOOK_TIMEOUT },
                 { "hook-output-max", required_argument, NULL, ARG_HOOK_OUTPUT_MAX },
                 { "max-lease", required_argument, NULL, ARG_MAX_LEASE },
+                { "sessions-socket", required_argument, NULL, ARG_SESSIONS_SOCKET },
+                { "sessions-socket-mode", required_argument, NULL, ARG_SESSIONS_SOCKET_MODE },
+                { "sessions-group", required_argument, NULL, ARG_SESSIONS_GROUP },
+                { "workload-confirm-timeout", required_argument, NULL,
+                  ARG_WORKLOAD_CONFIRM_TIMEOUT },
+                { "session-max-per-owner", required_argument, NULL, ARG_SESSION_MAX_PER_OWNER },
+                { "session-max-fds-per-owner", required_argument, NULL, ARG_SESSION_MAX_FDS },
+                { "session-max-bytes-per-owner", required_argument, NULL, ARG_SESSION_MAX_BYTES },
+                { "session-max-clients", required_argument, NULL, ARG_SESSION_MAX_CLIENTS },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
                 {},
@@ -348,11 +404,17 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 .hook_timeout_ms = 60 * 1000,
                 .hook_output_max = 16 * 1024,
                 .max_lease_ms = 24ull * 3600 * 1000,
+                .sessions_socket_mode = 0660,
+                .workload_confirm_timeout_ms = BROKER_DEFAULT_CONFIRM_TIMEOUT_MS,
+                .session_max_per_owner = BROKER_DEFAULT_MAX_SESSIONS_PER_OWNER,
+                .session_max_fds_per_owner = BROKER_DEFAULT_MAX_FDS_PER_OWNER,
+                .session_max_bytes_per_owner = BROKER_DEFAULT_MAX_BYTES_PER_OWNER,
+                .session_max_clients = BROKER_DEFAULT_MAX_CLIENTS,
                 .sim_reboot = SIM_REBOOT_EXEC,
                 .log_level = LOG_LEVEL_INFO,
                 .argv = argv,
         };
-        cfg->state_dir = strdup("/var/lib/luofleet");
+        cfg->state_dir = strdup(STATE_DIR_DEFAULT);
         if (!cfg->state_dir)
                 return -ENOMEM;
 
@@ -641,6 +703,65 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                                            "expected a duration from 1s to 7 days (e.g. 30m)");
                         cfg->max_lease_ms = v;
                         break;
+                case ARG_SESSIONS_SOCKET:
+                        if (strcmp(optarg, "none") == 0) {
+                                cfg->sessions_disabled = true;
+                                break;
+                        }
+                        if (optarg[0] != '/' || strlen(optarg) >= 4096)
+                                return bad("--sessions-socket", optarg,
+                                           "expected an absolute path, or none");
+                        cfg->sessions_disabled = false;
+                        if (set_str(&cfg->sessions_socket, optarg) < 0)
+                                return -ENOMEM;
+                        break;
+                case ARG_SESSIONS_SOCKET_MODE: {
+                        char *end = NULL;
+                        unsigned long m;
+                        errno = 0;
+                        m = strtoul(optarg, &end, 8);
+                        /* Read and write for the owner at least; never execute bits. */
+                        if (errno || !end || *end || end == optarg || (m & ~0666ul) ||
+                            (m & 0600) != 0600)
+                                return bad("--sessions-socket-mode", optarg,
+                                           "expected an octal mode like 0660 (read and write "
+                                           "bits only, owner included)");
+                        cfg->sessions_socket_mode = (unsigned)m;
+                        break;
+                }
+                case ARG_SESSIONS_GROUP:
+                        if (!optarg[0] || strlen(optarg) > 64)
+                                return bad("--sessions-group", optarg, "expected a group name");
+                        if (set_str(&cfg->sessions_group, optarg) < 0)
+                                return -ENOMEM;
+                        break;
+                case ARG_WORKLOAD_CONFIRM_TIMEOUT:
+                        if (parse_duration_ms(optarg, 3600 * 1000, &v) < 0 || v < 100)
+                                return bad("--workload-confirm-timeout", optarg,
+                                           "expected a duration from 100ms to 1h");
+                        cfg->workload_confirm_timeout_ms = (uint32_t)v;
+                        break;
+                case ARG_SESSION_MAX_PER_OWNER:
+                        if (parse_count("--session-max-per-owner", optarg, 1, 4096,
+                                        &cfg->session_max_per_owner) < 0)
+                                return -EINVAL;
+                        break;
+                case ARG_SESSION_MAX_FDS:
+                        if (parse_count("--session-max-fds-per-owner", optarg, 1, 65536,
+                                        &cfg->session_max_fds_per_owner) < 0)
+                                return -EINVAL;
+                        break;
+                case ARG_SESSION_MAX_BYTES:
+                        if (parse_size(optarg, &v) < 0 || v == 0)
+                                return bad("--session-max-bytes-per-owner", optarg,
+                                           "expected a size like 64G, 512M or a byte count");
+                        cfg->session_max_bytes_per_owner = v;
+                        break;
+                case ARG_SESSION_MAX_CLIENTS:
+                        if (parse_count("--session-max-clients", optarg, 1, 4096,
+                                        &cfg->session_max_clients) < 0)
+                                return -EINVAL;
+                        break;
                 default:
                         fprintf(stderr, "Try 'luofleet-agent --help'.\n");
                         return -EINVAL;
@@ -665,6 +786,21 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 cfg->n_listen = 1;
         }
         cfg->backend.state_dir = cfg->state_dir;
+        /*
+         * The workloads' socket: the system agent's (root, the default state
+         * directory) in /run/luofleet, where the client library looks; any
+         * other agent's beside its journal, so that agents with their own
+         * state directories (tests, several simulated hosts) never share one.
+         */
+        if (!cfg->sessions_disabled && !cfg->sessions_socket) {
+                char spath[4200];
+                if (geteuid() == 0 && strcmp(cfg->state_dir, STATE_DIR_DEFAULT) == 0)
+                        snprintf(spath, sizeof(spath), "%s", LFS_SOCKET_DEFAULT);
+                else
+                        snprintf(spath, sizeof(spath), "%s/sessions.sock", cfg->state_dir);
+                if (set_str(&cfg->sessions_socket, spath) < 0)
+                        return -ENOMEM;
+        }
         if (cfg->n_staging_dirs == 0) {
                 char kdir[4200];
                 snprintf(kdir, sizeof(kdir), "%s/kernels", cfg->state_dir);
@@ -740,6 +876,9 @@ void config_done(struct agent_config *cfg)
         free(cfg->ca_bundle);
         free(cfg->trusted_keys_dir);
         free(cfg->hooks_dir);
+        free(cfg->sessions_socket);
+        free(cfg->sessions_group);
+        cfg->sessions_socket = cfg->sessions_group = NULL;
         cfg->ca_bundle = cfg->trusted_keys_dir = cfg->hooks_dir = NULL;
         cfg->tls_cert = cfg->tls_key = cfg->tls_client_ca = NULL;
         cfg->tokens_file = cfg->unix_group = cfg->run_user = NULL;

@@ -8,8 +8,11 @@
 #include <stdint.h>
 
 #include "luofleet/backend.h"
+#include "luofleet/broker.h"
+#include "luofleet/session_proto.h"
 
 #define CONFIG_MAX_LISTEN 8
+#define STATE_DIR_DEFAULT "/var/lib/luofleet"
 #define CONFIG_MAX_STAGING_DIRS 8
 
 /* --anonymous: read endpoints open without credentials when auth is on. */
@@ -89,6 +92,17 @@ struct agent_config {
 
         /* Dead-man lease (lease.c). */
         uint64_t max_lease_ms; /* longest lease_seconds accepted (24 h) */
+
+        /* The workload session broker (broker/broker.c, docs/sessions.md). */
+        char *sessions_socket; /* where workloads connect; NULL with sessions_disabled */
+        bool sessions_disabled;
+        unsigned sessions_socket_mode;
+        char *sessions_group;
+        uint32_t workload_confirm_timeout_ms;
+        unsigned session_max_per_owner;
+        unsigned session_max_fds_per_owner;
+        uint64_t session_max_bytes_per_owner;
+        unsigned session_max_clients;
 
         /* Privilege separation (kernel/privsep.c, main.c). */
         bool privsep;   /* kernel calls in a separate privileged process */

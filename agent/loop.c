@@ -23,6 +23,7 @@
 #include "luofleet/macro.h"
 #include "luofleet/util.h"
 #include "notify.h"
+#include "sessions.h"
 
 /* long-poll, event streams, connection limits, the watchdog, the lease, and room */
 #define LOOP_MAX_CLIENTS 8
@@ -147,8 +148,12 @@ static void loop_watch(struct loop *l)
                                 return;
                 }
                 if (agent_kernel_observed(l->agent, ticket, s) != -ESTALE)
-                        return;
+                        break;
         }
+        /* The same doorbell rings for the session broker's changes (sessions.c). */
+        r = sessions_refresh(l->agent);
+        if (r < 0 && r != -ENOTCONN)
+                log_warning_errno(r, "Failed to read the session broker's changes: %m");
 }
 
 static void *loop_main(void *userdata)

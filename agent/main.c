@@ -50,6 +50,7 @@
 #include "notify.h"
 #include "secfile.h"
 #include "server.h"
+#include "sessions.h"
 
 enum {
         EXIT_RUNTIME = 1,
@@ -497,6 +498,55 @@ static void helper_files(struct privsep_files *f)
 }
 
 /*
+ * The session broker's settings (broker.h): the socket's group resolved, its
+ * directory made (0755: workloads of other users must reach the socket, whose
+ * own mode and group say who may connect). Returns 0 or an exit status.
+ */
+static int broker_settings(struct broker_config *bc)
+{
+        broker_config_init(bc);
+        bc->max_clients = cfg.session_max_clients;
+        bc->max_sessions_per_owner = cfg.session_max_per_owner;
+        bc->max_fds_per_owner = cfg.session_max_fds_per_owner;
+        bc->max_bytes_per_owner = cfg.session_max_bytes_per_owner;
+        bc->confirm_timeout_ms = cfg.workload_confirm_timeout_ms;
+        bc->socket_mode = (mode_t)cfg.sessions_socket_mode;
+        if (cfg.sessions_disabled || !cfg.sessions_socket)
+                return 0;
+        bc->socket_path = cfg.sessions_socket;
+        if (cfg.sessions_group) {
+                struct group *gr;
+                errno = 0;
+                gr = getgrnam(cfg.sessions_group);
+                if (!gr) {
+                        log_error_errno(errno ? errno : ENOENT,
+                                        "--sessions-group=%s: no such group: %m",
+                                        cfg.sessions_group);
+                        return EXIT_USAGE;
+                }
+                bc->socket_gid = gr->gr_gid;
+        }
+        {
+                char dir[4096];
+                const char *slash = strrchr(cfg.sessions_socket, '/');
+                size_t n = (size_t)(slash - cfg.sessions_socket);
+                if (n > 0 && n < sizeof(dir)) {
+                        int r;
+                        memcpy(dir, cfg.sessions_socket, n);
+                        dir[n] = 0;
+                        r = mkdir_p(dir, 0755);
+                        if (r < 0) {
+                                log_error_errno(r, "Failed to create %s for the sessions socket: "
+                                                   "%m",
+                                                dir);
+                                return EXIT_RUNTIME;
+                        }
+                }
+        }
+        return 0;
+}
+
+/*
  * The backend: in this process (--privsep=no), or the privileged helper's
  * proxy; then, still with root's privileges, the TLS credentials, the
  * tokens file and every listener; then, as root, the drop. Returns 0 or an
@@ -510,15 +560,35 @@ static int open_backend(int dir_fd, struct backend **ret)
                 .backend = &cfg.backend,
                 .busy_retry_ms = HELPER_BUSY_RETRY_MS,
         };
+        struct broker_config bc;
+        static char rendezvous[4200];
         char msg[512] = "", user[64] = "";
         bool root = geteuid() == 0;
         int r;
 
+        r = broker_settings(&bc);
+        if (r != 0)
+                return r;
+        pc.broker = &bc;
+        if (bc.socket_path) {
+                /* Beside the workloads' socket: a directory root owns (or ours, not root). */
+                const char *slash = strrchr(bc.socket_path, '/');
+                int n = snprintf(rendezvous, sizeof(rendezvous), "%.*s/helper.sock",
+                                 (int)(slash - bc.socket_path), bc.socket_path);
+                if (n > 0 && (size_t)n < sizeof(rendezvous))
+                        pc.rendezvous = rendezvous;
+        }
         helper_files(&pc.files);
         if (!cfg.privsep) {
                 if (root)
                         log_notice("--privsep=no: the network process keeps root's privileges");
                 r = backend_open(&cfg.backend, ret, msg, sizeof(msg));
+                /* The broker runs where the backend runs: here. */
+                if (r >= 0) {
+                        struct backend *inner = *ret;
+                        *ret = NULL;
+                        r = broker_new(inner, &bc, ret, msg, sizeof(msg));
+                }
         } else {
                 if (root) {
                         r = resolve_run_user(&pc.drop_uid, &pc.drop_gid, user, sizeof(user));
@@ -527,7 +597,19 @@ static int open_backend(int dir_fd, struct backend **ret)
                         pc.drop = r == 0;
                 } else if (cfg.run_user)
                         log_notice("--user=%s has no effect: not started as root", cfg.run_user);
-                r = privsep_spawn(&pc, &hooks, ret, msg, sizeof(msg));
+                /*
+                 * A helper that outlived the previous agent (it keeps workloads'
+                 * sessions) waits at the rendezvous: take it over instead of
+                 * forking another one (docs/sessions.md, "crashes").
+                 */
+                r = privsep_attach(pc.rendezvous, &hooks, ret, msg, sizeof(msg));
+                if (r > 0) {
+                        log_notice("Attached to the privileged helper (pid %d) that kept the "
+                                   "workloads' sessions of the previous agent",
+                                   (int)privsep_proxy_helper(*ret));
+                        r = 0;
+                } else if (r == 0)
+                        r = privsep_spawn(&pc, &hooks, ret, msg, sizeof(msg));
         }
         if (r < 0) {
                 log_error("%s", msg[0] ? msg : "failed to open the kernel backend");
@@ -648,6 +730,10 @@ static int run(void)
         r = agent_reconcile(agent);
         if (r < 0)
                 goto out;
+        /* What the session broker did before we asked (incoming sessions, a survived helper). */
+        r = sessions_refresh(agent);
+        if (r < 0)
+                log_warning_errno(r, "Failed to read the session broker's document: %m");
 
         r = server_new(agent, &cfg, &server);
         if (r < 0) {

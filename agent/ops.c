@@ -20,7 +20,9 @@
 #include "luofleet/macro.h"
 #include "luofleet/util.h"
 #include "ops.h"
+#include "luofleet/privsep.h"
 #include "problem.h"
+#include "sessions.h"
 #include "staging.h"
 #include "verify.h"
 
@@ -318,6 +320,121 @@ refuse:
         return 0;
 }
 
+/* The marker's note: which operation rebooted, and the journal position it left. */
+static void op_note(struct agent *a, const char *id, char note[static BACKEND_NOTE_MAX])
+{
+        uint64_t idx = agent_index(a);
+        int n = snprintf(note, BACKEND_NOTE_MAX, "operation=%s index=%llu", id,
+                         (unsigned long long)idx);
+
+        if (n < 0 || n >= BACKEND_NOTE_MAX)
+                snprintf(note, BACKEND_NOTE_MAX, "index=%llu", (unsigned long long)idx);
+        /* Operation ids are printable ASCII already (h_actions.c); the helper checks again. */
+}
+
+/*
+ * The broker's view for a refusal's problem: the workloads of its last
+ * prepare round (which did not confirm, or vetoed), or the unfinished
+ * sessions. From the broker itself (worker thread: a query may wait).
+ */
+static json_t *op_broker_extra(struct agent *a, enum luo_event ev)
+{
+        _cleanup_free_ char *text = NULL;
+        json_t *doc, *extra = NULL, *round, *list, *s;
+        size_t len = 0, i;
+
+        if (a->backend->ops->sessions_json(a->backend, UINT64_MAX - 1, &text, &len) < 0)
+                return NULL;
+        doc = json_loadb(text, len, 0, NULL);
+        if (!doc)
+                return NULL;
+        if (ev == LUO_EVENT_PREPARE) {
+                round = json_object_get(doc, "last_round");
+                list = json_array();
+                json_array_extend(list, json_object_get(round, "pending"));
+                json_array_extend(list, json_object_get(round, "gone"));
+                json_array_extend(list, json_object_get(round, "vetoed"));
+                extra = json_pack("{s:o}", "workloads", list);
+        } else {
+                list = json_array();
+                json_array_foreach (json_object_get(doc, "sessions"), i, s) {
+                        const char *ph = json_string_value(json_object_get(s, "phase"));
+                        if (ph && (strcmp(ph, "incoming") == 0 || strcmp(ph, "retrieved") == 0))
+                                json_array_append_new(
+                                        list, json_pack("{s:O, s:O, s:O, s:O}", "name",
+                                                        json_object_get(s, "name"), "owner_uid",
+                                                        json_object_get(s, "owner_uid"),
+                                                        "workload", json_object_get(s, "workload"),
+                                                        "phase", json_object_get(s, "phase")));
+                }
+                extra = json_pack("{s:o}", "sessions", list);
+        }
+        json_decref(doc);
+        return extra;
+}
+
+/*
+ * A kernel event, through the session broker when there is one. The
+ * broker's own refusals become the operation's problem in *sr (returns 0
+ * then, like a refused staging): a prepare the workloads did not confirm
+ * (409 workloads-not-confirmed) or vetoed (409 workload-veto), a finish
+ * with unfinished sessions (409 sessions-unfinished). Worker thread.
+ */
+static int op_kernel_event(struct op_job *job, enum luo_event ev, struct stage_result *sr)
+{
+        struct agent *a = job->agent;
+        struct backend *b = a->backend;
+        struct backend_event_opts o = { 0 };
+        char msg[PRIVSEP_MSG_MAX] = "";
+        int r;
+
+        if (!b->ops->set_event_ex)
+                return b->ops->set_event(b, ev);
+        o.confirm_timeout_ms = a->cfg ? a->cfg->workload_confirm_timeout_ms : 0;
+        o.force = ev == LUO_EVENT_FINISH && job->rq.force;
+        op_note(a, job->rq.id, o.note);
+        r = b->ops->set_event_ex(b, ev, &o, msg, sizeof(msg));
+        if (r >= 0 || !msg[0])
+                return r;
+        if (ev == LUO_EVENT_PREPARE && (r == -ETIMEDOUT || r == -ECANCELED)) {
+                sr->code = r == -ETIMEDOUT ? "workloads-not-confirmed" : "workload-veto";
+                /* The broker's sentence is shorter than the detail: room for the verdict. */
+                if (snprintf(sr->detail, sizeof(sr->detail), "%.480s: nothing was prepared", msg) <
+                    0)
+                        sr->detail[0] = 0;
+        } else if (ev == LUO_EVENT_FINISH && r == -EBUSY) {
+                sr->code = "sessions-unfinished";
+                if (snprintf(sr->detail, sizeof(sr->detail), "%.500s", msg) < 0)
+                        sr->detail[0] = 0;
+        } else {
+                log_warning("Operation %s %s: %s", op_action_to_string(job->rq.action), job->rq.id,
+                            msg);
+                return r;
+        }
+        sr->status = 409;
+        sr->extra = op_broker_extra(a, ev);
+        return 0;
+}
+
+/* The reboot, through the broker when there is one (its marker gets the note). */
+static int op_kernel_reboot(struct op_job *job)
+{
+        struct agent *a = job->agent;
+        struct backend *b = a->backend;
+        struct backend_event_opts o = { 0 };
+        char msg[PRIVSEP_MSG_MAX] = "";
+        int r;
+
+        if (!b->ops->reboot_ex)
+                return b->ops->reboot(b);
+        op_note(a, job->rq.id, o.note);
+        r = b->ops->reboot_ex(b, &o, msg, sizeof(msg));
+        if (r < 0 && msg[0])
+                log_warning("Operation %s %s: %s", op_action_to_string(job->rq.action), job->rq.id,
+                            msg);
+        return r;
+}
+
 static void sleep_ms(uint64_t ms)
 {
         struct timespec ts = { .tv_sec = (time_t)(ms / 1000),
@@ -550,10 +667,10 @@ static int op_rollback(struct op_job *job, struct stage_result *sr, bool *jump)
 
         r = b->ops->get_state(b, &ks);
         if (r >= 0 && ks == LUO_STATE_UPDATED) {
-                r = b->ops->set_event(b, LUO_EVENT_FINISH);
+                r = op_kernel_event(job, LUO_EVENT_FINISH, sr);
                 op_apply_kernel_state(a, job->rq.id);
         }
-        if (r < 0)
+        if (r < 0 || sr->code)
                 goto out;
         r = staging_run(b, srq, sr);
         if (r < 0 || sr->code)
@@ -569,14 +686,14 @@ static int op_rollback(struct op_job *job, struct stage_result *sr, bool *jump)
         idx = a->index;
         agent_unlock(a);
         agent_notify_index(a, idx);
-        r = b->ops->set_event(b, LUO_EVENT_PREPARE);
-        if (r < 0)
+        r = op_kernel_event(job, LUO_EVENT_PREPARE, sr);
+        if (r < 0 || sr->code)
                 goto out;
         op_apply_kernel_state(a, job->rq.id);
         op_reboot_accepted(job);
         sleep_ms(a->cfg ? a->cfg->reboot_delay_ms : 0);
         log_notice("Rolling back to %s (operation %s)", srq->expected_release, job->rq.id);
-        r = b->ops->reboot(b);
+        r = op_kernel_reboot(job);
         *jump = r >= 0;
 out:
         free(srq);
@@ -605,13 +722,13 @@ void agent_op_execute(struct op_job *job)
                 goto after_kernel; /* refused by a hook: the kernel is not called */
         switch (job->rq.action) {
         case OP_PREPARE:
-                r = b->ops->set_event(b, LUO_EVENT_PREPARE);
+                r = op_kernel_event(job, LUO_EVENT_PREPARE, &sr);
                 break;
         case OP_CANCEL:
-                r = b->ops->set_event(b, LUO_EVENT_CANCEL);
+                r = op_kernel_event(job, LUO_EVENT_CANCEL, &sr);
                 break;
         case OP_FINISH:
-                r = b->ops->set_event(b, LUO_EVENT_FINISH);
+                r = op_kernel_event(job, LUO_EVENT_FINISH, &sr);
                 break;
         case OP_REBOOT:
                 /* Let the 202 reach the client before the jump (Connection: close). */
@@ -619,7 +736,7 @@ void agent_op_execute(struct op_job *job)
                 audit_now = false;
                 sleep_ms(a->cfg ? a->cfg->reboot_delay_ms : 0);
                 log_notice("Rebooting into the staged kernel (operation %s)", job->rq.id);
-                r = b->ops->reboot(b);
+                r = op_kernel_reboot(job);
                 jump = r >= 0;
                 break;
         case OP_STAGE:

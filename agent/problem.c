@@ -61,6 +61,9 @@ static const struct {
         { "signature-invalid", "The staging request's signature is not valid" },
         { "no-lease", "There is no lease to renew" },
         { "lease-mismatch", "The lease belongs to another prepare" },
+        { "workloads-not-confirmed", "Registered workloads did not confirm the prepare" },
+        { "workload-veto", "A workload vetoed the prepare" },
+        { "sessions-unfinished", "Workload sessions of the update are not finished" },
         { "internal-error", "Internal error" },
 };
 

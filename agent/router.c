@@ -31,6 +31,7 @@ static struct route routes[] = {
         { HTTP_GET, "/v1/kernel", h_kernel_get, -1 },
         { HTTP_DELETE, "/v1/kernel", h_kernel_delete, -1 },
         { HTTP_GET, "/v1/history", h_history_get, -1 },
+        { HTTP_GET, "/v1/sessions", h_sessions_get, -1 },
         { HTTP_GET, "/healthz", h_healthz_get, -1 },
         { HTTP_GET, "/readyz", h_readyz_get, -1 },
         { HTTP_GET, "/metrics", h_metrics_get, -1 },

@@ -22,3 +22,4 @@ int h_history_get(struct http_req *req, struct http_reply *rep);
 int h_healthz_get(struct http_req *req, struct http_reply *rep);
 int h_readyz_get(struct http_req *req, struct http_reply *rep);
 int h_metrics_get(struct http_req *req, struct http_reply *rep);
+int h_sessions_get(struct http_req *req, struct http_reply *rep);

@@ -8,7 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -316,5 +318,39 @@ int mkdir_p(const char *path, mode_t mode)
         }
         if (mkdir(buf, mode) < 0 && errno != EEXIST)
                 return negative_errno();
+        return 0;
+}
+
+int unix_sockaddr(const char *path, struct sockaddr_un *ret, int *ret_dir_fd)
+{
+        const char *name;
+        char dir[4096];
+        size_t n;
+        int fd, k;
+
+        *ret_dir_fd = -1;
+        if (!path || path[0] != '/')
+                return -EINVAL;
+        n = strlen(path);
+        *ret = (struct sockaddr_un){ .sun_family = AF_UNIX };
+        if (n < sizeof(ret->sun_path)) {
+                memcpy(ret->sun_path, path, n + 1);
+                return 0;
+        }
+        /* Too deep for sun_path: name it through the directory's descriptor. */
+        name = strrchr(path, '/') + 1;
+        if ((size_t)(name - path) >= sizeof(dir) || !name[0])
+                return -ENAMETOOLONG;
+        memcpy(dir, path, (size_t)(name - path));
+        dir[name - path] = 0;
+        fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+                return negative_errno();
+        k = snprintf(ret->sun_path, sizeof(ret->sun_path), "/proc/self/fd/%d/%s", fd, name);
+        if (k < 0 || (size_t)k >= sizeof(ret->sun_path)) {
+                close(fd);
+                return -ENAMETOOLONG;
+        }
+        *ret_dir_fd = fd;
         return 0;
 }

@@ -37,10 +37,12 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/fsuid.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <grp.h>
 #include <time.h>
@@ -57,8 +59,8 @@
 #define ERRNO_MAX 4095
 
 /* No padding anywhere: every byte is a field, so "unused fields are zero" covers them all. */
-_Static_assert(sizeof(struct privsep_req) == 2072, "privsep_req layout");
-_Static_assert(sizeof(struct privsep_reply) == 736, "privsep_reply layout");
+_Static_assert(sizeof(struct privsep_req) == 2080, "privsep_req layout");
+_Static_assert(sizeof(struct privsep_reply) == 744, "privsep_reply layout");
 
 static const char *const type_names[_PRIVSEP_TYPE_MAX] = {
         [PRIVSEP_HELLO] = "HELLO",
@@ -74,6 +76,9 @@ static const char *const type_names[_PRIVSEP_TYPE_MAX] = {
         [PRIVSEP_OPEN_CONFIG] = "OPEN_CONFIG",
         [PRIVSEP_OPEN_STAGING] = "OPEN_STAGING",
         [PRIVSEP_UNLINK_SOCKET] = "UNLINK_SOCKET",
+        [PRIVSEP_SET_EVENT_EX] = "SET_EVENT_EX",
+        [PRIVSEP_REBOOT_EX] = "REBOOT_EX",
+        [PRIVSEP_SESSIONS] = "SESSIONS",
 };
 
 const char *privsep_type_to_string(enum privsep_type t)
@@ -106,11 +111,14 @@ static int req_chan(uint16_t type)
         case PRIVSEP_OPEN_CONFIG:
         case PRIVSEP_OPEN_STAGING:
         case PRIVSEP_UNLINK_SOCKET:
+        case PRIVSEP_SESSIONS:
                 return PRIVSEP_CHAN_QUERY;
         case PRIVSEP_SET_EVENT:
         case PRIVSEP_KEXEC_LOAD:
         case PRIVSEP_KEXEC_UNLOAD:
         case PRIVSEP_REBOOT:
+        case PRIVSEP_SET_EVENT_EX:
+        case PRIVSEP_REBOOT_EX:
                 return PRIVSEP_CHAN_CMD;
         default:
                 return -1;
@@ -128,7 +136,9 @@ int privsep_req_fds(uint16_t type, uint32_t arg)
 
 int privsep_reply_fds(uint16_t type, int32_t result)
 {
-        if ((type == PRIVSEP_OPEN_CONFIG || type == PRIVSEP_OPEN_STAGING) && result == 0)
+        if ((type == PRIVSEP_OPEN_CONFIG || type == PRIVSEP_OPEN_STAGING ||
+             type == PRIVSEP_SESSIONS) &&
+            result == 0)
                 return 1;
         return 0;
 }
@@ -139,6 +149,20 @@ static bool text_ok(const char *text, uint32_t len)
         return len < PRIVSEP_CMDLINE_MAX && memchr(text, 0, len) == NULL &&
                all_zero(text + len, PRIVSEP_CMDLINE_MAX - len);
 }
+
+/* A note for the marker: text_ok, short, printable ASCII only. */
+static bool note_ok(const char *text, uint32_t len)
+{
+        if (len > PRIVSEP_NOTE_MAX || !text_ok(text, len))
+                return false;
+        for (uint32_t i = 0; i < len; i++)
+                if (text[i] < 0x20 || text[i] > 0x7e)
+                        return false;
+        return true;
+}
+
+/* The longest confirmation timeout SET_EVENT_EX carries: a day. */
+#define EX_TIMEOUT_MAX_MS (24u * 3600u * 1000u)
 
 int privsep_req_decode(const void *buf, size_t len, int flags, size_t n_fds, enum privsep_chan chan,
                        uint64_t want_seq, struct privsep_req *ret)
@@ -172,10 +196,21 @@ int privsep_req_decode(const void *buf, size_t len, int flags, size_t n_fds, enu
                 if (q.arg >= PRIVSEP_MAX_SOCKETS)
                         return -EPROTO;
                 break;
+        case PRIVSEP_SET_EVENT_EX:
+                if (q.arg != LUO_EVENT_PREPARE && q.arg != LUO_EVENT_CANCEL &&
+                    q.arg != LUO_EVENT_FINISH)
+                        return -EPROTO;
+                if ((q.arg2 & ~(PRIVSEP_EX_TIMEOUT_MASK | PRIVSEP_EX_FORCE)) ||
+                    (q.arg2 & PRIVSEP_EX_TIMEOUT_MASK) > EX_TIMEOUT_MAX_MS)
+                        return -EPROTO;
+                break;
         default:
                 if (q.arg != 0)
                         return -EPROTO;
         }
+        /* arg2 is SET_EVENT_EX's and SESSIONS' only. */
+        if (q.arg2 != 0 && q.type != PRIVSEP_SET_EVENT_EX && q.type != PRIVSEP_SESSIONS)
+                return -EPROTO;
         if ((int)n_fds != privsep_req_fds(q.type, q.arg))
                 return -EPROTO;
 
@@ -186,6 +221,9 @@ int privsep_req_decode(const void *buf, size_t len, int flags, size_t n_fds, enu
         } else if (q.type == PRIVSEP_OPEN_STAGING) {
                 /* A path: the same, and not empty (the helper checks the rest). */
                 if (q.cmdline_len == 0 || !text_ok(q.cmdline, q.cmdline_len))
+                        return -EPROTO;
+        } else if (q.type == PRIVSEP_SET_EVENT_EX || q.type == PRIVSEP_REBOOT_EX) {
+                if (!note_ok(q.cmdline, q.cmdline_len))
                         return -EPROTO;
         } else if (q.cmdline_len != 0 || !all_zero(q.cmdline, sizeof(q.cmdline)))
                 return -EPROTO;
@@ -201,13 +239,16 @@ enum {
         F_NAME = 1u << 3,
         F_INFO = 1u << 4,
         F_MSG = 1u << 5,
+        F_SIZE = 1u << 6,
 };
 
 /* The fields a reply of this type carries (the others must be zero). */
 static unsigned reply_fields(uint16_t type, int32_t result)
 {
         if (type == PRIVSEP_HELLO)
-                return result < 0 ? F_MSG : F_NAME | F_INFO;
+                return result < 0 ? F_MSG : F_NAME | F_INFO | F_MSG | F_FLAG;
+        if (type == PRIVSEP_SET_EVENT_EX || type == PRIVSEP_REBOOT_EX)
+                return result < 0 ? F_MSG : 0;
         if (result < 0 && type != PRIVSEP_SELF_CHECK)
                 return 0;
         switch (type) {
@@ -220,6 +261,8 @@ static unsigned reply_fields(uint16_t type, int32_t result)
                 return F_INFO;
         case PRIVSEP_SELF_CHECK:
                 return F_STATE | F_STATE2;
+        case PRIVSEP_SESSIONS:
+                return F_SIZE;
         default:
                 return 0;
         }
@@ -261,6 +304,8 @@ int privsep_reply_decode(const void *buf, size_t len, int flags, size_t n_fds, u
         if ((!(f & F_FLAG) && p.flag != 0) || p.flag > 1)
                 return -EPROTO;
         if (!(f & F_INFO) && p.uptime_ms != 0)
+                return -EPROTO;
+        if ((!(f & F_SIZE) && p.size != 0) || p.size > PRIVSEP_SESSIONS_MAX)
                 return -EPROTO;
         if (!str_ok(p.name, sizeof(p.name), f & F_NAME) ||
             !str_ok(p.boot_id, sizeof(p.boot_id), f & F_INFO) ||
@@ -397,7 +442,21 @@ struct helper {
          */
         bool exit_on_hangup;
         const struct privsep_files *files; /* OPEN_CONFIG, OPEN_STAGING, UNLINK_SOCKET */
+        /*
+         * A helper whose broker holds workloads' sessions outlives its network
+         * process and waits for the next one on this listening socket (-1:
+         * never). Not after a reboot went through (the simulated kexec: this
+         * boot is over, a new helper opens the new one).
+         */
+        int rendezvous_fd;
+        atomic_bool rebooted;
 };
+
+/* Does the helper stay when its network process is gone? */
+static bool helper_survives(struct helper *h)
+{
+        return h->rendezvous_fd >= 0 && !atomic_load(&h->rebooted) && broker_holds(h->b);
+}
 
 /*
  * The query thread's file system identity (setfsuid(2) and setfsgid(2)
@@ -406,11 +465,15 @@ struct helper {
  * has needs no capability. A change clears the thread's parent-death
  * signal: armed again.
  */
+/* The helper process dies with its network process (no rendezvous: it never outlives it). */
+static bool helper_pdeath = true;
+
 static int helper_fs_identity(uid_t uid, gid_t gid)
 {
         (void)setfsgid(gid);
         (void)setfsuid(uid);
-        (void)prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        if (helper_pdeath)
+                (void)prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
         if ((gid_t)setfsgid((gid_t)-1) != gid || (uid_t)setfsuid((uid_t)-1) != uid)
                 return -EPERM;
         return 0;
@@ -514,9 +577,47 @@ static int helper_check_image_fd(int fd)
         return 0;
 }
 
+/* The broker's document in a sealed memfd (the reply's descriptor). */
+static int helper_sessions(struct backend *b, uint64_t since, struct privsep_reply *p, int *ret_fd)
+{
+        _cleanup_free_ char *text = NULL;
+        _cleanup_close_ int fd = -1;
+        size_t len = 0;
+        int r;
+
+        if (!b->ops->sessions_json)
+                return -EOPNOTSUPP;
+        r = b->ops->sessions_json(b, since, &text, &len);
+        if (r < 0)
+                return r;
+        if (len > PRIVSEP_SESSIONS_MAX)
+                return -EFBIG;
+        fd = memfd_create("luofleet-sessions", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fd < 0)
+                return negative_errno();
+        r = write_all(fd, text, len);
+        if (r < 0)
+                return r;
+        if (fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0)
+                return negative_errno();
+        p->size = len;
+        *ret_fd = TAKE_FD(fd);
+        return 0;
+}
+
+static void helper_event_opts(const struct privsep_req *q, struct backend_event_opts *o)
+{
+        memset(o, 0, sizeof(*o));
+        o->confirm_timeout_ms = (uint32_t)(q->arg2 & PRIVSEP_EX_TIMEOUT_MASK);
+        o->force = (q->arg2 & PRIVSEP_EX_FORCE) != 0;
+        /* The decoder let through at most PRIVSEP_NOTE_MAX printable bytes. */
+        memcpy(o->note, q->cmdline, MIN((size_t)q->cmdline_len, sizeof(o->note) - 1));
+}
+
 static void helper_execute(struct helper *h, const struct privsep_req *q, const int *fds,
                            struct privsep_reply *p, int *ret_fd)
 {
+        struct backend_event_opts opts;
         struct backend *b = h->b;
         struct backend_info info;
         enum luo_state s = LUO_STATE_UNDEFINED, s2 = LUO_STATE_UNDEFINED;
@@ -564,6 +665,8 @@ static void helper_execute(struct helper *h, const struct privsep_req *q, const 
                 break;
         case PRIVSEP_REBOOT:
                 r = b->ops->reboot(b);
+                if (r >= 0)
+                        atomic_store(&h->rebooted, true);
                 break;
         case PRIVSEP_OPEN_CONFIG:
         case PRIVSEP_OPEN_STAGING:
@@ -576,6 +679,22 @@ static void helper_execute(struct helper *h, const struct privsep_req *q, const 
         case PRIVSEP_UNLINK_SOCKET:
                 r = privsep_helper_file_request(h->files, q);
                 break;
+        case PRIVSEP_SET_EVENT_EX:
+                helper_event_opts(q, &opts);
+                r = b->ops->set_event_ex ? b->ops->set_event_ex(b, (enum luo_event)q->arg, &opts,
+                                                                p->msg, sizeof(p->msg))
+                                         : -EOPNOTSUPP;
+                break;
+        case PRIVSEP_REBOOT_EX:
+                helper_event_opts(q, &opts);
+                r = b->ops->reboot_ex ? b->ops->reboot_ex(b, &opts, p->msg, sizeof(p->msg))
+                                      : -EOPNOTSUPP;
+                if (r >= 0)
+                        atomic_store(&h->rebooted, true);
+                break;
+        case PRIVSEP_SESSIONS:
+                r = helper_sessions(b, q->arg2, p, ret_fd);
+                break;
         default:
                 r = -EPROTO; /* the decoder lets no other type through */
         }
@@ -586,6 +705,15 @@ static void helper_execute(struct helper *h, const struct privsep_req *q, const 
         p->result = r;
         if ((unsigned)s >= _LUO_STATE_MAX || (unsigned)s2 >= _LUO_STATE_MAX)
                 p->state = p->state2 = LUO_STATE_UNDEFINED;
+        /* A sentence only with a failure of the two that carry one; always terminated, padded. */
+        if (r >= 0 || (q->type != PRIVSEP_SET_EVENT_EX && q->type != PRIVSEP_REBOOT_EX))
+                memset(p->msg, 0, sizeof(p->msg));
+        else {
+                char m[PRIVSEP_MSG_MAX];
+                memcpy(m, p->msg, sizeof(m));
+                m[sizeof(m) - 1] = 0;
+                copy_str(p->msg, sizeof(p->msg), m);
+        }
 }
 
 /*
@@ -693,8 +821,12 @@ static void *helper_query_main(void *userdata)
                 if (pfd[2].revents & (POLLHUP | POLLERR))
                         gone = true;
                 if (gone) {
-                        /* The network side is gone: so is the reason to be. */
-                        if (h->exit_on_hangup)
+                        /*
+                         * The network side is gone: so is the reason to be, unless
+                         * workloads' sessions live in us (helper_serve waits for the
+                         * next network process then).
+                         */
+                        if (h->exit_on_hangup && !helper_survives(h))
                                 helper_exit(0); /* a call in flight is cut, as by a crash */
                         shutdown(h->fds[PRIVSEP_CHAN_CMD], SHUT_RD);
                         break;
@@ -719,9 +851,13 @@ static int helper_send_hello(int cmd_fd, struct backend *b, int error, const cha
                 p.result = r < -ERRNO_MAX ? -EIO : r;
                 copy_str(p.msg, sizeof(p.msg), msg);
         } else {
+                char what[PRIVSEP_MSG_MAX] = "";
                 copy_str(p.name, sizeof(p.name), b->ops->name);
                 copy_str(p.boot_id, sizeof(p.boot_id), info.boot_id);
                 copy_str(p.release, sizeof(p.release), info.release);
+                if (b->ops->describe && b->ops->describe(b, what, sizeof(what)) >= 0)
+                        copy_str(p.msg, sizeof(p.msg), what);
+                p.flag = broker_is(b) ? PRIVSEP_HELLO_BROKER : 0;
         }
         r = privsep_send(cmd_fd, &p, sizeof(p), NULL, 0, false);
         return r < 0 ? r : p.result;
@@ -732,45 +868,150 @@ int privsep_helper_hello_error(int cmd_fd, int error, const char *msg)
         return helper_send_hello(cmd_fd, NULL, error < 0 ? error : -EIO, msg);
 }
 
-static int helper_serve(struct backend *b, const int fds[_PRIVSEP_CHAN_MAX], bool exit_on_hangup,
-                        const struct privsep_files *files)
+/* What a waiting helper hands the next network process: its ends of three new channels. */
+struct privsep_attach_msg {
+        uint32_t magic;
+        uint16_t version;
+        uint16_t pad;
+        int32_t pid; /* the helper's */
+        uint32_t pad2;
+};
+
+/*
+ * The network process is gone and workloads' sessions live here: wait on the
+ * rendezvous socket for the next one (root's, or ours when not root), give it
+ * three new channels, and return our ends in fds. SIGTERM and SIGINT end the
+ * helper while it waits (blocked while a network process is attached, they
+ * are the service manager's for it). Returns 0, or -ENOENT when nothing is
+ * held any more (the helper ends), -errno.
+ */
+static int helper_wait_attach(struct helper *h, int fds[_PRIVSEP_CHAN_MAX])
 {
-        struct helper h = {
-                .b = b, .stop_fd = -1, .exit_on_hangup = exit_on_hangup, .files = files
-        };
+        sigset_t term;
+        int r = -ENOENT;
+
+        sigemptyset(&term);
+        sigaddset(&term, SIGTERM);
+        sigaddset(&term, SIGINT);
+        pthread_sigmask(SIG_UNBLOCK, &term, NULL);
+        log_notice("Privileged helper: the network process is gone; workloads' sessions live "
+                   "here: waiting for the next agent");
+        while (broker_holds(h->b)) {
+                struct pollfd p = { .fd = h->rendezvous_fd, .events = POLLIN };
+                int pair[_PRIVSEP_CHAN_MAX][2], theirs[_PRIVSEP_CHAN_MAX];
+                struct privsep_attach_msg m = { .magic = PRIVSEP_MAGIC,
+                                                .version = PRIVSEP_VERSION,
+                                                .pid = (int32_t)getpid() };
+                struct ucred cred;
+                socklen_t len = sizeof(cred);
+                int conn, k;
+
+                k = poll(&p, 1, 1000);
+                if (k <= 0)
+                        continue; /* a timeout: is anything still held? */
+                conn = accept4(h->rendezvous_fd, NULL, NULL, SOCK_CLOEXEC);
+                if (conn < 0)
+                        continue;
+                if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 ||
+                    (cred.uid != 0 && cred.uid != getuid())) {
+                        log_warning("Privileged helper: refused an attach from pid %d, uid %u",
+                                    (int)cred.pid, (unsigned)cred.uid);
+                        close(conn);
+                        continue;
+                }
+                for (int i = 0; i < _PRIVSEP_CHAN_MAX; i++)
+                        pair[i][0] = pair[i][1] = -1;
+                r = 0;
+                for (int i = 0; i < _PRIVSEP_CHAN_MAX && r == 0; i++)
+                        if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair[i]) < 0)
+                                r = negative_errno();
+                for (int i = 0; i < _PRIVSEP_CHAN_MAX; i++)
+                        theirs[i] = pair[i][1];
+                if (r == 0)
+                        r = privsep_send(conn, &m, sizeof(m), theirs, _PRIVSEP_CHAN_MAX, false);
+                close(conn);
+                close_fds(theirs, _PRIVSEP_CHAN_MAX);
+                if (r < 0) {
+                        for (int i = 0; i < _PRIVSEP_CHAN_MAX; i++)
+                                if (pair[i][0] >= 0)
+                                        close(pair[i][0]);
+                        continue;
+                }
+                for (int i = 0; i < _PRIVSEP_CHAN_MAX; i++)
+                        fds[i] = pair[i][0];
+                log_notice("Privileged helper: agent pid %d attached", (int)cred.pid);
+                break;
+        }
+        pthread_sigmask(SIG_BLOCK, &term, NULL);
+        return r;
+}
+
+static int helper_serve_once(struct helper *h)
+{
         pthread_t thread;
         uint64_t seq = 0, one = 1;
         int r;
 
-        memcpy(h.fds, fds, sizeof(h.fds));
         /* Before HELLO: once the network side hears it, our fd table is settled. */
-        h.stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (h.stop_fd < 0)
+        h->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (h->stop_fd < 0)
                 return negative_errno();
-        r = helper_send_hello(fds[PRIVSEP_CHAN_CMD], b, 0, NULL);
+        r = helper_send_hello(h->fds[PRIVSEP_CHAN_CMD], h->b, 0, NULL);
         if (r < 0) {
-                close(h.stop_fd);
+                close(h->stop_fd);
                 return r;
         }
-        r = pthread_create(&thread, NULL, helper_query_main, &h);
+        r = pthread_create(&thread, NULL, helper_query_main, h);
         if (r != 0) {
-                close(h.stop_fd);
+                close(h->stop_fd);
                 return -r;
         }
         /* The "worker" role: the blocking operations, one at a time. */
         do
-                r = helper_one(&h, PRIVSEP_CHAN_CMD, &seq);
+                r = helper_one(h, PRIVSEP_CHAN_CMD, &seq);
         while (r > 0);
-        (void)!write(h.stop_fd, &one, sizeof(one));
+        (void)!write(h->stop_fd, &one, sizeof(one));
         pthread_join(thread, NULL);
-        close(h.stop_fd);
+        close(h->stop_fd);
+        h->stop_fd = -1;
+        return r;
+}
+
+static int helper_serve(struct backend *b, const int fds[_PRIVSEP_CHAN_MAX], bool exit_on_hangup,
+                        const struct privsep_files *files, int rendezvous_fd)
+{
+        struct helper h = { .b = b,
+                            .stop_fd = -1,
+                            .exit_on_hangup = exit_on_hangup,
+                            .files = files,
+                            .rendezvous_fd = rendezvous_fd };
+        bool ours = false;
+        int r;
+
+        memcpy(h.fds, fds, sizeof(h.fds));
+        for (;;) {
+                r = helper_serve_once(&h);
+                if (!exit_on_hangup || !helper_survives(&h))
+                        break;
+                /* Only channels of our own making are ours to close. */
+                if (ours)
+                        close_fds(h.fds, _PRIVSEP_CHAN_MAX);
+                else
+                        for (int i = 0; i < _PRIVSEP_CHAN_MAX; i++)
+                                (void)shutdown(h.fds[i], SHUT_RDWR);
+                if (helper_wait_attach(&h, h.fds) < 0)
+                        break;
+                ours = true;
+        }
+        if (ours)
+                close_fds(h.fds, _PRIVSEP_CHAN_MAX);
         return r;
 }
 
 int privsep_helper_serve(struct backend *b, const int fds[_PRIVSEP_CHAN_MAX],
                          const struct privsep_files *files)
 {
-        return helper_serve(b, fds, false, files);
+        return helper_serve(b, fds, false, files, -1);
 }
 
 /* ---- the helper process ----------------------------------------------------- */
@@ -843,12 +1084,20 @@ static int helper_drop(const struct privsep_spawn_config *cfg)
         if (setresgid((gid_t)-1, (gid_t)-1, cfg->drop_gid) < 0 ||
             setresuid((uid_t)-1, (uid_t)-1, cfg->drop_uid) < 0)
                 return negative_errno();
-        (void)setfsgid(cfg->drop_gid);
-        if ((gid_t)setfsgid((gid_t)-1) != cfg->drop_gid)
-                return -EPERM;
-        (void)setfsuid(cfg->drop_uid);
-        if ((uid_t)setfsuid((uid_t)-1) != cfg->drop_uid)
-                return -EPERM;
+        /*
+         * Only the simulator writes files (its kernel's, in the state
+         * directory, which the run user owns); the real backends open root's
+         * /dev/liveupdate (luo-sessions: at every session it creates or
+         * retrieves), so their file system identity stays root's.
+         */
+        if (cfg->backend->kind == BACKEND_SIM) {
+                (void)setfsgid(cfg->drop_gid);
+                if ((gid_t)setfsgid((gid_t)-1) != cfg->drop_gid)
+                        return -EPERM;
+                (void)setfsuid(cfg->drop_uid);
+                if ((uid_t)setfsuid((uid_t)-1) != cfg->drop_uid)
+                        return -EPERM;
+        }
         /* The bounding set: what an exec could ever give back. */
         for (unsigned long cap = 0; cap < 64; cap++) {
                 if (cap == CAP_SYS_BOOT)
@@ -886,10 +1135,17 @@ static _Noreturn void helper_main(const struct privsep_spawn_config *cfg,
         struct backend *b = NULL;
         struct privsep_files files = cfg->files;
         char msg[PRIVSEP_MSG_MAX] = "";
-        int r;
+        int r, broker_listen_fd = -1, rendezvous_fd = -1;
+        /*
+         * Dies with the network process (a kernel call in flight is cut like a
+         * crash), unless it may outlive it to keep workloads' sessions: then it
+         * notices the hang-up on its channels and decides (helper_serve).
+         */
+        bool pdeath = !cfg->rendezvous;
 
-        /* Dies with the network process: a kernel call in flight is cut like a crash. */
-        if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 || getppid() != parent)
+        helper_pdeath = pdeath;
+
+        if ((pdeath && prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) || getppid() != parent)
                 helper_exit(1);
         (void)prctl(PR_SET_NAME, "luofleet-priv", 0, 0, 0);
         /*
@@ -905,6 +1161,34 @@ static _Noreturn void helper_main(const struct privsep_spawn_config *cfg,
                 (void)privsep_helper_hello_error(fds[PRIVSEP_CHAN_CMD], r, msg);
                 helper_exit(0);
         }
+        /* The workloads' socket, bound as root (its directory is root's); served later. */
+        if (cfg->broker && cfg->broker->listen_fd < 0 && cfg->broker->socket_path) {
+                broker_listen_fd = broker_listen(cfg->broker->socket_path, cfg->broker->socket_mode,
+                                                 cfg->broker->socket_gid);
+                if (broker_listen_fd < 0) {
+                        snprintf(msg, sizeof(msg), "cannot listen on %s for workloads: %s%s",
+                                 cfg->broker->socket_path, strerror(-broker_listen_fd),
+                                 broker_listen_fd == -EEXIST
+                                         ? " (a file that is not a socket is in the way)"
+                                 : broker_listen_fd == -EADDRINUSE ? " (another agent serves it)"
+                                                                   : "");
+                        (void)privsep_helper_hello_error(fds[PRIVSEP_CHAN_CMD], broker_listen_fd,
+                                                         msg);
+                        helper_exit(1);
+                }
+        }
+        if (cfg->broker && cfg->rendezvous) {
+                rendezvous_fd = broker_listen(cfg->rendezvous, 0600, (gid_t)-1);
+                if (rendezvous_fd < 0) {
+                        snprintf(msg, sizeof(msg), "cannot listen on %s for the next agent: %s%s",
+                                 cfg->rendezvous, strerror(-rendezvous_fd),
+                                 rendezvous_fd == -EADDRINUSE
+                                         ? " (another helper waits there: attach to it)"
+                                         : "");
+                        (void)privsep_helper_hello_error(fds[PRIVSEP_CHAN_CMD], rendezvous_fd, msg);
+                        helper_exit(1);
+                }
+        }
         if (cfg->drop) {
                 r = helper_drop(cfg);
                 if (r < 0) {
@@ -915,7 +1199,8 @@ static _Noreturn void helper_main(const struct privsep_spawn_config *cfg,
                         helper_exit(1);
                 }
                 /* A change of the fsuid/fsgid clears the parent-death signal: again. */
-                if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0 || getppid() != parent)
+                if ((pdeath && prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0) ||
+                    getppid() != parent)
                         helper_exit(1);
         }
         if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
@@ -925,10 +1210,22 @@ static _Noreturn void helper_main(const struct privsep_spawn_config *cfg,
                                                  "no_new_privs");
                 helper_exit(1);
         }
+        /* After the drop: the broker's thread starts with what this thread kept. */
+        if (cfg->broker) {
+                struct broker_config bc = *cfg->broker;
+                if (broker_listen_fd >= 0)
+                        bc.listen_fd = broker_listen_fd;
+                bc.socket_path = NULL;
+                r = broker_new(b, &bc, &b, msg, sizeof(msg));
+                if (r < 0) {
+                        (void)privsep_helper_hello_error(fds[PRIVSEP_CHAN_CMD], r, msg);
+                        helper_exit(1);
+                }
+        }
         files.fs_root = cfg->drop;
         files.user_uid = cfg->drop_uid;
         files.user_gid = cfg->drop_gid;
-        r = helper_serve(b, fds, true, &files);
+        r = helper_serve(b, fds, true, &files, rendezvous_fd);
         if (r < 0)
                 log_error_errno(r, "Privileged helper: lost the network process: %m");
         helper_exit(r < 0 ? 1 : 0);
@@ -977,9 +1274,11 @@ struct proxy {
         struct backend base; /* first: a struct backend * is a struct proxy * */
         struct backend_ops ops;
         char name[PRIVSEP_NAME_MAX];
+        char describe[PRIVSEP_MSG_MAX]; /* the helper's backend's, from HELLO */
         int fds[_PRIVSEP_CHAN_MAX];
         int quiet_fd; /* an eventfd never written: dup2()ed over a dead event channel */
         pid_t helper;
+        pid_t attached; /* privsep_attach(): the helper's pid (not our child: never reaped) */
         bool reaped;
         pthread_mutex_t lock[_PRIVSEP_CHAN_MAX]; /* CMD and QUERY; EVENT: loop thread only */
         uint64_t seq[_PRIVSEP_CHAN_MAX];         /* under lock[chan] */
@@ -1002,7 +1301,10 @@ bool privsep_is_proxy(const struct backend *b)
 
 pid_t privsep_proxy_helper(const struct backend *b)
 {
-        return privsep_is_proxy(b) ? ((const struct proxy *)b)->helper : 0;
+        if (!privsep_is_proxy(b))
+                return 0;
+        return ((const struct proxy *)b)->helper ? ((const struct proxy *)b)->helper
+                                                 : ((const struct proxy *)b)->attached;
 }
 
 /* The helper is gone or broke the protocol: whatever was in flight is unknown. */
@@ -1015,9 +1317,9 @@ static int proxy_lost(struct proxy *p, const char *why)
         return -ENOTCONN;
 }
 
-static int proxy_call(struct proxy *p, enum privsep_chan chan, uint16_t type, uint32_t arg,
-                      const char *cmdline, const int *fds, size_t n_fds, struct privsep_reply *ret,
-                      int *ret_fd)
+static int proxy_call_ex(struct proxy *p, enum privsep_chan chan, uint16_t type, uint32_t arg,
+                         uint64_t arg2, const char *cmdline, const int *fds, size_t n_fds,
+                         struct privsep_reply *ret, int *ret_fd)
 {
         struct privsep_req q = { .magic = PRIVSEP_MAGIC, .version = PRIVSEP_VERSION, .type = type };
         struct privsep_reply rep;
@@ -1030,6 +1332,8 @@ static int proxy_call(struct proxy *p, enum privsep_chan chan, uint16_t type, ui
         if (atomic_load(&p->lost) || atomic_load(&p->stopping))
                 return -ENOTCONN;
         q.arg = arg;
+        q.arg2 = arg2;
+        memset(ret, 0, sizeof(*ret));
         if (cmdline) {
                 size_t len = strlen(cmdline);
                 if (len >= PRIVSEP_CMDLINE_MAX)
@@ -1070,6 +1374,13 @@ out:
         if (why)
                 return proxy_lost(p, why);
         return ret->result;
+}
+
+static int proxy_call(struct proxy *p, enum privsep_chan chan, uint16_t type, uint32_t arg,
+                      const char *cmdline, const int *fds, size_t n_fds, struct privsep_reply *ret,
+                      int *ret_fd)
+{
+        return proxy_call_ex(p, chan, type, arg, 0, cmdline, fds, n_fds, ret, ret_fd);
 }
 
 static int proxy_get_state(struct backend *b, enum luo_state *ret)
@@ -1241,6 +1552,75 @@ static int proxy_get_info(struct backend *b, struct backend_info *ret)
         return 0;
 }
 
+static int proxy_event_ex(struct proxy *p, uint16_t type, uint32_t arg,
+                          const struct backend_event_opts *opts, char *msg, size_t msg_size)
+{
+        struct privsep_reply rep;
+        uint64_t arg2 = 0;
+        char note[BACKEND_NOTE_MAX] = "";
+        int r;
+
+        if (msg && msg_size)
+                msg[0] = 0;
+        if (opts) {
+                arg2 = opts->confirm_timeout_ms | (opts->force ? PRIVSEP_EX_FORCE : 0);
+                memcpy(note, opts->note, sizeof(note) - 1);
+        }
+        r = proxy_call_ex(p, PRIVSEP_CHAN_CMD, type, arg, arg2, note, NULL, 0, &rep, NULL);
+        if (r < 0 && r != -ENOTCONN && msg && msg_size)
+                snprintf(msg, msg_size, "%s", rep.msg);
+        return r;
+}
+
+static int proxy_set_event_ex(struct backend *b, enum luo_event ev,
+                              const struct backend_event_opts *opts, char *msg, size_t msg_size)
+{
+        if (ev != LUO_EVENT_PREPARE && ev != LUO_EVENT_CANCEL && ev != LUO_EVENT_FINISH)
+                return -EINVAL;
+        return proxy_event_ex(to_proxy(b), PRIVSEP_SET_EVENT_EX, (uint32_t)ev, opts, msg, msg_size);
+}
+
+static int proxy_reboot_ex(struct backend *b, const struct backend_event_opts *opts, char *msg,
+                           size_t msg_size)
+{
+        return proxy_event_ex(to_proxy(b), PRIVSEP_REBOOT_EX, 0, opts, msg, msg_size);
+}
+
+static int proxy_sessions_json(struct backend *b, uint64_t since, char **ret_json, size_t *ret_len)
+{
+        struct privsep_reply rep;
+        _cleanup_close_ int fd = -1;
+        _cleanup_free_ char *text = NULL;
+        ssize_t n;
+        int r;
+
+        r = proxy_call_ex(to_proxy(b), PRIVSEP_CHAN_QUERY, PRIVSEP_SESSIONS, 0, since, NULL, NULL,
+                          0, &rep, &fd);
+        if (r < 0)
+                return r;
+        if (fd < 0)
+                return -EIO;
+        /* The decoder bounded the size; the memfd is sealed, read it whole. */
+        text = malloc(rep.size + 1);
+        if (!text)
+                return -ENOMEM;
+        n = pread(fd, text, rep.size, 0);
+        if (n < 0)
+                return negative_errno();
+        if ((uint64_t)n != rep.size)
+                return -EIO;
+        text[n] = 0;
+        *ret_len = (size_t)n;
+        *ret_json = TAKE_PTR(text);
+        return 0;
+}
+
+static int proxy_describe(struct backend *b, char *buf, size_t size)
+{
+        snprintf(buf, size, "%s", to_proxy(b)->describe);
+        return 0;
+}
+
 static int proxy_self_check(struct backend *b, enum luo_state *ret_ioctl, enum luo_state *ret_sysfs)
 {
         struct privsep_reply rep;
@@ -1322,6 +1702,10 @@ static const struct backend_ops proxy_ops_template = {
         .reboot = proxy_reboot,
         .get_info = proxy_get_info,
         .self_check = proxy_self_check,
+        .describe = proxy_describe,
+        .set_event_ex = proxy_set_event_ex,
+        .reboot_ex = proxy_reboot_ex,
+        .sessions_json = proxy_sessions_json,
 };
 
 int privsep_proxy_new(int fds[_PRIVSEP_CHAN_MAX], pid_t helper, const struct privsep_hooks *hooks,
@@ -1381,6 +1765,15 @@ int privsep_proxy_new(int fds[_PRIVSEP_CHAN_MAX], pid_t helper, const struct pri
                 goto fail;
         }
         memcpy(p->name, rep.name, sizeof(p->name));
+        memcpy(p->describe, rep.msg, sizeof(p->describe));
+        if (!(rep.flag & PRIVSEP_HELLO_BROKER)) {
+                /* No broker behind the helper: the agent sees a plain backend. */
+                p->ops.set_event_ex = NULL;
+                p->ops.reboot_ex = NULL;
+                p->ops.sessions_json = NULL;
+        }
+        if (!p->describe[0])
+                p->ops.describe = NULL;
         atomic_store(&p->last_state, LUO_STATE_UNDEFINED);
         *ret = &p->base;
         return 0;
@@ -1388,4 +1781,69 @@ fail:
         atomic_store(&p->stopping, true);
         proxy_free(&p->base);
         return r;
+}
+
+int privsep_attach(const char *rendezvous, const struct privsep_hooks *hooks, struct backend **ret,
+                   char *msg, size_t msg_size)
+{
+        struct privsep_attach_msg m;
+        struct sockaddr_un sa;
+        struct ucred cred;
+        socklen_t len = sizeof(cred);
+        _cleanup_close_ int fd = -1, dir_fd = -1;
+        int fds[PRIVSEP_MAX_FDS], flags = 0, r;
+        struct pollfd p;
+        size_t n_fds = 0;
+        ssize_t n;
+
+        if (msg && msg_size)
+                msg[0] = 0;
+        if (!rendezvous)
+                return 0;
+        r = unix_sockaddr(rendezvous, &sa, &dir_fd);
+        if (r < 0)
+                return r == -ENOENT ? 0 : r;
+        fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return negative_errno();
+        if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+                r = negative_errno();
+                /* No socket, or nobody listens: no helper waits (the next one is spawned). */
+                if (r == -ENOENT || r == -ECONNREFUSED)
+                        return 0;
+                backend_msgf(msg, msg_size, "cannot reach %s: %s", rendezvous, strerror(-r));
+                return r;
+        }
+        /* Only root's helper (or, not root, our own uid's) is trusted with the kernel. */
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+                return negative_errno();
+        if (cred.uid != 0 && cred.uid != geteuid()) {
+                backend_msgf(msg, msg_size,
+                             "%s is served by pid %d of uid %u, not by a privileged helper: "
+                             "refusing to attach",
+                             rendezvous, (int)cred.pid, (unsigned)cred.uid);
+                return -EPERM;
+        }
+        p = (struct pollfd){ .fd = fd, .events = POLLIN };
+        if (poll(&p, 1, 5000) <= 0) {
+                backend_msgf(msg, msg_size, "the helper at %s did not answer", rendezvous);
+                return -ETIMEDOUT;
+        }
+        n = privsep_recv(fd, &m, sizeof(m), &flags, fds, &n_fds, false);
+        if (n != (ssize_t)sizeof(m) || (flags & (MSG_TRUNC | MSG_CTRUNC)) ||
+            n_fds != _PRIVSEP_CHAN_MAX || m.magic != PRIVSEP_MAGIC ||
+            m.version != PRIVSEP_VERSION || m.pid != (int32_t)cred.pid) {
+                close_fds(fds, n_fds);
+                /* Another agent is attached already (the helper closed on us), or garbage. */
+                backend_msgf(msg, msg_size,
+                             "the helper at %s (pid %d) did not hand over its channels: another "
+                             "agent may be attached to it",
+                             rendezvous, (int)cred.pid);
+                return -EBUSY;
+        }
+        r = privsep_proxy_new(fds, 0, hooks, ret, msg, msg_size);
+        if (r < 0)
+                return r;
+        to_proxy(*ret)->attached = cred.pid;
+        return 1;
 }

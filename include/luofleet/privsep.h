@@ -31,6 +31,7 @@
 #include <sys/types.h>
 
 #include "luofleet/backend.h"
+#include "luofleet/broker.h"
 
 #define PRIVSEP_MAGIC 0x5350464cu /* "LFPS" little-endian */
 #define PRIVSEP_VERSION 1
@@ -62,6 +63,12 @@ enum privsep_type {
         PRIVSEP_OPEN_CONFIG,   /* QUERY: arg = enum privsep_config_file; reply: 1 fd */
         PRIVSEP_OPEN_STAGING,  /* QUERY: cmdline = the path; reply: 1 fd */
         PRIVSEP_UNLINK_SOCKET, /* QUERY: arg = index of a --listen=unix: at the stop */
+        /* The session broker (broker.h), when the helper runs one (HELLO's flag says): */
+        PRIVSEP_SET_EVENT_EX, /* CMD: arg = event, arg2 = PRIVSEP_EX_*, cmdline = the note;
+                                 a failure's reply carries a sentence (msg) */
+        PRIVSEP_REBOOT_EX,    /* CMD: cmdline = the note; a failure carries a sentence */
+        PRIVSEP_SESSIONS,     /* QUERY: arg2 = since; reply: 1 fd (a sealed memfd of size
+                                 bytes of JSON) */
         _PRIVSEP_TYPE_MAX,
 };
 
@@ -73,6 +80,16 @@ enum privsep_config_file {
         PRIVSEP_CONFIG_TOKENS,
         _PRIVSEP_CONFIG_MAX,
 };
+
+/* SET_EVENT_EX's arg2: the confirmation timeout in ms (low 32 bits) and flags. */
+#define PRIVSEP_EX_TIMEOUT_MASK UINT64_C(0xffffffff)
+#define PRIVSEP_EX_FORCE (UINT64_C(1) << 32)
+/* The longest note (the marker's "operation=ID index=N"), NUL excluded. */
+#define PRIVSEP_NOTE_MAX (BACKEND_NOTE_MAX - 1)
+/* The largest sessions document the network side reads. */
+#define PRIVSEP_SESSIONS_MAX (16u * 1024u * 1024u)
+/* HELLO's flag: the helper's backend is a session broker. */
+#define PRIVSEP_HELLO_BROKER 1u
 
 /* How many Unix-socket listeners UNLINK_SOCKET knows of (main's --listen maximum). */
 #define PRIVSEP_MAX_SOCKETS 8
@@ -87,6 +104,7 @@ struct privsep_req {
         uint64_t seq; /* per channel: 1, 2, 3, ... */
         uint32_t arg;
         uint32_t cmdline_len; /* KEXEC_LOAD: strlen(cmdline); OPEN_STAGING: strlen(path) */
+        uint64_t arg2;        /* SET_EVENT_EX: timeout and flags; SESSIONS: since */
         char cmdline[PRIVSEP_CMDLINE_MAX]; /* KEXEC_LOAD's command line, OPEN_STAGING's path */
 };
 
@@ -99,12 +117,15 @@ struct privsep_reply {
         int32_t result;              /* 0 or -errno (-4095..0) */
         uint32_t state;              /* GET_STATE, STATE_CHANGED, SELF_CHECK (ioctl) */
         uint32_t state2;             /* SELF_CHECK (sysfs) */
-        uint32_t flag;               /* KEXEC_LOADED: 0 or 1 */
+        uint32_t flag;               /* KEXEC_LOADED: 0 or 1; HELLO: PRIVSEP_HELLO_BROKER */
         uint64_t uptime_ms;          /* GET_INFO: the kernel's uptime, 0 = unknown */
+        uint64_t size;               /* SESSIONS: the document's length */
         char name[PRIVSEP_NAME_MAX]; /* HELLO: "sim" or "luo-v3" */
         char boot_id[40];            /* HELLO, GET_INFO */
         char release[128];           /* HELLO, GET_INFO */
-        char msg[PRIVSEP_MSG_MAX];   /* HELLO on failure: the operator's sentence */
+        char msg[PRIVSEP_MSG_MAX];   /* HELLO on failure: the operator's sentence; on
+                                        success the backend's describe(); SET_EVENT_EX and
+                                        REBOOT_EX on failure: the broker's sentence */
 };
 
 /* How many fds a request of this type (and arg) must carry; -1 for an unknown type. */
@@ -253,7 +274,31 @@ struct privsep_spawn_config {
         /* What OPEN_CONFIG, OPEN_STAGING and UNLINK_SOCKET may reach (fs_root: set by the spawn).
          */
         struct privsep_files files;
+        /*
+         * Run a session broker around the backend (NULL: none). Its socket is
+         * bound before the helper drops its privileges, its thread started
+         * after (capabilities are per thread).
+         */
+        const struct broker_config *broker;
+        /*
+         * Where a helper whose network process died waits for the next one
+         * (with a broker that holds workloads' sessions; NULL: it never
+         * survives its network process). Bound as root before the drop,
+         * mode 0600; only uid 0 (or, not started as root, our own uid) may
+         * attach.
+         */
+        const char *rendezvous;
 };
+
+/*
+ * Attach to a helper that outlived its network process and waits at
+ * rendezvous (privsep_spawn_config.rendezvous): returns 1 with the proxy in
+ * *ret, 0 when no helper waits there (no socket, nobody listening: spawn
+ * one), -errno with a sentence in msg otherwise (a helper that is not
+ * root's, a protocol failure). Before any thread exists.
+ */
+int privsep_attach(const char *rendezvous, const struct privsep_hooks *hooks,
+                   struct backend **ret, char *msg, size_t msg_size);
 
 /*
  * Fork the helper (which opens the real backend, drops what it does not

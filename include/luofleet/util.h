@@ -69,3 +69,12 @@ void hex_encode(const uint8_t *in, size_t len, char *out);
 
 /* Make dir (and parents) with mode; ok if it exists. Returns 0 or -errno. */
 int mkdir_p(const char *path, mode_t mode);
+
+/*
+ * The address of the Unix socket at path (absolute). A path too long for
+ * sun_path is named through its directory: "/proc/self/fd/N/name", with
+ * the directory's descriptor N in *ret_dir_fd (close it after bind() or
+ * connect()); -1 otherwise. 0 or -errno.
+ */
+struct sockaddr_un;
+int unix_sockaddr(const char *path, struct sockaddr_un *ret, int *ret_dir_fd);
