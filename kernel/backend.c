@@ -29,6 +29,7 @@ static const char *const kind_names[_BACKEND_KIND_MAX] = {
         [BACKEND_LUO_V3] = "luo-v3",
         [BACKEND_SIM] = "sim",
         [BACKEND_AUTO] = "auto",
+        [BACKEND_LUO_SESSIONS] = "luo-sessions",
 };
 
 static const char *const fault_op_names[_SIM_FAULT_OP_MAX] = {
@@ -150,10 +151,10 @@ int backend_config_add_fault(struct backend_config *cfg, const char *spec)
 }
 
 /*
- * --backend=auto: the v3 interface is recognised by its sysfs file. A
+ * --backend=auto: the v3 interface is recognised by its sysfs file; a
  * /dev/liveupdate without it is the mainline sessions interface (Linux 6.19+,
- * kernel-abi.md section B), which this version does not drive: say so instead
- * of failing obscurely on the first ioctl.
+ * kernel-abi.md section B). Only stat()s here: the device is exclusive, and
+ * the backend that drives it opens it itself.
  */
 static int backend_open_auto(const struct backend_config *cfg, struct backend **ret, char *msg,
                              size_t msg_size)
@@ -172,9 +173,9 @@ static int backend_open_auto(const struct backend_config *cfg, struct backend **
                 return r;
         }
 
+        c = *cfg;
         backend_display_path(root, SYSFS_STATE_REL, path, sizeof(path));
         if (fstatat(root_fd, SYSFS_STATE_REL, &st, 0) == 0) {
-                c = *cfg;
                 c.kind = BACKEND_LUO_V3;
                 return luo_v3_open(&c, ret, msg, msg_size);
         }
@@ -184,20 +185,22 @@ static int backend_open_auto(const struct backend_config *cfg, struct backend **
                 return r;
         }
 
+        backend_display_path(root, DEV_LIVEUPDATE_REL, dev, sizeof(dev));
         if (fstatat(root_fd, DEV_LIVEUPDATE_REL, &st, 0) == 0) {
-                backend_msgf(msg, msg_size,
-                             "%s exists but %s does not: this is a Linux 6.19+ kernel with the "
-                             "live-update sessions interface, which this agent version does not "
-                             "drive yet; use --backend=sim for a simulation",
-                             backend_display_path(root, DEV_LIVEUPDATE_REL, dev, sizeof(dev)),
-                             path);
-                return -ENOENT;
+                c.kind = BACKEND_LUO_SESSIONS;
+                return luo_sessions_open(&c, ret, msg, msg_size);
+        }
+        if (errno != ENOENT && errno != ENOTDIR) {
+                int r = negative_errno();
+                backend_msgf(msg, msg_size, "cannot look for %s: %s", dev, strerror(-r));
+                return r;
         }
 
         backend_msgf(msg, msg_size,
-                     "no live-update orchestrator found (%s missing); use --backend=sim to run "
-                     "on the simulated kernel",
-                     path);
+                     "no live-update orchestrator found (neither %s nor %s exists; a Linux 6.19+ "
+                     "kernel needs liveupdate=on kho=on on its command line); use --backend=sim "
+                     "to run on the simulated kernel",
+                     path, dev);
         return -ENOENT;
 }
 
@@ -213,6 +216,8 @@ int backend_open(const struct backend_config *cfg, struct backend **ret, char *m
         switch (cfg->kind) {
         case BACKEND_LUO_V3:
                 return luo_v3_open(cfg, ret, msg, msg_size);
+        case BACKEND_LUO_SESSIONS:
+                return luo_sessions_open(cfg, ret, msg, msg_size);
         case BACKEND_SIM:
                 return sim_open(cfg, ret, msg, msg_size);
         case BACKEND_AUTO:

@@ -6,7 +6,9 @@
  * numbers and struct sizes of kernel-abi.md section A exactly, applies the
  * kernel's SET_EVENT rules and rewrites the fake sysfs file like
  * sysfs_notify()'s writer would; its openat can make /dev/liveupdate busy or
- * forbidden. Also --backend=auto detection (kernel/backend.c).
+ * forbidden; FD_PRESERVE/FD_UNPRESERVE/FD_RESTORE keep a token table (a dup
+ * of each preserved file) and an incoming table a test seeds to play the
+ * boot after a live update. Also --backend=auto detection (kernel/backend.c).
  *
  * Each test builds its tree under $LUOFLEET_TEST_TMP (or /tmp) and removes
  * it. The fake kernel is a global: struct luo_sys members take no userdata.
@@ -25,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -51,6 +54,13 @@ static struct fake {
         int n_get, n_set, n_other, bad_fd;
         uint32_t last_event;
         int reboot_calls, reboot_cmd, reboot_errno;
+        /* FD_PRESERVE'd files (a dup each) and what a previous boot handed over. */
+        struct fake_token {
+                uint64_t token;
+                int fd; /* -1: free slot */
+        } tokens[8], incoming[8];
+        int n_preserve, n_unpreserve, n_restore;
+        int token_errno[3]; /* FD_PRESERVE, FD_UNPRESERVE, FD_RESTORE fail with this (one shot) */
         struct {
                 int calls, kernel_fd, initrd_fd, err;
                 unsigned long cmdline_len, flags;
@@ -109,6 +119,81 @@ static int fake_openat(int dirfd, const char *path, int flags, mode_t mode)
         return openat(dirfd, path, flags, mode);
 }
 
+static struct fake_token *fake_token_find(struct fake_token *table, uint64_t token)
+{
+        for (int i = 0; i < 8; i++)
+                if (table[i].fd >= 0 && table[i].token == token)
+                        return &table[i];
+        return NULL;
+}
+
+static struct fake_token *fake_token_add(struct fake_token *table, uint64_t token, int fd)
+{
+        for (int i = 0; i < 8; i++)
+                if (table[i].fd < 0) {
+                        table[i].token = token;
+                        table[i].fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+                        ck_assert_int_ge(table[i].fd, 0);
+                        return &table[i];
+                }
+        ck_abort_msg("fake token table full");
+        return NULL;
+}
+
+static void fake_token_drop(struct fake_token *t)
+{
+        close(t->fd);
+        t->fd = -1;
+}
+
+/* The token ioctls: the kernel holds its own reference to each preserved file. */
+static int fake_token_ioctl(unsigned long nr, void *arg)
+{
+        struct {
+                uint32_t size;
+                int32_t fd;
+                uint64_t token;
+        } *a = arg;
+        struct fake_token *t = fake_token_find(nr == 2 ? fake.incoming : fake.tokens, a->token);
+
+        if (fake.token_errno[nr]) {
+                errno = fake.token_errno[nr];
+                fake.token_errno[nr] = 0;
+                return -1;
+        }
+        switch (nr) {
+        case 0: /* FD_PRESERVE */
+                fake.n_preserve++;
+                if (t) {
+                        errno = EEXIST;
+                        return -1;
+                }
+                if (fcntl(a->fd, F_GETFD) < 0) {
+                        errno = EBADF;
+                        return -1;
+                }
+                fake_token_add(fake.tokens, a->token, a->fd);
+                return 0;
+        case 1: /* FD_UNPRESERVE */
+                fake.n_unpreserve++;
+                ck_assert_int_eq(a->fd, 0); /* the pad */
+                if (!t) {
+                        errno = ENOENT;
+                        return -1;
+                }
+                fake_token_drop(t);
+                return 0;
+        default: /* FD_RESTORE */
+                fake.n_restore++;
+                if (!t) {
+                        errno = ENOENT;
+                        return -1;
+                }
+                a->fd = fcntl(t->fd, F_DUPFD_CLOEXEC, 0);
+                return 0;
+        }
+}
+
 /* The v3 kernel's ioctl: numbers and sizes checked exactly, never via the project's macros. */
 static int fake_ioctl_locked(int fd, unsigned long request, void *arg)
 {
@@ -151,6 +236,14 @@ static int fake_ioctl_locked(int fd, unsigned long request, void *arg)
                 if (!fake.desync)
                         fake_set_sysfs(to);
                 return 0;
+        case 0xBA00: /* FD_PRESERVE {u32 size = 16; s32 fd; u64 token} */
+        case 0xBA01: /* FD_UNPRESERVE {u32 size = 16; u32 pad; u64 token} */
+        case 0xBA02: /* FD_RESTORE {u32 size = 16; s32 fd (out); u64 token} */
+                if (a[0] != 16) {
+                        errno = EINVAL;
+                        return -1;
+                }
+                return fake_token_ioctl(request & 0xff, arg);
         default:
                 fake.n_other++;
                 errno = EINVAL; /* what the v3 kernel answers for an unknown nr */
@@ -221,6 +314,8 @@ static void setup(void)
 {
         memset(&fake, 0, sizeof(fake));
         fake.dev_fd = -1;
+        for (int i = 0; i < 8; i++)
+                fake.tokens[i].fd = fake.incoming[i].fd = -1;
         fake.state = LUO_STATE_NORMAL;
         testutil_mkdtemp(fake.root, sizeof(fake.root), "test_luo_v3");
         fake_mkdir("sys/kernel/liveupdate");
@@ -235,6 +330,12 @@ static void setup(void)
 
 static void teardown(void)
 {
+        for (int i = 0; i < 8; i++) {
+                if (fake.tokens[i].fd >= 0)
+                        fake_token_drop(&fake.tokens[i]);
+                if (fake.incoming[i].fd >= 0)
+                        fake_token_drop(&fake.incoming[i]);
+        }
         testutil_rm_rf(fake.root);
         fake.root[0] = 0;
 }
@@ -663,7 +764,7 @@ START_TEST(test_auto)
 {
         struct backend_config c = v3_cfg(BACKEND_AUTO);
         struct backend *b = NULL;
-        char msg[512], want[PATH_MAX + 256];
+        char msg[1024], want[2 * PATH_MAX + 256];
 
         ck_assert_int_eq(backend_open(&c, &b, msg, sizeof(msg)), 0);
         ck_assert_str_eq(b->ops->name, "luo-v3");
@@ -674,23 +775,31 @@ START_TEST(test_auto)
         ck_assert_str_eq(b->ops->name, "luo-v3");
         b = backend_free(b);
 
-        /* /dev/liveupdate without the v3 sysfs file: the 6.19+ sessions interface */
+        /*
+         * /dev/liveupdate without the v3 sysfs file: the 6.19+ sessions
+         * interface, driven by luo-sessions (test_luo_sessions.c). This fake
+         * speaks only v3: its RETRIEVE_SESSION (0xBA01, 72 bytes) is an
+         * FD_UNPRESERVE of the wrong size, EINVAL, and the open says so.
+         */
         fake_unlink("sys/kernel/liveupdate/state");
         fake.dev_opens = 0;
-        open_fails(BACKEND_AUTO, -ENOENT, msg, sizeof(msg));
-        ck_assert_msg(strstr(msg, "6.19") != NULL, "%s", msg);
-        ck_assert_msg(strstr(msg, "sessions") != NULL, "%s", msg);
-        ck_assert_msg(strstr(msg, "--backend=sim") != NULL, "%s", msg);
-        ck_assert_int_eq(fake.dev_opens, 0); /* not touched: it is exclusive */
+        open_fails(BACKEND_AUTO, -EINVAL, msg, sizeof(msg));
+        ck_assert_msg(strstr(msg, "RETRIEVE_SESSION(\"luofleet\")") != NULL, "%s", msg);
+        ck_assert_msg(strstr(msg, "sessions ABI") != NULL, "%s", msg);
+        ck_assert_int_eq(fake.dev_opens, 1); /* opened for that one ioctl, closed again */
+        ck_assert_int_eq(fake.n_unpreserve, 0);
 
         /* nothing at all */
         fake_unlink("dev/liveupdate");
+        fake.dev_opens = 0;
         open_fails(BACKEND_AUTO, -ENOENT, msg, sizeof(msg));
         snprintf(want, sizeof(want),
-                 "no live-update orchestrator found (%s/sys/kernel/liveupdate/state missing); use "
-                 "--backend=sim to run on the simulated kernel",
-                 fake.root);
+                 "no live-update orchestrator found (neither %s/sys/kernel/liveupdate/state nor "
+                 "%s/dev/liveupdate exists; a Linux 6.19+ kernel needs liveupdate=on kho=on on its "
+                 "command line); use --backend=sim to run on the simulated kernel",
+                 fake.root, fake.root);
         ck_assert_str_eq(msg, want);
+        ck_assert_int_eq(fake.dev_opens, 0);
 
         /* a trailing slash on --root does not double the slash in messages */
         char root[PATH_MAX + 2];
@@ -703,6 +812,275 @@ START_TEST(test_auto)
         c.kind = (enum backend_kind)42;
         ck_assert_int_eq(backend_open(&c, &b, msg, sizeof(msg)), -EINVAL);
         ck_assert_ptr_null(b);
+}
+END_TEST
+
+/* A memfd with content, for the token tests. */
+static int test_memfd(const char *content)
+{
+        int fd = memfd_create("test-v3", MFD_CLOEXEC);
+
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(write_all(fd, content, strlen(content)), 0);
+        return fd;
+}
+
+static void fake_seed_incoming(uint64_t token, int fd)
+{
+        fake_token_add(fake.incoming, token, fd);
+}
+
+START_TEST(test_tokens)
+{
+        struct backend *b = v3();
+        _cleanup_close_ int m = test_memfd("vm memory"), m2 = test_memfd("other");
+        struct fake_token *t;
+        char buf[32] = "";
+        int fd = -1;
+
+        ck_assert_ptr_null(b->ops->session_create);
+        ck_assert_ptr_nonnull(b->ops->fd_preserve);
+        ck_assert_int_eq(b->ops->fd_preserve(b, m, 7), 0);
+        t = fake_token_find(fake.tokens, 7);
+        ck_assert_ptr_nonnull(t);
+        ck_assert_int_eq(pread(t->fd, buf, sizeof(buf) - 1, 0), 9);
+        ck_assert_str_eq(buf, "vm memory");
+        ck_assert_int_eq(b->ops->fd_preserve(b, m2, 7), -EEXIST);
+        ck_assert_int_eq(b->ops->fd_preserve(b, 9999, 8), -EBADF);
+        ck_assert_int_eq(fake.n_preserve, 3);
+        /* the marker's token is refused before the kernel sees it */
+        ck_assert_int_eq(b->ops->fd_preserve(b, m2, BACKEND_MARKER_TOKEN), -EEXIST);
+        ck_assert_int_eq(fake.n_preserve, 3);
+
+        ck_assert_int_eq(b->ops->fd_unpreserve(b, 7), 0);
+        ck_assert_ptr_null(fake_token_find(fake.tokens, 7));
+        ck_assert_int_eq(b->ops->fd_unpreserve(b, 7), -ENOENT);
+        ck_assert_int_eq(b->ops->fd_preserve(b, m2, 7), 0);
+
+        /* FD_RESTORE: only what a previous boot handed over */
+        ck_assert_int_eq(b->ops->fd_restore(b, 7, &fd), -ENOENT);
+        ck_assert_int_eq(fd, -1);
+        fake_seed_incoming(42, m);
+        ck_assert_int_eq(b->ops->fd_restore(b, 42, &fd), 0);
+        ck_assert_int_ge(fd, 0);
+        memset(buf, 0, sizeof(buf));
+        ck_assert_int_eq(pread(fd, buf, sizeof(buf) - 1, 0), 9);
+        ck_assert_str_eq(buf, "vm memory");
+        close(fd);
+        ck_assert_int_eq(fake.n_restore, 2);
+
+        /* the kernel's errno, unchanged */
+        static const int errs[] = { EBUSY, EAGAIN, ENOMEM, EFAULT };
+        for (size_t i = 0; i < ELEMENTSOF(errs); i++) {
+                fake.ioctl_errno = errs[i];
+                ck_assert_int_eq(b->ops->fd_preserve(b, m, 11), -errs[i]);
+                fake.ioctl_errno = errs[i];
+                ck_assert_int_eq(b->ops->fd_unpreserve(b, 7), -errs[i]);
+                fake.ioctl_errno = errs[i];
+                ck_assert_int_eq(b->ops->fd_restore(b, 42, &fd), -errs[i]);
+        }
+        ck_assert_int_eq(fake.bad_fd, 0);
+        ck_assert_int_eq(fake.n_other, 0);
+        backend_free(b);
+}
+END_TEST
+
+/* What the fake kernel holds under the marker token: "LFMK", LE u32 length, blob. */
+static void assert_marker_file(const char *blob)
+{
+        struct fake_token *t = fake_token_find(fake.tokens, BACKEND_MARKER_TOKEN);
+        size_t len = strlen(blob);
+        char buf[256];
+        struct stat st;
+
+        ck_assert_ptr_nonnull(t);
+        ck_assert_int_eq(fstat(t->fd, &st), 0);
+        ck_assert_int_eq(st.st_size, 1024 * 1024);
+        ck_assert_uint_lt(len + 8, sizeof(buf));
+        ck_assert_int_eq(pread(t->fd, buf, len + 8, 0), (ssize_t)(len + 8));
+        ck_assert_int_eq(memcmp(buf, "LFMK", 4), 0);
+        ck_assert_uint_eq((uint8_t)buf[4] | (uint8_t)buf[5] << 8 | (uint8_t)buf[6] << 16 |
+                                  (uint32_t)(uint8_t)buf[7] << 24,
+                          len);
+        ck_assert_int_eq(memcmp(buf + 8, blob, len), 0);
+}
+
+static void assert_marker_read(struct backend *b, const char *want)
+{
+        void *blob = NULL;
+        size_t len = 99;
+
+        if (!want) {
+                ck_assert_int_eq(b->ops->marker_read(b, &blob, &len), -ENOENT);
+                ck_assert_ptr_null(blob);
+                ck_assert_uint_eq(len, 99);
+                return;
+        }
+        ck_assert_int_eq(b->ops->marker_read(b, &blob, &len), 0);
+        ck_assert_ptr_nonnull(blob);
+        ck_assert_uint_eq(len, strlen(want));
+        ck_assert_int_eq(memcmp(blob, want, len), 0);
+        free(blob);
+}
+
+/* The next boot: the kernel hands over what was preserved, the state is updated. */
+static void fake_live_update(void)
+{
+        for (int i = 0; i < 8; i++) {
+                if (fake.incoming[i].fd >= 0)
+                        fake_token_drop(&fake.incoming[i]);
+                if (fake.tokens[i].fd >= 0) {
+                        fake_seed_incoming(fake.tokens[i].token, fake.tokens[i].fd);
+                        fake_token_drop(&fake.tokens[i]);
+                }
+        }
+        fake.state = LUO_STATE_UPDATED;
+        fake_set_sysfs(LUO_STATE_UPDATED);
+}
+
+START_TEST(test_marker)
+{
+        struct backend *b = v3();
+        static char big[1024 * 1024];
+        const char *doc = "{\"version\": 1, \"sessions\": []}";
+
+        /* a cold boot: nothing incoming, and no FD_RESTORE asked */
+        assert_marker_read(b, NULL);
+        ck_assert_int_eq(fake.n_restore, 0);
+
+        /* only while the kernel says prepared */
+        ck_assert_int_eq(b->ops->marker_write(b, "x", 1), -EINVAL);
+        ck_assert_int_eq(fake.n_preserve, 0);
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_PREPARE), 0);
+        ck_assert_int_eq(b->ops->marker_write(b, big, sizeof(big) - 7), -EFBIG);
+        ck_assert_int_eq(b->ops->marker_write(b, "first, longer blob", 18), 0);
+        ck_assert_int_eq(fake.n_preserve, 1);
+        assert_marker_file("first, longer blob");
+        ck_assert_int_eq(b->ops->marker_write(b, doc, strlen(doc)), 0);
+        ck_assert_int_eq(fake.n_preserve, 1); /* preserved once, written in place */
+        assert_marker_file(doc);
+        ck_assert_int_eq(b->ops->marker_write(b, big, sizeof(big) - 8), 0); /* the largest */
+        ck_assert_int_eq(b->ops->marker_write(b, doc, strlen(doc)), 0);
+
+        /* a cancel keeps the token (the kernel's rule), a new prepare writes on */
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_CANCEL), 0);
+        ck_assert_int_eq(b->ops->marker_write(b, "x", 1), -EINVAL);
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_PREPARE), 0);
+        ck_assert_int_eq(b->ops->marker_write(b, doc, strlen(doc)), 0);
+        ck_assert_int_eq(fake.n_preserve, 1);
+        assert_marker_read(b, NULL); /* the outgoing marker is not the incoming one */
+        b = backend_free(b);
+
+        /* the next boot reads it back at open, until FINISH */
+        fake_live_update();
+        b = v3();
+        ck_assert_int_eq(fake.n_restore, 1);
+        assert_marker_read(b, doc);
+        assert_marker_read(b, doc); /* a copy each time */
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_CANCEL), -EINVAL);
+        assert_marker_read(b, doc);
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_FINISH), 0);
+        assert_marker_read(b, NULL);
+        ck_assert_int_eq(fake.n_restore, 1);
+        backend_free(b);
+}
+END_TEST
+
+START_TEST(test_marker_incoming)
+{
+        _cleanup_close_ int m = memfd_create("test-marker", MFD_CLOEXEC);
+        struct backend *b;
+
+        ck_assert_int_ge(m, 0);
+        ck_assert_int_eq(ftruncate(m, 1024 * 1024), 0);
+        fake.state = LUO_STATE_UPDATED;
+        fake_set_sysfs(LUO_STATE_UPDATED);
+
+        /* updated without a marker token: a live update that is not ours */
+        b = v3();
+        ck_assert_int_eq(fake.n_restore, 1);
+        assert_marker_read(b, NULL);
+        b = backend_free(b);
+
+        /* the marker was preserved but never written: all zero */
+        fake_seed_incoming(BACKEND_MARKER_TOKEN, m);
+        b = v3();
+        assert_marker_read(b, NULL);
+        b = backend_free(b);
+
+        /* a wrong magic: an empty blob, the boot stays updated */
+        ck_assert_int_eq(pwrite(m, "LFMX\3\0\0\0abc", 11, 0), 11);
+        b = v3();
+        assert_marker_read(b, "");
+        ck_assert_int_eq(state(b), LUO_STATE_UPDATED);
+        b = backend_free(b);
+        /* a length beyond the file */
+        ck_assert_int_eq(pwrite(m, "LFMK\xff\xff\x0f\0", 8, 0), 8);
+        b = v3();
+        assert_marker_read(b, "");
+        b = backend_free(b);
+        ck_assert_int_eq(pwrite(m, "LFMK\3\0\0\0abc", 11, 0), 11);
+        b = v3();
+        assert_marker_read(b, "abc");
+        b = backend_free(b);
+
+        /* FD_RESTORE failing otherwise does not fail the open: no marker */
+        fake.token_errno[2] = EIO;
+        b = v3();
+        assert_marker_read(b, NULL);
+        ck_assert_int_eq(state(b), LUO_STATE_UPDATED);
+        backend_free(b);
+}
+END_TEST
+
+START_TEST(test_marker_token_taken)
+{
+        _cleanup_close_ int stale = test_memfd("stale");
+        struct backend *b = v3();
+        char buf[8] = "";
+
+        /* the token holds another file already: it is swapped for ours */
+        fake_token_add(fake.tokens, BACKEND_MARKER_TOKEN, stale);
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_PREPARE), 0);
+        ck_assert_int_eq(b->ops->marker_write(b, "mine", 4), 0);
+        ck_assert_int_eq(fake.n_preserve, 2);
+        ck_assert_int_eq(fake.n_unpreserve, 1);
+        assert_marker_file("mine");
+        ck_assert_int_eq(pread(stale, buf, 5, 0), 5);
+        ck_assert_int_eq(memcmp(buf, "stale", 5), 0);
+
+        /* a preserve failing otherwise: the kernel's errno, and the next write tries again */
+        backend_free(b);
+        fake_token_drop(fake_token_find(fake.tokens, BACKEND_MARKER_TOKEN)); /* device closed */
+        b = v3();
+        fake.token_errno[0] = ENOMEM;
+        ck_assert_int_eq(b->ops->marker_write(b, "x", 1), -ENOMEM);
+        fake.token_errno[1] = EIO; /* unused: no EEXIST, so no FD_UNPRESERVE */
+        ck_assert_int_eq(b->ops->marker_write(b, "again", 5), 0);
+        ck_assert_int_eq(fake.token_errno[1], EIO);
+        assert_marker_file("again");
+        /* EEXIST, then the unpreserve fails: its errno */
+        backend_free(b);
+        b = v3();
+        fake.token_errno[1] = EBUSY;
+        ck_assert_int_eq(b->ops->marker_write(b, "x", 1), -EBUSY);
+        assert_marker_file("again");
+        backend_free(b);
+}
+END_TEST
+
+START_TEST(test_describe)
+{
+        struct backend *b = v3();
+        char buf[128], small[8];
+
+        ck_assert_int_gt(b->ops->describe(b, buf, sizeof(buf)), 0);
+        ck_assert_str_eq(buf, "v3 (GET_STATE SET_EVENT FD_PRESERVE FD_UNPRESERVE FD_RESTORE)");
+        ck_assert_int_eq(b->ops->describe(b, small, sizeof(small)), -ENOBUFS);
+        ck_assert_str_eq(small, "v3 (GET");
+        ck_assert_ptr_null(b->ops->session_unpreserve);
+        ck_assert_ptr_null(b->ops->set_event_ex);
+        backend_free(b);
 }
 END_TEST
 
@@ -759,6 +1137,11 @@ static Suite *luo_v3_suite(void)
         tcase_add_test(tc, test_get_info);
         tcase_add_test(tc, test_auto);
         tcase_add_test(tc, test_threads);
+        tcase_add_test(tc, test_tokens);
+        tcase_add_test(tc, test_marker);
+        tcase_add_test(tc, test_marker_incoming);
+        tcase_add_test(tc, test_marker_token_taken);
+        tcase_add_test(tc, test_describe);
         suite_add_tcase(s, tc);
         return s;
 }
