@@ -430,7 +430,8 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 case ARG_BACKEND:
                         r = backend_kind_from_string(optarg);
                         if (r < 0)
-                                return bad("--backend", optarg, "expected luo-v3, sim or auto");
+                                return bad("--backend", optarg,
+                                           "expected luo-sessions, luo-v3, sim or auto");
                         cfg->backend.kind = r;
                         break;
                 case ARG_ROOT:

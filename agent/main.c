@@ -51,6 +51,7 @@
 #include "secfile.h"
 #include "server.h"
 #include "sessions.h"
+#include <systemd/sd-daemon.h>
 
 enum {
         EXIT_RUNTIME = 1,
@@ -547,6 +548,52 @@ static int broker_settings(struct broker_config *bc)
 }
 
 /*
+ * The service manager's fd store (docs/sessions.md): under systemd the broker
+ * keeps every session there too, and what it kept comes back at this start
+ * (LISTEN_FDS, LISTEN_FDNAMES) for the broker to take up. Those descriptors
+ * hold workloads' memory: the network process hands them to the helper at
+ * its fork and closes its own copies at once (drop_fdstore).
+ */
+static int fdstore_fds[PRIVSEP_RESTORE_MAX];
+static char **fdstore_names;
+
+static void take_fdstore(struct broker_config *bc)
+{
+        int n;
+
+        bc->fdstore = getenv("NOTIFY_SOCKET") != NULL;
+        n = sd_listen_fds_with_names(1, &fdstore_names);
+        if (n <= 0)
+                return;
+        for (int i = 0; i < n; i++) {
+                if (i < PRIVSEP_RESTORE_MAX)
+                        fdstore_fds[i] = SD_LISTEN_FDS_START + i;
+                else
+                        close(SD_LISTEN_FDS_START + i);
+        }
+        bc->restore_fds = fdstore_fds;
+        bc->restore_names = fdstore_names;
+        bc->n_restore = (size_t)MIN(n, PRIVSEP_RESTORE_MAX);
+        log_info("The service manager's fd store gave back %d descriptor%s", n, n == 1 ? "" : "s");
+}
+
+static void drop_fdstore(struct broker_config *bc)
+{
+        for (size_t i = 0; i < bc->n_restore; i++)
+                if (bc->restore_fds[i] >= 0) {
+                        close(bc->restore_fds[i]);
+                        bc->restore_fds[i] = -1;
+                }
+        bc->n_restore = 0;
+        if (fdstore_names) {
+                for (char **p = fdstore_names; *p; p++)
+                        free(*p);
+                free(fdstore_names);
+                fdstore_names = NULL;
+        }
+}
+
+/*
  * The backend: in this process (--privsep=no), or the privileged helper's
  * proxy; then, still with root's privileges, the TLS credentials, the
  * tokens file and every listener; then, as root, the drop. Returns 0 or an
@@ -569,6 +616,7 @@ static int open_backend(int dir_fd, struct backend **ret)
         r = broker_settings(&bc);
         if (r != 0)
                 return r;
+        take_fdstore(&bc);
         pc.broker = &bc;
         if (bc.socket_path) {
                 /* Beside the workloads' socket: a directory root owns (or ours, not root). */
@@ -589,6 +637,7 @@ static int open_backend(int dir_fd, struct backend **ret)
                         *ret = NULL;
                         r = broker_new(inner, &bc, ret, msg, sizeof(msg));
                 }
+                drop_fdstore(&bc); /* what the broker did not take */
         } else {
                 if (root) {
                         r = resolve_run_user(&pc.drop_uid, &pc.drop_gid, user, sizeof(user));
@@ -603,13 +652,18 @@ static int open_backend(int dir_fd, struct backend **ret)
                  * forking another one (docs/sessions.md, "crashes").
                  */
                 r = privsep_attach(pc.rendezvous, &hooks, ret, msg, sizeof(msg));
+                if (r != 0)
+                        drop_fdstore(&bc); /* the helper that waited has its own */
                 if (r > 0) {
                         log_notice("Attached to the privileged helper (pid %d) that kept the "
                                    "workloads' sessions of the previous agent",
                                    (int)privsep_proxy_helper(*ret));
                         r = 0;
-                } else if (r == 0)
+                } else if (r == 0) {
                         r = privsep_spawn(&pc, &hooks, ret, msg, sizeof(msg));
+                        /* The helper has them now; this process must never hold them. */
+                        drop_fdstore(&bc);
+                }
         }
         if (r < 0) {
                 log_error("%s", msg[0] ? msg : "failed to open the kernel backend");

@@ -765,6 +765,9 @@ after_kernel:
         /* After any kernel call, success or not, the kernel is re-read: it is the truth. */
         uint64_t ticket = agent_read_ticket(a);
         int rs = b->ops->get_state(b, &ks);
+        bool kexec_loaded = true;
+        if (job->rq.action == OP_CANCEL && b->ops->kexec_loaded(b, &kexec_loaded) < 0)
+                kexec_loaded = true; /* unknown: keep the staged record */
 
         agent_lock(a);
         if (rs >= 0 && ticket >= a->applied_ticket) {
@@ -816,6 +819,11 @@ after_kernel:
                         a->staged = json_incref(sr.staged);
                         agent_record_staging_locked(a, a->staged);
                 } else if (job->rq.action == OP_UNSTAGE && a->staged) {
+                        json_decref(a->staged);
+                        a->staged = NULL;
+                        agent_record_staging_locked(a, NULL);
+                } else if (job->rq.action == OP_CANCEL && a->staged && !kexec_loaded) {
+                        /* The kernel's cancel took the image too (luo-sessions): say so. */
                         json_decref(a->staged);
                         a->staged = NULL;
                         agent_record_staging_locked(a, NULL);

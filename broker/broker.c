@@ -50,6 +50,8 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <sys/mman.h>
+#include <systemd/sd-daemon.h>
 
 #include "luofleet/backend.h"
 #include "luofleet/broker.h"
@@ -125,6 +127,7 @@ struct broker {
         struct broker_config cfg;
         bool session_mode;
         char id[37]; /* this broker instance's: the agent resumes draining by (id, seq) */
+        bool doc_stored; /* the fd store holds our document (fdstore_doc) */
 
         pthread_t thread;
         bool thread_started;
@@ -514,6 +517,9 @@ static void marker_load(struct broker *k)
                     strlen(kname) >= LUO_SESSION_NAME_MAX || owner < 0 ||
                     owner > (json_int_t)UINT32_MAX - 1)
                         continue;
+                /* Known already: restored from the fd store (a restart within this boot). */
+                if (session_find(k, (uid_t)owner, name))
+                        continue;
                 n = calloc(1, sizeof(*n));
                 if (!n)
                         break;
@@ -541,6 +547,210 @@ static void marker_load(struct broker *k)
                 event_emit(k, "incoming", NULL, n, NULL, session_bytes(n), 0, k->prev_note);
         }
         json_decref(doc);
+}
+
+/* ---- the service manager's fd store ------------------------------------------------------ */
+
+static void fdname_session(const struct bsession *s, char *buf, size_t size)
+{
+        snprintf(buf, size, BROKER_FDNAME_SESSION "%u-%s", (unsigned)s->owner, s->name);
+}
+
+static void fdname_file(const struct bsession *s, uint64_t token, char *buf, size_t size)
+{
+        snprintf(buf, size, BROKER_FDNAME_FILE "%u-%llu-%s", (unsigned)s->owner,
+                 (unsigned long long)token, s->name);
+}
+
+static void fdstore_put(struct broker *k, const char *name, int fd)
+{
+        char msg[320];
+        int r;
+
+        if (!k->cfg.fdstore || fd < 0)
+                return;
+        snprintf(msg, sizeof(msg), "FDSTORE=1\nFDNAME=%s", name);
+        r = sd_pid_notify_with_fds(0, 0, msg, &fd, 1);
+        if (r < 0)
+                log_warning_errno(r, "Session broker: cannot keep %s in the fd store: %m", name);
+}
+
+static void fdstore_remove(struct broker *k, const char *name)
+{
+        char msg[320];
+
+        if (!k->cfg.fdstore)
+                return;
+        snprintf(msg, sizeof(msg), "FDSTOREREMOVE=1\nFDNAME=%s", name);
+        (void)sd_pid_notify(0, 0, msg);
+}
+
+/* A session's fds in (or out of) the store: the session's own and each file's duplicate. */
+static void fdstore_session(struct broker *k, const struct bsession *s, bool put)
+{
+        char name[160];
+
+        if (!k->cfg.fdstore)
+                return;
+        fdname_session(s, name, sizeof(name));
+        fdstore_remove(k, name);
+        if (put)
+                fdstore_put(k, name, s->sfd);
+        for (size_t i = 0; i < s->n_files; i++) {
+                fdname_file(s, s->files[i].token, name, sizeof(name));
+                fdstore_remove(k, name);
+                if (put)
+                        fdstore_put(k, name, s->files[i].fd);
+        }
+}
+
+/* The document (every session, its phase and tokens) into the store, replacing the last. */
+static void fdstore_doc(struct broker *k)
+{
+        _cleanup_free_ char *text = NULL;
+        _cleanup_close_ int fd = -1;
+        json_t *doc, *arr;
+
+        if (!k->cfg.fdstore)
+                return;
+        pthread_mutex_lock(&k->lock);
+        if (k->n_sessions == 0) {
+                /* Nothing to keep: no message at all for an agent without workloads. */
+                bool stored = k->doc_stored;
+                k->doc_stored = false;
+                pthread_mutex_unlock(&k->lock);
+                if (stored)
+                        fdstore_remove(k, BROKER_FDNAME_DOC);
+                return;
+        }
+        pthread_mutex_unlock(&k->lock);
+        arr = json_array();
+        pthread_mutex_lock(&k->lock);
+        for (size_t i = 0; arr && i < k->n_sessions; i++)
+                json_array_append_new(arr, session_json(k->sessions[i], true));
+        doc = json_pack("{s:i, s:I, s:o}", "version", BROKER_DOC_VERSION, "next_kernel_token",
+                        (json_int_t)k->next_ktoken, "sessions", arr ? arr : json_array());
+        pthread_mutex_unlock(&k->lock);
+        text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+        json_decref(doc);
+        if (!text)
+                return;
+        fd = memfd_create("luofleet-broker-doc", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fd < 0 || write_all(fd, text, strlen(text)) < 0 ||
+            fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0)
+                return;
+        fdstore_remove(k, BROKER_FDNAME_DOC);
+        fdstore_put(k, BROKER_FDNAME_DOC, fd);
+        pthread_mutex_lock(&k->lock);
+        k->doc_stored = true;
+        pthread_mutex_unlock(&k->lock);
+}
+
+/* The descriptor the store gave back under name (taken), or -1. */
+static int restore_take(struct broker *k, const char *name)
+{
+        for (size_t i = 0; i < k->cfg.n_restore; i++)
+                if (k->cfg.restore_fds[i] >= 0 && k->cfg.restore_names[i] &&
+                    strcmp(k->cfg.restore_names[i], name) == 0) {
+                        int fd = k->cfg.restore_fds[i];
+                        k->cfg.restore_fds[i] = -1;
+                        return fd;
+                }
+        return -1;
+}
+
+static enum lfs_phase phase_from_string(const char *s)
+{
+        for (int p = LFS_PHASE_OUTGOING; s && p < _LFS_PHASE_MAX; p++)
+                if (strcmp(lfs_phase_to_string((enum lfs_phase)p), s) == 0)
+                        return (enum lfs_phase)p;
+        return 0;
+}
+
+/*
+ * A restart under a service manager: the sessions of the document the store
+ * kept, with their session fds and files (which the store kept alive, so the
+ * kernel kept them preserved). What is not recognised is closed.
+ */
+static void fdstore_restore(struct broker *k)
+{
+        _cleanup_close_ int dfd = restore_take(k, BROKER_FDNAME_DOC);
+        _cleanup_free_ char *text = NULL;
+        struct stat st;
+        json_t *doc = NULL, *s;
+        size_t i, restored = 0;
+
+        if (dfd >= 0 && fstat(dfd, &st) == 0 && st.st_size > 0 && st.st_size < (16 << 20)) {
+                text = malloc((size_t)st.st_size + 1);
+                if (text && pread(dfd, text, (size_t)st.st_size, 0) == st.st_size) {
+                        text[st.st_size] = 0;
+                        doc = json_loads(text, JSON_REJECT_DUPLICATES, NULL);
+                }
+        }
+        if (json_integer_value(json_object_get(doc, "next_kernel_token")) > 0)
+                k->next_ktoken =
+                        (uint64_t)json_integer_value(json_object_get(doc, "next_kernel_token"));
+        json_array_foreach (json_object_get(doc, "sessions"), i, s) {
+                const char *name = json_string_value(json_object_get(s, "name"));
+                const char *kname = json_string_value(json_object_get(s, "kernel_name"));
+                json_int_t owner = json_integer_value(json_object_get(s, "owner_uid"));
+                enum lfs_phase ph =
+                        phase_from_string(json_string_value(json_object_get(s, "phase")));
+                struct bsession *n;
+                char fdname[160];
+                json_t *t;
+                size_t j;
+
+                if (!name || !kname || !lfs_name_valid(name, LFS_NAME_MAX) || !ph ||
+                    ph == LFS_PHASE_FINISHED || strlen(kname) >= LUO_SESSION_NAME_MAX ||
+                    owner < 0 || owner > (json_int_t)UINT32_MAX - 1)
+                        continue;
+                n = calloc(1, sizeof(*n));
+                if (!n)
+                        break;
+                copy_str(n->name, sizeof(n->name), name);
+                copy_str(n->kname, sizeof(n->kname), kname);
+                copy_str(n->workload, sizeof(n->workload),
+                         json_string_value(json_object_get(s, "workload")));
+                n->owner = (uid_t)owner;
+                n->phase = ph;
+                fdname_session(n, fdname, sizeof(fdname));
+                n->sfd = restore_take(k, fdname);
+                /* An outgoing session whose fd the store lost lost its files with it. */
+                if (k->session_mode && ph == LFS_PHASE_OUTGOING && n->sfd < 0) {
+                        free(n);
+                        continue;
+                }
+                json_array_foreach (json_object_get(s, "tokens"), j, t) {
+                        struct bfile f = {
+                                .token = (uint64_t)json_integer_value(json_object_get(t, "token")),
+                                .ktoken = (uint64_t)json_integer_value(
+                                        json_object_get(t, "kernel_token")),
+                                .bytes = (uint64_t)json_integer_value(json_object_get(t, "bytes")),
+                                .retrieved = json_is_true(json_object_get(t, "retrieved")),
+                        };
+                        fdname_file(n, f.token, fdname, sizeof(fdname));
+                        f.fd = restore_take(k, fdname);
+                        if (file_add(k, n, &f) < 0 && f.fd >= 0)
+                                close(f.fd);
+                }
+                if (session_insert(k, n) < 0) {
+                        session_free(k, n);
+                        break;
+                }
+                restored++;
+                event_emit(k, "restored", NULL, n, NULL, session_bytes(n), 0,
+                           "from the service manager's fd store");
+        }
+        json_decref(doc);
+        for (i = 0; i < k->cfg.n_restore; i++)
+                if (k->cfg.restore_fds[i] >= 0) {
+                        close(k->cfg.restore_fds[i]);
+                        k->cfg.restore_fds[i] = -1;
+                }
+        if (restored)
+                log_notice("Session broker: %zu session%s restored from the fd store", restored,
+                           restored == 1 ? "" : "s");
 }
 
 /* ---- talking to clients ------------------------------------------------------------------ */
@@ -744,6 +954,12 @@ static void do_create(struct broker *k, struct bclient *c, const struct lfs_msg 
                 session_free(k, s);
                 return;
         }
+        {
+                char fdname[160];
+                fdname_session(s, fdname, sizeof(fdname));
+                fdstore_put(k, fdname, s->sfd);
+                fdstore_doc(k);
+        }
         (void)client_answer(c, q, 0, 0, NULL, -1);
         event_emit(k, "created", c, s, NULL, 0, 0, NULL);
 }
@@ -828,6 +1044,12 @@ static void do_preserve(struct broker *k, struct bclient *c, const struct lfs_ms
                 refuse(k, c, q, s, r, "out of memory");
                 return;
         }
+        {
+                char fdname[160];
+                fdname_file(s, f.token, fdname, sizeof(fdname));
+                fdstore_put(k, fdname, f.fd);
+                fdstore_doc(k);
+        }
         (void)client_answer(c, q, 0, f.bytes, NULL, -1);
         event_emit(k, "preserved", c, s, &q->token, f.bytes, 0, NULL);
 }
@@ -890,7 +1112,17 @@ static void do_unpreserve(struct broker *k, struct bclient *c, const struct lfs_
                        (unsigned long long)q->token, strerror(-r), kernel_said(r, eb));
                 return;
         }
+        {
+                char fdname[160];
+                fdname_file(s, f->token, fdname, sizeof(fdname));
+                fdstore_remove(k, fdname);
+                /* A rebuilt session has a new descriptor. */
+                fdname_session(s, fdname, sizeof(fdname));
+                fdstore_remove(k, fdname);
+                fdstore_put(k, fdname, s->sfd);
+        }
         file_remove(k, s, f);
+        fdstore_doc(k);
         (void)client_answer(c, q, 0, 0, NULL, -1);
         event_emit(k, "unpreserved", c, s, &q->token, 0, 0, NULL);
 }
@@ -911,8 +1143,10 @@ static void do_close(struct broker *k, struct bclient *c, const struct lfs_msg *
                 for (size_t i = 0; i < s->n_files; i++)
                         (void)k->inner->ops->fd_unpreserve(k->inner, s->files[i].ktoken);
         event_emit(k, "closed", c, s, NULL, session_bytes(s), 0, NULL);
+        fdstore_session(k, s, false);
         session_remove(k, s);
         session_free(k, s);
+        fdstore_doc(k);
         (void)client_answer(c, q, 0, 0, NULL, -1);
 }
 
@@ -979,6 +1213,12 @@ static void do_retrieve(struct broker *k, struct bclient *c, const struct lfs_ms
         s->sfd = sfd;
         s->phase = LFS_PHASE_RETRIEVED;
         pthread_mutex_unlock(&k->lock);
+        {
+                char fdname[160];
+                fdname_session(s, fdname, sizeof(fdname));
+                fdstore_put(k, fdname, sfd);
+                fdstore_doc(k);
+        }
         (void)client_answer(c, q, 0, 0, NULL, -1);
         event_emit(k, "retrieved", c, s, NULL, session_bytes(s), 0, NULL);
 }
@@ -1025,6 +1265,7 @@ static void do_retrieve_fd(struct broker *k, struct bclient *c, const struct lfs
                 f->bytes = bytes;
                 pthread_mutex_unlock(&k->lock);
         }
+        fdstore_doc(k);
         r = client_answer(c, q, 0, bytes, NULL, fd);
         close(fd);
         event_emit(k, "fd-retrieved", c, s, &q->token, bytes, r < 0 ? r : 0, NULL);
@@ -1044,6 +1285,7 @@ static int session_finish_kernel(struct broker *k, struct bsession *s)
                 r = k->inner->ops->session_finish(k->inner, s->sfd);
                 if (r < 0)
                         return r;
+                fdstore_session(k, s, false);
                 k->inner->ops->session_release(k->inner, s->sfd);
                 s->sfd = -1;
         }
@@ -1051,6 +1293,7 @@ static int session_finish_kernel(struct broker *k, struct bsession *s)
         pthread_mutex_lock(&k->lock);
         s->phase = LFS_PHASE_FINISHED;
         pthread_mutex_unlock(&k->lock);
+        fdstore_doc(k);
         return r;
 }
 
@@ -1608,6 +1851,7 @@ static void drop_finished(struct broker *k)
                 } else
                         i++;
         }
+        fdstore_doc(k);
 }
 
 static int broker_set_event_ex(struct backend *b, enum luo_event ev,
@@ -2070,7 +2314,10 @@ int broker_new(struct backend *inner, const struct broker_config *cfg, struct ba
                         goto fail_msg;
                 }
         }
+        if (k->cfg.n_restore)
+                fdstore_restore(k);
         marker_load(k);
+        fdstore_doc(k);
         r = -pthread_create(&k->thread, NULL, broker_main, k);
         if (r < 0)
                 goto fail_msg;
@@ -2082,6 +2329,11 @@ fail_msg:
 fail:
         if (cfg->listen_fd >= 0 && k->listen_fd < 0)
                 close(cfg->listen_fd);
+        for (size_t i = 0; i < cfg->n_restore; i++)
+                if (cfg->restore_fds[i] >= 0) {
+                        close(cfg->restore_fds[i]);
+                        cfg->restore_fds[i] = -1;
+                }
         broker_free(&k->base);
         return r;
 }

@@ -1016,22 +1016,27 @@ int privsep_helper_serve(struct backend *b, const int fds[_PRIVSEP_CHAN_MAX],
 
 /* ---- the helper process ----------------------------------------------------- */
 
-/* Close every fd but 0, 1, 2 and keep[] (three of them). */
-static void helper_close_other_fds(const int keep[_PRIVSEP_CHAN_MAX])
+/* Close every fd but 0, 1, 2, the channels and extra[] (the fd store's, for the broker). */
+static void helper_close_other_fds(const int keep[_PRIVSEP_CHAN_MAX], const int *extra,
+                                   size_t n_extra)
 {
-        int k[_PRIVSEP_CHAN_MAX];
+        int k[_PRIVSEP_CHAN_MAX + PRIVSEP_RESTORE_MAX];
         unsigned from = 3;
+        size_t n = _PRIVSEP_CHAN_MAX;
 
-        memcpy(k, keep, sizeof(k));
-        /* sort three */
-        for (int i = 0; i < _PRIVSEP_CHAN_MAX; i++)
-                for (int j = i + 1; j < _PRIVSEP_CHAN_MAX; j++)
+        memcpy(k, keep, sizeof(int) * _PRIVSEP_CHAN_MAX);
+        for (size_t i = 0; i < n_extra && n < ELEMENTSOF(k); i++)
+                if (extra[i] >= 0)
+                        k[n++] = extra[i];
+        /* sort them (a handful) */
+        for (size_t i = 0; i < n; i++)
+                for (size_t j = i + 1; j < n; j++)
                         if (k[j] < k[i]) {
                                 int t = k[i];
                                 k[i] = k[j];
                                 k[j] = t;
                         }
-        for (int i = 0; i < _PRIVSEP_CHAN_MAX; i++) {
+        for (size_t i = 0; i < n; i++) {
                 if ((unsigned)k[i] > from)
                         (void)close_range(from, (unsigned)k[i] - 1, 0);
                 if ((unsigned)k[i] + 1 > from)
@@ -1129,6 +1134,27 @@ static int helper_drop(const struct privsep_spawn_config *cfg)
         return 0;
 }
 
+/*
+ * Bind one of the helper's sockets (still root, before the drop). In a
+ * directory the run user owns (the unit's /run/luofleet), root without
+ * CAP_DAC_OVERRIDE may not create it: then with the run user's file system
+ * identity, as the network process binds its own Unix listeners.
+ */
+static int helper_listen(const struct privsep_spawn_config *cfg, const char *path, mode_t mode,
+                         gid_t gid)
+{
+        int r = broker_listen(path, mode, gid);
+
+        if (r != -EACCES || !cfg->drop)
+                return r;
+        (void)setfsgid(cfg->drop_gid);
+        (void)setfsuid(cfg->drop_uid);
+        r = broker_listen(path, mode, gid);
+        (void)setfsuid(0);
+        (void)setfsgid(0);
+        return r;
+}
+
 static _Noreturn void helper_main(const struct privsep_spawn_config *cfg,
                                   const int fds[_PRIVSEP_CHAN_MAX], pid_t parent)
 {
@@ -1154,7 +1180,8 @@ static _Noreturn void helper_main(const struct privsep_spawn_config *cfg,
          * (SIGTERM to the process group stops the network side, whose EOF
          * stops us in order).
          */
-        helper_close_other_fds(fds);
+        helper_close_other_fds(fds, cfg->broker ? cfg->broker->restore_fds : NULL,
+                               cfg->broker ? cfg->broker->n_restore : 0);
 
         r = helper_open(cfg, &b, msg, sizeof(msg));
         if (r < 0) {
@@ -1163,8 +1190,8 @@ static _Noreturn void helper_main(const struct privsep_spawn_config *cfg,
         }
         /* The workloads' socket, bound as root (its directory is root's); served later. */
         if (cfg->broker && cfg->broker->listen_fd < 0 && cfg->broker->socket_path) {
-                broker_listen_fd = broker_listen(cfg->broker->socket_path, cfg->broker->socket_mode,
-                                                 cfg->broker->socket_gid);
+                broker_listen_fd = helper_listen(cfg, cfg->broker->socket_path,
+                                                 cfg->broker->socket_mode, cfg->broker->socket_gid);
                 if (broker_listen_fd < 0) {
                         snprintf(msg, sizeof(msg), "cannot listen on %s for workloads: %s%s",
                                  cfg->broker->socket_path, strerror(-broker_listen_fd),
@@ -1178,7 +1205,7 @@ static _Noreturn void helper_main(const struct privsep_spawn_config *cfg,
                 }
         }
         if (cfg->broker && cfg->rendezvous) {
-                rendezvous_fd = broker_listen(cfg->rendezvous, 0600, (gid_t)-1);
+                rendezvous_fd = helper_listen(cfg, cfg->rendezvous, 0600, (gid_t)-1);
                 if (rendezvous_fd < 0) {
                         snprintf(msg, sizeof(msg), "cannot listen on %s for the next agent: %s%s",
                                  cfg->rendezvous, strerror(-rendezvous_fd),

@@ -1,7 +1,8 @@
 /*
  * sysfs.c: one-shot reads of sysfs attributes (see sysfs.h for why there is
  * no read loop). Used by luo_v3.c on the event-loop thread (the watched state
- * fd) and on the worker/main threads (fresh fds of their own). Owns nothing.
+ * fd), and by host.c (kexec_loaded, boot id, release) on any thread with fresh
+ * fds of their own. Owns nothing.
  */
 #include <errno.h>
 #include <string.h>

@@ -326,7 +326,7 @@ int backend_open(const struct backend_config *cfg, struct backend **ret, char *m
                  size_t msg_size);
 struct backend *backend_free(struct backend *b);
 
-/* Implementations (kernel/luo_v3.c, kernel/sim.c). */
+/* Implementations (kernel/luo_v3.c, kernel/luo_sessions.c, kernel/sim.c). */
 int luo_v3_open(const struct backend_config *cfg, struct backend **ret, char *msg, size_t msg_size);
 int luo_sessions_open(const struct backend_config *cfg, struct backend **ret, char *msg,
                       size_t msg_size);

@@ -45,7 +45,25 @@ struct broker_config {
         unsigned max_fds_per_owner;
         uint64_t max_bytes_per_owner;
         uint32_t confirm_timeout_ms; /* default for PREPARE when the caller gives 0 */
+        /*
+         * The service manager's file-descriptor store (systemd: FDSTORE=1,
+         * NotifyAccess=all, FileDescriptorStoreMax=): every session fd, every
+         * preserved file and the broker's document go there too, named
+         * BROKER_FDNAME_*, so a restart of the whole agent loses nothing.
+         * restore: what the store gave back at this start (sd_listen_fds
+         * with names; taken: the broker keeps what it recognises and closes
+         * the rest).
+         */
+        bool fdstore;
+        int *restore_fds;
+        char **restore_names;
+        size_t n_restore;
 };
+
+/* The fd store's names (FDNAME=): printable, no ':' (systemd's separator). */
+#define BROKER_FDNAME_DOC "lf-doc"          /* a sealed memfd: the document */
+#define BROKER_FDNAME_SESSION "lf-s-"       /* lf-s-<uid>-<name>: a session fd */
+#define BROKER_FDNAME_FILE "lf-f-"          /* lf-f-<uid>-<token>-<name>: a preserved file */
 
 /* Defaults for every field (socket_path NULL, listen_fd -1). */
 void broker_config_init(struct broker_config *c);

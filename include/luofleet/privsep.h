@@ -91,6 +91,9 @@ enum privsep_config_file {
 /* HELLO's flag: the helper's backend is a session broker. */
 #define PRIVSEP_HELLO_BROKER 1u
 
+/* The most descriptors the fd store may hand a helper at its start (the broker's). */
+#define PRIVSEP_RESTORE_MAX 4096
+
 /* How many Unix-socket listeners UNLINK_SOCKET knows of (main's --listen maximum). */
 #define PRIVSEP_MAX_SOCKETS 8
 
@@ -120,7 +123,7 @@ struct privsep_reply {
         uint32_t flag;               /* KEXEC_LOADED: 0 or 1; HELLO: PRIVSEP_HELLO_BROKER */
         uint64_t uptime_ms;          /* GET_INFO: the kernel's uptime, 0 = unknown */
         uint64_t size;               /* SESSIONS: the document's length */
-        char name[PRIVSEP_NAME_MAX]; /* HELLO: "sim" or "luo-v3" */
+        char name[PRIVSEP_NAME_MAX]; /* HELLO: "sim", "luo-v3" or "luo-sessions" */
         char boot_id[40];            /* HELLO, GET_INFO */
         char release[128];           /* HELLO, GET_INFO */
         char msg[PRIVSEP_MSG_MAX];   /* HELLO on failure: the operator's sentence; on

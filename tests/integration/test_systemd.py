@@ -161,7 +161,8 @@ class UnitFileTest(unittest.TestCase):
             d = unit_directives(f.read())
         want = {
             "Type": ["notify"],
-            "NotifyAccess": ["main"],
+            "NotifyAccess": ["all"],
+            "FileDescriptorStoreMax": ["4096"],
             "ExecStart": [SHIPPED_EXEC_START],
             "ExecReload": ["/bin/kill -HUP $MAINPID"],
             "EnvironmentFile": ["-/etc/default/luofleet-agent"],
@@ -349,7 +350,7 @@ class NotifyTest(harness.AgentTestCase):
             c.close()
         self.assertEqual(r.status, 200, "GET /healthz right after READY=1")
         self.assertEqual(m[1], a.pid, "READY=1 must come from the main process "
-                                      "(NotifyAccess=main): %r" % (m,))
+                                      "(the helper sends only FDSTORE): %r" % (m,))
         return m
 
     def test_ready_once_listening_then_stopping_at_sigterm(self):
