@@ -59,9 +59,10 @@ static struct {
         atomic_ullong veto_id;
 } fake;
 
+/* A client that found the stream broken shuts it down: later sends may fail (EPIPE), fine. */
 static void fake_send(int conn, const struct lfs_msg *m, int fd)
 {
-        ck_assert_int_eq(lfs_send(conn, m, fd, false), 0);
+        (void)lfs_send(conn, m, fd, false);
 }
 
 static void answer(int conn, const struct lfs_msg *req, int32_t result, const char *text)
