@@ -537,8 +537,9 @@ static int broker_settings(struct broker_config *bc)
                         dir[n] = 0;
                         r = mkdir_p(dir, 0755);
                         if (r < 0) {
-                                log_error_errno(r, "Failed to create %s for the sessions socket: "
-                                                   "%m",
+                                log_error_errno(r,
+                                                "Failed to create %s for the sessions socket: "
+                                                "%m",
                                                 dir);
                                 return EXIT_RUNTIME;
                         }

@@ -363,9 +363,9 @@ static json_t *op_broker_extra(struct agent *a, enum luo_event ev)
                                 json_array_append_new(
                                         list, json_pack("{s:O, s:O, s:O, s:O}", "name",
                                                         json_object_get(s, "name"), "owner_uid",
-                                                        json_object_get(s, "owner_uid"),
-                                                        "workload", json_object_get(s, "workload"),
-                                                        "phase", json_object_get(s, "phase")));
+                                                        json_object_get(s, "owner_uid"), "workload",
+                                                        json_object_get(s, "workload"), "phase",
+                                                        json_object_get(s, "phase")));
                 }
                 extra = json_pack("{s:o}", "sessions", list);
         }

@@ -126,7 +126,7 @@ struct broker {
         struct backend *inner;
         struct broker_config cfg;
         bool session_mode;
-        char id[37]; /* this broker instance's: the agent resumes draining by (id, seq) */
+        char id[37];     /* this broker instance's: the agent resumes draining by (id, seq) */
         bool doc_stored; /* the fd store holds our document (fdstore_doc) */
 
         pthread_t thread;

@@ -307,8 +307,7 @@ struct backend_ops {
                             const struct backend_event_opts *opts, char *msg, size_t msg_size);
         int (*reboot_ex)(struct backend *b, const struct backend_event_opts *opts, char *msg,
                          size_t msg_size);
-        int (*sessions_json)(struct backend *b, uint64_t since, char **ret_json,
-                             size_t *ret_len);
+        int (*sessions_json)(struct backend *b, uint64_t since, char **ret_json, size_t *ret_len);
 };
 
 /* The marker's size limit and v3 token (see marker_write above). */

@@ -61,9 +61,9 @@ struct broker_config {
 };
 
 /* The fd store's names (FDNAME=): printable, no ':' (systemd's separator). */
-#define BROKER_FDNAME_DOC "lf-doc"          /* a sealed memfd: the document */
-#define BROKER_FDNAME_SESSION "lf-s-"       /* lf-s-<uid>-<name>: a session fd */
-#define BROKER_FDNAME_FILE "lf-f-"          /* lf-f-<uid>-<token>-<name>: a preserved file */
+#define BROKER_FDNAME_DOC "lf-doc"    /* a sealed memfd: the document */
+#define BROKER_FDNAME_SESSION "lf-s-" /* lf-s-<uid>-<name>: a session fd */
+#define BROKER_FDNAME_FILE "lf-f-"    /* lf-f-<uid>-<token>-<name>: a preserved file */
 
 /* Defaults for every field (socket_path NULL, listen_fd -1). */
 void broker_config_init(struct broker_config *c);

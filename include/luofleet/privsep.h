@@ -300,8 +300,8 @@ struct privsep_spawn_config {
  * one), -errno with a sentence in msg otherwise (a helper that is not
  * root's, a protocol failure). Before any thread exists.
  */
-int privsep_attach(const char *rendezvous, const struct privsep_hooks *hooks,
-                   struct backend **ret, char *msg, size_t msg_size);
+int privsep_attach(const char *rendezvous, const struct privsep_hooks *hooks, struct backend **ret,
+                   char *msg, size_t msg_size);
 
 /*
  * Fork the helper (which opens the real backend, drops what it does not
