@@ -1662,8 +1662,12 @@ static int proxy_self_check(struct backend *b, enum luo_state *ret_ioctl, enum l
         return r;
 }
 
-/* Wait for the helper process to end, up to timeout_ms; then SIGKILL it. */
-static void proxy_reap(struct proxy *p, unsigned timeout_ms)
+/*
+ * Wait for the helper process to end, up to timeout_ms; then SIGKILL it
+ * (kill), or leave it be: a helper that keeps workloads' sessions outlives
+ * us on purpose (helper_survives()).
+ */
+static void proxy_reap(struct proxy *p, unsigned timeout_ms, bool kill_it)
 {
         uint64_t deadline = now_mono_usec() + (uint64_t)timeout_ms * 1000u;
 
@@ -1674,6 +1678,8 @@ static void proxy_reap(struct proxy *p, unsigned timeout_ms)
                 if (w == p->helper || (w < 0 && errno != EINTR))
                         break;
                 if (w == 0 && now_mono_usec() >= deadline) {
+                        if (!kill_it)
+                                return; /* not reaped: whoever adopts it will */
                         (void)kill(p->helper, SIGKILL);
                         while (waitpid(p->helper, NULL, 0) < 0 && errno == EINTR)
                                 ;
@@ -1696,7 +1702,7 @@ int privsep_proxy_stop(struct backend *b, unsigned timeout_ms)
         for (int i = 0; i < _PRIVSEP_CHAN_MAX; i++)
                 if (p->fds[i] >= 0)
                         (void)shutdown(p->fds[i], SHUT_RDWR);
-        proxy_reap(p, timeout_ms);
+        proxy_reap(p, timeout_ms, true);
         return 0;
 }
 
@@ -1706,7 +1712,18 @@ static void proxy_free(struct backend *b)
 
         if (!p)
                 return;
-        (void)privsep_proxy_stop(b, 5000);
+        /*
+         * The orderly stop: the helper sees the hang-up and ends at once,
+         * unless workloads' sessions live in it; then it stays and waits for
+         * the next agent (helper_wait_attach), and is not killed here.
+         */
+        if (!atomic_exchange(&p->stopping, true)) {
+                for (int i = 0; i < _PRIVSEP_CHAN_MAX; i++)
+                        if (p->fds[i] >= 0)
+                                (void)shutdown(p->fds[i], SHUT_RDWR);
+                proxy_reap(p, 2000, false);
+        } else
+                proxy_reap(p, 5000, true);
         close_fds(p->fds, _PRIVSEP_CHAN_MAX);
         if (p->quiet_fd >= 0)
                 close(p->quiet_fd);
