@@ -1044,7 +1044,7 @@ class AgentTestCase(unittest.TestCase):
         self.assertIsInstance(d, dict, r)
         self.assertEqual(set(d), {"state", "index", "changed_at", "boot_id", "kernel", "backend",
                                   "staged", "operation", "hostname", "agent_version", "lease",
-                                  "last_update"}, r)
+                                  "last_update", "interface", "sessions"}, r)
         self.assertIn(d["state"], STATES)
         self.assertIsInstance(d["index"], int)
         self.assertGreaterEqual(d["index"], 1)
@@ -1054,6 +1054,13 @@ class AgentTestCase(unittest.TestCase):
         self.assertEqual(d["backend"], "sim")
         self.assertIsInstance(d["hostname"], str)
         self.assertIsInstance(d["agent_version"], str)
+        # The kernel interface found, and the session broker's summary (null: no broker).
+        self.assertEqual(d["interface"], "sim (sessions: mainline rules; global state: v3)")
+        if d["sessions"] is not None:
+            self.assertEqual(set(d["sessions"]), {"sessions", "fds", "bytes", "outgoing",
+                                                  "incoming", "retrieved", "finished",
+                                                  "workloads"}, r)
+            self.assertTrue(all(isinstance(v, int) and v >= 0 for v in d["sessions"].values()))
         self.assertEqual(r.header("ETag"), '"%d"' % d["index"], r)
         if d["operation"] is not None:
             self.assertOperation(d["operation"])
