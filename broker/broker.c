@@ -585,6 +585,22 @@ static void fdstore_remove(struct broker *k, const char *name)
         (void)sd_pid_notify(0, 0, msg);
 }
 
+/*
+ * Wait until the service manager has acted on what we sent (FDSTOREREMOVE is
+ * asynchronous): its duplicate of a session fd keeps the kernel's session
+ * alive, and a session of the same name cannot be created before it is gone.
+ */
+static void fdstore_barrier(struct broker *k)
+{
+        int r;
+
+        if (!k->cfg.fdstore)
+                return;
+        r = sd_notify_barrier(0, 5 * 1000 * 1000);
+        if (r < 0)
+                log_warning_errno(r, "Session broker: the fd store did not confirm a removal: %m");
+}
+
 /* A session's fds in (or out of) the store: the session's own and each file's duplicate. */
 static void fdstore_session(struct broker *k, const struct bsession *s, bool put)
 {
@@ -602,6 +618,8 @@ static void fdstore_session(struct broker *k, const struct bsession *s, bool put
                 if (put)
                         fdstore_put(k, name, s->files[i].fd);
         }
+        if (!put)
+                fdstore_barrier(k); /* the session is really closed when this returns */
 }
 
 /* The document (every session, its phase and tokens) into the store, replacing the last. */
@@ -1058,11 +1076,12 @@ static void do_preserve(struct broker *k, struct bclient *c, const struct lfs_ms
  * Mainline has no UNPRESERVE: release the session (which unpreserves every
  * file) and build it again from our duplicates of the others. op_lock held.
  */
-static int session_rebuild_without(struct broker *k, struct bsession *s, struct bfile *gone)
+static int session_build(struct broker *k, struct bsession *s, const struct bfile *without)
 {
         int sfd = -1, r;
 
-        k->inner->ops->session_release(k->inner, s->sfd);
+        if (s->sfd >= 0)
+                k->inner->ops->session_release(k->inner, s->sfd);
         s->sfd = -1;
         r = k->inner->ops->session_create(k->inner, s->kname, &sfd);
         if (r < 0)
@@ -1070,7 +1089,7 @@ static int session_rebuild_without(struct broker *k, struct bsession *s, struct 
         s->sfd = sfd;
         for (size_t i = 0; i < s->n_files; i++) {
                 struct bfile *f = &s->files[i];
-                if (f == gone)
+                if (f == without)
                         continue;
                 if (f->fd < 0)
                         return -EBADF;
@@ -1079,6 +1098,32 @@ static int session_rebuild_without(struct broker *k, struct bsession *s, struct 
                         return r;
         }
         return 0;
+}
+
+static int session_rebuild_without(struct broker *k, struct bsession *s, struct bfile *gone)
+{
+        char name[160];
+        int r;
+
+        /* The store's duplicate would keep the old session (and its name) alive. */
+        if (k->cfg.fdstore) {
+                fdname_session(s, name, sizeof(name));
+                fdstore_remove(k, name);
+                fdstore_barrier(k);
+        }
+        r = session_build(k, s, gone);
+        if (r >= 0)
+                return 0;
+        /* Nothing may change on a failure: the session again, with every file. */
+        if (session_build(k, s, NULL) < 0) {
+                if (s->sfd >= 0)
+                        k->inner->ops->session_release(k->inner, s->sfd);
+                s->sfd = -1;
+                return -ENOTRECOVERABLE; /* the caller drops the session: the kernel has none */
+        }
+        if (k->cfg.fdstore)
+                fdstore_put(k, name, s->sfd);
+        return r;
 }
 
 static void do_unpreserve(struct broker *k, struct bclient *c, const struct lfs_msg *q)
@@ -1107,6 +1152,19 @@ static void do_unpreserve(struct broker *k, struct bclient *c, const struct lfs_
                 r = k->inner->ops->session_unpreserve(k->inner, s->sfd, f->token);
         else
                 r = session_rebuild_without(k, s, f);
+        if (r == -ENOTRECOVERABLE) {
+                /* The kernel has no session any more: neither do we (its files are unpreserved). */
+                refuse(k, c, q, s, -EIO,
+                       "unpreserving token %llu failed and session %s could not be built again: "
+                       "it is gone with every file; create it again",
+                       (unsigned long long)q->token, s->name);
+                event_emit(k, "lost", c, s, NULL, session_bytes(s), -EIO, NULL);
+                fdstore_session(k, s, false);
+                session_remove(k, s);
+                session_free(k, s);
+                fdstore_doc(k);
+                return;
+        }
         if (r < 0) {
                 refuse(k, c, q, s, r, "unpreserving token %llu failed: %s (%s)",
                        (unsigned long long)q->token, strerror(-r), kernel_said(r, eb));
@@ -1765,8 +1823,23 @@ static int prepare_round(struct broker *k, uint32_t timeout_ms, char *msg, size_
         pending = json_array();
         vetoed = json_array();
         if (any_vetoed) {
+                size_t len = 0;
                 round_names_locked(k, ROUND_VETOED, names, sizeof(names), vetoed);
-                snprintf(msg, msg_size, "vetoed by %s", names);
+                /* "workload vm-1 (uid 1000, pid 42) vetoed: <reason>", each one. */
+                msg[0] = 0;
+                for (size_t i = 0; i < k->n_clients && len < msg_size; i++) {
+                        struct bclient *c = k->clients[i];
+                        char d[LFS_WORKLOAD_MAX + 48];
+                        int w;
+                        if (c->round != ROUND_VETOED)
+                                continue;
+                        client_describe(c, d, sizeof(d));
+                        w = snprintf(msg + len, msg_size - len, "%sworkload %s vetoed: %s",
+                                     len ? "; " : "", d, c->veto);
+                        if (w < 0)
+                                break;
+                        len += (size_t)w;
+                }
                 r = -ECANCELED;
         } else if (npend > 0 || json_array_size(gone) > 0) {
                 size_t len = 0, i;

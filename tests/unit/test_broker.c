@@ -39,11 +39,9 @@
  * as many fds open as it found; the suite runs under valgrind (--track-fds)
  * and ASan.
  *
- * Known broker bugs are asserted on the correct behaviour inside
- * #ifdef BROKER_KNOWN_BUG_<n> (see the comments there), so that the suite
- * passes until they are fixed: build with -DBROKER_KNOWN_BUG_<n> to see them
- * (1: a veto's reason missing from msg; 2: a failed rebuild leaves the
- * broker's table lying; 3: the rebuild under the fd store always fails).
+ * Three tests began as reports of broker bugs (a veto's reason missing from
+ * the sentence; a failed rebuild leaving the table lying; the rebuild under
+ * the fd store always failing): their comments say what was wrong.
  */
 #include <check.h>
 #include <errno.h>
@@ -1625,16 +1623,14 @@ START_TEST(test_unpreserve_rebuilds_session)
 END_TEST
 
 /*
- * BROKER_KNOWN_BUG_2: broker.c session_rebuild_without() (~line 1061, called
- * from do_unpreserve() ~line 1109) releases the session first; when
+ * Was a bug: broker.c session_rebuild_without() released the session first; when
  * the create or a re-preserve then fails, it returns the error with the
  * kernel holding no session (or only some of its files) while the broker's
  * table still lists every file, the one to unpreserve included (file_remove
  * is skipped). The workload hears the errno, yet broker_holds() stays true,
  * lfs_show() lists three files and the marker would carry them: after the
- * kexec the session does not exist. Expected: a failed UNPRESERVE changes
- * nothing (the broker builds the session back with all its files), or at
- * least the table says what the kernel holds.
+ * kexec the session does not exist. Now a failed UNPRESERVE changes
+ * nothing: the broker builds the session back with all its files.
  */
 START_TEST(test_unpreserve_rebuild_failure)
 {
@@ -1653,7 +1649,6 @@ START_TEST(test_unpreserve_rebuild_failure)
         /* The session was released before the create failed. */
         ck_assert_str_eq(lfs_last_message(c), "unpreserving token 2 failed: Cannot allocate "
                                               "memory (ENOMEM)");
-#ifdef BROKER_KNOWN_BUG_2
         {
                 struct lfs_fd_info *fi = NULL;
                 size_t n = 0;
@@ -1664,10 +1659,6 @@ START_TEST(test_unpreserve_rebuild_failure)
                 ck_assert_uint_eq(n, 3);
                 free(fi);
         }
-#else
-        LOG_IS("release(1) create(%s)=ENOMEM", kname(me, "vm1"));
-        ck_assert_uint_eq(fake_n_files(kname(me, "vm1")), SIZE_MAX); /* no session at all */
-#endif
         lfs_close(c);
 }
 END_TEST
@@ -1693,7 +1684,7 @@ START_TEST(test_unpreserve_rebuild_real_fds)
 END_TEST
 
 /*
- * BROKER_KNOWN_BUG_3: with cfg.fdstore (on whenever NOTIFY_SOCKET is set,
+ * Was a bug: with cfg.fdstore (on whenever NOTIFY_SOCKET is set,
  * i.e. under the systemd unit: agent/main.c take_fdstore()), the
  * service manager holds a duplicate of every session fd ("lf-s-<uid>-<name>",
  * put by do_create). session_rebuild_without() (broker.c ~line 1061)
@@ -1706,14 +1697,15 @@ END_TEST
  * broker's session is left without a descriptor (s->sfd = -1: later
  * PRESERVEs fail with EBADF), and the old session, the "unpreserved" file
  * included, stays preserved for the next kernel through the store.
- * Expected: the unpreserve succeeds and the kernel then has one session of
+ * Now the store lets go of it first (FDSTOREREMOVE, then a barrier): the
+ * unpreserve succeeds and the kernel then has one session of
  * that name, without the file.
  */
 START_TEST(test_fdstore_unpreserve_rebuild)
 {
         struct lfs_client *c;
         char sname[160];
-        int r, fd;
+        int r;
 
         store_start(tmpdir);
         cfg.fdstore = true;
@@ -1729,23 +1721,10 @@ START_TEST(test_fdstore_unpreserve_rebuild)
 
         r = lfs_unpreserve(c, "vm1", 2);
         store_sync();
-#ifdef BROKER_KNOWN_BUG_3
         ck_assert_int_eq(r, 0);
         ck_assert_uint_eq(fake_n_sessions(kname(me, "vm1")), 1);
         ck_assert_uint_eq(fake_n_files(kname(me, "vm1")), 1);
         ck_assert_uint_eq(fake_ino(kname(me, "vm1"), false, 2), 0);
-        (void)fd;
-#else
-        ck_assert_int_eq(r, -EEXIST);
-        /* The old session, token 2 included, lives on through the store's duplicate. */
-        ck_assert_uint_eq(fake_n_sessions(kname(me, "vm1")), 1);
-        ck_assert_uint_eq(fake_n_files(kname(me, "vm1")), 2);
-        ck_assert_uint_ne(fake_ino(kname(me, "vm1"), false, 2), 0);
-        /* The broker's session has no descriptor any more. */
-        fd = memfd_with(NULL, 4096);
-        ck_assert_int_eq(lfs_preserve(c, "vm1", fd, 3, NULL), -EBADF);
-        close(fd);
-#endif
         lfs_close(c);
 }
 END_TEST
@@ -2407,7 +2386,7 @@ START_TEST(test_prepare_timeout)
 END_TEST
 
 /*
- * BROKER_KNOWN_BUG_1: broker.c prepare_round() (~line 1769) writes
+ * Was a bug: broker.c prepare_round() wrote
  * "vetoed by vm-1 (uid U, pid P)" into msg on a veto: the workload's reason
  * is only in last_round.vetoed[].reason. The design (session-broker.md,
  * "prepare") wants it in the sentence the operator reads:
@@ -2430,9 +2409,7 @@ START_TEST(test_prepare_vetoed)
         ck_assert_int_eq(r.answer_r, 0);
         fmt_buf(want, sizeof(want), "vm-1 (uid %u, pid %d)", (unsigned)me, (int)my_pid);
         ck_assert_msg(strstr(msg, want) != NULL, "\"%s\" does not name %s", msg, want);
-#ifdef BROKER_KNOWN_BUG_1
         ck_assert_msg(strstr(msg, "disk busy") != NULL, "\"%s\" lacks the reason", msg);
-#endif
         LOG_EMPTY();
         ck_assert_int_eq(fake_state(), LUO_STATE_NORMAL);
         ev = next_event(c, LFS_EVENT_CANCEL);
