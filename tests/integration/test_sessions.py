@@ -241,6 +241,9 @@ class SessionsCase(AgentTestCase):
     """Helpers shared by the classes below."""
 
     def setUp(self):
+        # First in, so last out: after the harness stopped the agents (a helper that still
+        # holds sessions outlives its network process by design).
+        self.addCleanup(self._end_helpers)
         super().setUp()
         self.held_fds = []
         self.used_nobody = False
@@ -251,6 +254,35 @@ class SessionsCase(AgentTestCase):
         a = super().agent(*args, **kw)
         self.addCleanup(self.release_all, a)
         return a
+
+    def our_helpers(self):
+        """Pids of the privileged helpers of this test's agents (their command line names
+        this test's directory), whoever their parent is now."""
+        out = []
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                if proc_status(int(d)).get("Name") != "luofleet-priv" or not alive(int(d)):
+                    continue
+                with open("/proc/%s/cmdline" % d, "rb") as f:
+                    if ("--state-dir=" + self.tmp).encode() in f.read():
+                        out.append(int(d))
+            except OSError:
+                pass
+        return out
+
+    def _end_helpers(self):
+        """A helper left waiting for the next agent: SIGTERM ends it (then SIGKILL)."""
+        left = self.our_helpers()
+        for pid in left:
+            os.kill(pid, signal.SIGTERM)
+        try:
+            wait_for(lambda: not any(alive(p) for p in left), timeout=5 * SCALE)
+        except AssertionError:
+            for pid in left:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
 
     def _close_held(self):
         for fd in self.held_fds:
@@ -897,6 +929,27 @@ out["preserve-own"] = c.preserve("nb-only", sc.memfd(4096), 1).errno_name
             w.wait_line(r'event cancel id=\d+ note="cancelled"')
             self.assertEqual(w.terminate(), 0)
 
+    def test_socket_directory_and_a_second_agent(self):
+        # The socket's directory is made 0755 when missing; a live broker's socket is never
+        # taken over: a second agent on it fails at once, saying why.
+        d0 = self.short_dir()
+        sock = os.path.join(d0, "run", "s.sock")
+        a = self.agent("--sessions-socket=%s" % sock)
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.dirname(sock)).st_mode), 0o755)
+        self.assertTrue(stat.S_ISSOCK(os.stat(sock).st_mode))
+        t0 = time.monotonic()
+        rc, out, err = harness.run_agent(
+            ["--backend=sim", "--state-dir=%s" % os.path.join(self.tmp, "second-state"),
+             "--listen=127.0.0.1:0", "--sessions-socket=%s" % sock], timeout=30 * SCALE)
+        took = time.monotonic() - t0
+        self.assertNotEqual(rc, 0, err)
+        self.assertIn("cannot listen on %s for workloads: Address already in use (another "
+                      "agent serves it)" % sock, err)
+        self.assertLess(took, 3 * SCALE, err)
+        # The first one goes on serving.
+        c = self.client(a, "still-there")
+        self.assertEqual(c.list()[0].errno, 0)
+
     @unittest.skipUnless(IS_ROOT, ROOT_ONLY)
     def test_socket_group(self):
         # --sessions-group: members of the group may connect (mode 0660), others may not.
@@ -1216,6 +1269,43 @@ class CrashTest(SessionsCase):
         start2 = a.log().split("---- harness: start #2")[1]
         self.assertNotIn("were released with its device handle", start2)
 
+    def test_sigterm_with_sessions_the_helper_stays(self):
+        # docs/sessions.md: the network process's SIGTERM stop loses nothing either; the
+        # next agent attaches, and the broker's events after that reach its journal.
+        a = self.agent()
+        w = self.workload(a, "preserve", "--name=vm-t", "--session=tram", "--mib=4")
+        w.wait_line(r"preserved 4194304 bytes in session tram under token 1")
+        before = self.wait_sessions(a, lambda d: d["sessions"], "the session")
+        helper = helper_of(a)
+        self.assertEqual(a.stop(), 0)
+        time.sleep(0.5)
+        self.assertTrue(alive(helper), "the helper holding sessions ended with the orderly "
+                        "stop of its network process")
+        self.assertIsNone(w.proc.poll(), "the workload lost its broker: %s" % w.stderr())
+        a.restart()
+        self.assertIn("Attached to the privileged helper (pid %d)" % helper, a.log())
+        doc = self.wait_sessions(a, lambda x: x["sessions"], "the session after the restart")
+        self.assertEqual((doc["broker_id"], doc["sessions"]),
+                         (before["broker_id"], before["sessions"]))
+        # A change after the attach: journaled, and the agent keeps running.
+        c = self.client(a, "after-attach")
+        self.assertEqual(c.create("later").errno, 0)
+        self.assertEqual(c.close_session("later").errno, 0)
+        def journaled():
+            if not a.running():
+                return True
+            try:
+                return any(r["event"] == "closed" for r in self.session_records(a))
+            except OSError:
+                return False
+        wait_for(journaled, timeout=10 * SCALE, what="the closed record")
+        self.assertTrue(a.running(), "the agent stopped after a session change that followed "
+                        "its attach; its log ends:\n%s" % a.log()[-1500:])
+        recs = self.wait_events(a, "closed", 1)
+        seqs = [r["broker"]["seq"] for r in self.session_records(a)]
+        self.assertEqual(seqs, list(range(1, len(seqs) + 1)))
+        self.assertEqual(recs[0]["session"], "later")
+
     def test_kill9_without_sessions_the_helper_goes(self):
         a = self.agent()
         # A connected workload with an empty session holds nothing.
@@ -1316,6 +1406,27 @@ class CancelAndForceTest(SessionsCase):
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+class ObserveTest(SessionsCase):
+
+    def test_metrics(self):
+        # docs/sessions.md "Observing sessions": the gauges from the broker's summary.
+        a = self.agent()
+        c = self.client(a, "metered")
+        fd = sc.memfd(3 * MIB)
+        self.held_fds.append(fd)
+        self.assertEqual(c.create("m1").errno, 0)
+        self.assertEqual(c.preserve("m1", fd, 1).errno, 0)
+        self.assertEqual(c.create("m2").errno, 0)
+        self.wait_sessions(a, lambda d: d["summary"]["sessions"] == 2, "two sessions")
+        m = self.api(a)
+        self.assertEqual([m.metric('luofleet_sessions{phase="%s"}' % ph) for ph in
+                          ("outgoing", "incoming", "retrieved", "finished")], [2, 0, 0, 0])
+        self.assertEqual((m.metric("luofleet_session_fds"), m.metric("luofleet_session_bytes"),
+                          m.metric("luofleet_session_workloads"),
+                          m.metric("luofleet_session_events_dropped_total")),
+                         (1, 3 * MIB, 1, 0))
 
 
 class AuditTest(SessionsCase):
