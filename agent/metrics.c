@@ -3,7 +3,9 @@
  * histograms by route (answers given at once; long-poll and stream answers
  * are counted, not timed, since their duration is the client's choice).
  * Also the connection gauge, the configured limits and the refusals by
- * reason (docs/limits.md). Atomics only; any thread.
+ * reason (docs/limits.md), and the workload sessions' gauges, read from the
+ * session broker's document the agent caches (sessions.c, agent.lock held
+ * briefly). Atomics otherwise; any thread.
  */
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -12,7 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "agent.h"
 #include "luofleet/macro.h"
+#include "luofleet/session_proto.h"
 #include "metrics.h"
 
 const double metrics_buckets[METRICS_N_BUCKETS] = { 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
@@ -246,6 +250,52 @@ void strbuf_free(struct strbuf *sb)
 {
         free(sb->s);
         *sb = (struct strbuf){ 0 };
+}
+
+/* A non-negative integer member of o, 0 when absent (no broker) or not an integer. */
+static unsigned long long doc_count(const json_t *o, const char *key)
+{
+        json_int_t v = json_integer_value(json_object_get(o, key));
+
+        return v > 0 ? (unsigned long long)v : 0;
+}
+
+void metrics_render_sessions(struct strbuf *sb, struct agent *a)
+{
+        unsigned long long phase[_LFS_PHASE_MAX] = { 0 }, fds, bytes, workloads, dropped;
+        const json_t *summary;
+
+        /* The numbers under agent.lock, the text after: sessions.c replaces the document. */
+        agent_lock(a);
+        summary = json_object_get(a->sessions_doc, "summary");
+        for (int p = LFS_PHASE_OUTGOING; p < _LFS_PHASE_MAX; p++)
+                phase[p] = doc_count(summary, lfs_phase_to_string(p));
+        fds = doc_count(summary, "fds");
+        bytes = doc_count(summary, "bytes");
+        workloads = doc_count(summary, "workloads");
+        dropped = doc_count(a->sessions_doc, "events_dropped");
+        agent_unlock(a);
+
+        strbuf_printf(sb, "# HELP luofleet_sessions Workload sessions the session broker holds, by "
+                          "phase.\n"
+                          "# TYPE luofleet_sessions gauge\n");
+        for (int p = LFS_PHASE_OUTGOING; p < _LFS_PHASE_MAX; p++)
+                strbuf_printf(sb, "luofleet_sessions{phase=\"%s\"} %llu\n", lfs_phase_to_string(p),
+                              phase[p]);
+        strbuf_printf(sb,
+                      "# HELP luofleet_session_fds Files preserved in workload sessions.\n"
+                      "# TYPE luofleet_session_fds gauge\nluofleet_session_fds %llu\n"
+                      "# HELP luofleet_session_bytes Bytes of the files preserved in workload "
+                      "sessions.\n"
+                      "# TYPE luofleet_session_bytes gauge\nluofleet_session_bytes %llu\n"
+                      "# HELP luofleet_session_workloads Workloads connected to the sessions "
+                      "socket.\n"
+                      "# TYPE luofleet_session_workloads gauge\nluofleet_session_workloads %llu\n"
+                      "# HELP luofleet_session_events_dropped_total Session broker events lost "
+                      "before the agent journaled them (since the broker started).\n"
+                      "# TYPE luofleet_session_events_dropped_total counter\n"
+                      "luofleet_session_events_dropped_total %llu\n",
+                      fds, bytes, workloads, dropped);
 }
 
 void metrics_render_requests(struct strbuf *sb)

@@ -56,6 +56,15 @@ void metrics_blackout(uint64_t ms);
 struct strbuf;
 void metrics_render_requests(struct strbuf *sb);
 
+/*
+ * Append the workload sessions' gauges (luofleet_sessions{phase}, _fds,
+ * _bytes, _workloads, _events_dropped_total) from the session broker's
+ * document the agent caches; zeros without a broker. Takes agent.lock: call
+ * it without holding it.
+ */
+struct agent;
+void metrics_render_sessions(struct strbuf *sb, struct agent *a);
+
 /* A tiny growing string buffer for text bodies. */
 struct strbuf {
         char *s;
