@@ -38,7 +38,7 @@ import sys
 
 TOKEN = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 PROBLEM_URN = "urn:luofleet:problem:"
-SOURCE_DIRS = ("agent", "common", "kernel", "include", "rollout", "cli")
+SOURCE_DIRS = ("agent", "common", "kernel", "include", "rollout", "cli", "libsession", "broker")
 
 failures = []
 
@@ -217,7 +217,14 @@ TABLES = [
     ("components.schemas.ProblemCode", "agent/problem.c", "errno_map", None, "subset", set()),
     # "auto" is a --backend value that picks one of the others; never reported.
     ("components.schemas.Backend", "kernel/backend.c", "kind_names", None, "equal", {"auto"}),
+    # The phase of a workload session (GET /v1/sessions), lfs_phase_to_string().
+    ("components.schemas.SessionPhase", "libsession/proto.c", "phase_names", None, "equal", set()),
+    # luofleetctl's session summary line names the phases too.
+    ("components.schemas.SessionPhase", "cli/cmd_session.c", "summary_phases", None, "equal",
+     set()),
 ]
+# The session broker's events: the string literals event_emit() is called with.
+BROKER_EVENTS = ("broker/broker.c", "components.schemas.SessionEvent")
 KERNEL_EVENTS = ("common/luo_state.c", "event_names")
 # Request schemas whose member names the handlers list in `fields[]` arrays.
 REQUEST_SCHEMAS = ("ActionRequest", "StageRequest", "StageFile", "StageSignature",
@@ -350,6 +357,28 @@ def check_c_problem_literals(spec, files):
                     line = src.count("\n", 0, m.start()) + 1
                     fail("%s:%d: problem code %r is not in the contract" % (rel, line, m.group(1)))
     ok("%d (status, problem code) pairs in agent/ match the contract" % n)
+
+
+def check_c_broker_events(spec, files):
+    """The events the broker emits (event_emit(k, "name", ...), also `cond ? "a" : "b"`) are
+    the contract's SessionEvent enum, which journal records of kind session carry."""
+    rel, loc = BROKER_EVENTS
+    enum = set(spec["components"]["schemas"][loc.rsplit(".", 1)[1]]["enum"])
+    for f, raw, src in files:
+        if f != rel:
+            continue
+        got = set()
+        for m in re.finditer(r"\bevent_emit\s*\(\s*\w+\s*,([^,]*(?:\?[^,:]*:[^,]*)?),", src):
+            got.update(STRING.findall(m.group(1)))
+        if not got:
+            fail("%s: no event_emit() call with a literal event name found" % rel)
+        elif got != enum:
+            fail("%s: event_emit() names differ from %s: only in C: %s; only in the contract: %s"
+                 % (rel, loc, sorted(got - enum) or "-", sorted(enum - got) or "-"))
+        else:
+            ok("%s: the %d event_emit() names equal %s" % (rel, len(got), loc))
+        return
+    print("note: %s not found; broker events not checked" % rel)
 
 
 def check_c_allowed_actions(spec, files):
@@ -502,7 +531,7 @@ def check_contract(spec, enums):
     # SSE event types = journal kinds, each described in GET /v1/events.
     kinds = set(schemas["JournalRecord"]["properties"]["kind"]["enum"])
     if kinds != {"transition", "operation", "staging", "reboot", "start", "snapshot", "hook",
-                 "lease"}:
+                 "lease", "session"}:
         fail("JournalRecord.kind is %s" % sorted(kinds))
     ev_desc = paths["/v1/events"]["get"]["description"]
     for k in sorted(kinds):
@@ -562,6 +591,7 @@ def main():
     files = list(source_files(args.root))
     check_c_tables(spec, enums, c_tables(files))
     check_c_problem_literals(spec, files)
+    check_c_broker_events(spec, files)
     check_c_allowed_actions(spec, files)
 
     if failures:

@@ -87,6 +87,80 @@ class StateDocumentTest(AgentTestCase):
         self.assertEqual(r.body, b"")
 
 
+EMPTY_SESSIONS_SUMMARY = {"sessions": 0, "fds": 0, "bytes": 0, "outgoing": 0, "incoming": 0,
+                          "retrieved": 0, "finished": 0, "workloads": 0}
+
+
+class SessionsTest(AgentTestCase):
+    """GET /v1/sessions and the state document's `interface` and `sessions` members on a sim
+    agent without workloads, through the contract proxy (with workloads: test_sessions.py)."""
+
+    def test_get_sessions_without_workloads(self):
+        a = self.agent()
+        c = a.client()
+        r = c.get("/v1/sessions")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.content_type, "application/json")
+        self.assertEqual(r.header("Cache-Control"), "no-store")
+        d = dict(r.json)
+        broker_id = d.pop("broker_id")
+        self.assertRegex(broker_id, harness.UUID_RE)
+        self.assertEqual(d, {"interface": "sessions", "sessions": [], "workloads": [],
+                             "summary": EMPTY_SESSIONS_SUMMARY, "last_round": None,
+                             "events_dropped": 0, "index": 1, "backend": "sim"})
+        self.assertEqual(list(r.json), ["broker_id", "interface", "sessions", "workloads",
+                                        "summary", "last_round", "events_dropped", "index",
+                                        "backend"])
+        # Nothing happened to journal, nothing moved the index.
+        self.assertEqual(c.history("kind=session")["records"], [])
+        self.assertEqual(c.state()["index"], 1)
+        # A prepare asks the registered workloads (none): a round confirmed by all 0 of them;
+        # index and backend are the state document's.
+        self.assertEqual(c.post("/v1/prepare").status, 200)
+        r = c.get("/v1/sessions")
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["broker_id"], broker_id)  # the same broker all along
+        self.assertEqual(r.json["last_round"], {"event_id": 1, "result": "confirmed", "asked": 0,
+                                                "pending": [], "vetoed": [], "gone": []})
+        self.assertEqual(r.json["summary"], EMPTY_SESSIONS_SUMMARY)
+        self.assertEqual(r.json["index"], c.state()["index"])
+        self.assertEqual(c.history("kind=session")["records"], [])
+
+    def test_sessions_head_and_methods(self):
+        a = self.agent()
+        d = a.direct()  # HEAD and 405: Prism fails on the one and answers the other itself
+        body = d.get("/v1/sessions").body
+        r = d.head("/v1/sessions")
+        self.assertEqual((r.status, r.body), (200, b""), r)
+        self.assertEqual(r.content_type, "application/json")
+        self.assertEqual(r.header("Cache-Control"), "no-store")
+        self.assertEqual(int(r.header("Content-Length")), len(body))
+        for method in ("POST", "PUT", "DELETE", "PATCH"):
+            with self.subTest(method=method):
+                r = d.request(method, "/v1/sessions")
+                self.assertProblem(r, 405, "method-not-allowed")
+                self.assertEqual(r.header("Allow"), "GET, HEAD")
+
+    def test_state_document_session_members(self):
+        a = self.agent()
+        c = a.client()
+        r = c.get("/v1/state")  # checked against StateDocument by the proxy
+        self.assertEqual(r.status, 200, r)
+        d = r.json
+        self.assertEqual(list(d)[-2:], ["interface", "sessions"])
+        # Free text from the backend (describe): what it says may change, that it says it not.
+        self.assertIsInstance(d["interface"], str)
+        self.assertRegex(d["interface"], r"^sim\b")
+        self.assertEqual(d["sessions"], EMPTY_SESSIONS_SUMMARY)
+        self.assertEqual(d["sessions"], c.get("/v1/sessions").json["summary"])
+        # The members stay through a cycle, in every state document.
+        for path in ("/v1/prepare", "/v1/cancel"):
+            r = c.post(path)
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual((r.json["interface"], r.json["sessions"]),
+                             (d["interface"], EMPTY_SESSIONS_SUMMARY))
+
+
 class RoutingTest(AgentTestCase):
 
     def test_unknown_routes_404(self):
@@ -626,6 +700,31 @@ class MetricsTest(AgentTestCase):
         self.assertIn('luofleet_http_requests_total{route="/v1/prepare",method="POST",'
                       'code="200"} 1', lines)
 
+    def test_session_metrics_without_workloads(self):
+        a = self.agent()
+        c = a.client()
+        text = c.metrics()
+        lines = text.splitlines()
+        for line in ("# TYPE luofleet_sessions gauge",
+                     'luofleet_sessions{phase="outgoing"} 0',
+                     'luofleet_sessions{phase="incoming"} 0',
+                     'luofleet_sessions{phase="retrieved"} 0',
+                     'luofleet_sessions{phase="finished"} 0',
+                     "# TYPE luofleet_session_fds gauge", "luofleet_session_fds 0",
+                     "# TYPE luofleet_session_bytes gauge", "luofleet_session_bytes 0",
+                     "# TYPE luofleet_session_workloads gauge", "luofleet_session_workloads 0",
+                     "# TYPE luofleet_session_events_dropped_total counter",
+                     "luofleet_session_events_dropped_total 0"):
+            self.assertIn(line, lines)
+        # Exactly these samples of the session families, each once.
+        samples = [l for l in lines if re.match(r"^luofleet_sessions?[_{ ]", l)]
+        self.assertEqual(len(samples), 8, samples)
+        # A prepare and a cancel change no session gauge.
+        c.post("/v1/prepare")
+        c.post("/v1/cancel")
+        self.assertEqual([l for l in c.metrics().splitlines()
+                          if re.match(r"^luofleet_sessions?[_{ ]", l)], samples)
+
     def test_promtool_check_metrics(self):
         promtool = shutil.which("promtool")
         if not promtool:
@@ -720,6 +819,161 @@ class ContractProxySelfTest(unittest.TestCase):
         except harness.ContractViolation as e:
             return str(e)
         self.fail("no violation reported for case %s" % case)
+
+
+class ContractSessionsSelfTest(unittest.TestCase):
+    """The contract's session documents, through this module's Prism in front of a fake
+    upstream: the shapes a sim agent without workloads never sends (a broker on luo-v3 with
+    incoming sessions and a vetoed round, no broker at all, session journal and audit records,
+    the 409s of the prepare round and the finish) pass; broken ones are flagged."""
+
+    BROKER = "323661bd-54e7-46db-99a0-ab1ebddea836"
+    FULL = {
+        "broker_id": BROKER, "interface": "tokens",
+        "sessions": [
+            {"name": "vm1", "kernel_name": "lf:1000:vm1", "owner_uid": 1000, "workload": "vm-42",
+             "phase": "retrieved", "fds": 2, "bytes": 3145728,
+             "tokens": [{"token": 1, "kernel_token": 7, "bytes": 1048576, "retrieved": True},
+                        {"token": 2, "kernel_token": 8, "bytes": 2097152, "retrieved": False}]},
+            {"name": "vm1", "kernel_name": "lf:1001:vm1", "owner_uid": 1001, "workload": "vm-7",
+             "phase": "incoming", "fds": 0, "bytes": 0, "tokens": []}],
+        "workloads": [{"name": "vm-42", "uid": 1000, "pid": 4242, "registered": True},
+                      {"name": "probe", "uid": 0, "pid": 99, "registered": False}],
+        "summary": {"sessions": 2, "fds": 2, "bytes": 3145728, "outgoing": 0, "incoming": 1,
+                    "retrieved": 1, "finished": 0, "workloads": 2},
+        "last_round": {"event_id": 3, "result": "timeout", "asked": 2,
+                       "pending": [{"name": "vm-42", "uid": 1000, "pid": 4242, "reason": ""}],
+                       "vetoed": [],
+                       "gone": [{"name": "vm-7", "uid": 1001, "pid": 77,
+                                 "reason": "disconnected"}]},
+        "events_dropped": 2,
+        "previous_boot": {"note": "operation=r1:h7:reboot index=41",
+                          "boot_id": "0b6b0d1e-6c1f-4d0a-9a51-6c2a3f1f9f10"},
+        "index": 44, "backend": "luo-v3"}
+    NONE = {"sessions": [], "workloads": [], "summary": None, "last_round": None, "index": 3,
+            "backend": "luo-sessions"}
+    RECORDS = [
+        {"index": 42, "time": "2026-11-25T14:33:36.604Z",
+         "boot_id": "0b6b0d1e-6c1f-4d0a-9a51-6c2a3f1f9f10", "kind": "session", "state": "normal",
+         "event": "preserved", "broker": {"id": BROKER, "seq": 3}, "session": "vm1",
+         "owner_uid": 1000, "workload": "vm-42", "pid": 4242, "token": 1, "bytes": 67108864},
+        {"index": 43, "time": "2026-11-25T14:33:37.604Z",
+         "boot_id": "0b6b0d1e-6c1f-4d0a-9a51-6c2a3f1f9f10", "kind": "session", "state": "normal",
+         "event": "prepare-refused", "broker": {"id": BROKER, "seq": 4}, "errno": "ECANCELED",
+         "detail": "workload vm-veto (uid 1000, pid 5906) vetoed: busy migrating"},
+        {"index": 7, "time": "2026-11-25T14:33:37.610Z",
+         "boot_id": "0b6b0d1e-6c1f-4d0a-9a51-6c2a3f1f9f10", "kind": "audit", "state": "normal",
+         "state_index": 43, "identity": {"method": "peercred", "name": "uid=1000", "role": "none"},
+         "source": "sessions", "action": "session-vetoed", "precondition": None,
+         "result": {"status": 200, "code": "ok", "replayed": False}}]
+    PROBLEMS = {
+        "/v1/prepare": {"type": "urn:luofleet:problem:workload-veto",
+                        "title": "A workload vetoed the prepare", "status": 409,
+                        "detail": "workload vm-veto (uid 1000, pid 5906) vetoed: "
+                                  "busy migrating: nothing was prepared",
+                        "code": "workload-veto",
+                        "workloads": [{"name": "vm-veto", "uid": 1000, "pid": 5906,
+                                       "reason": "busy migrating"}]},
+        "/v1/finish": {"type": "urn:luofleet:problem:sessions-unfinished",
+                       "title": "Workload sessions of the update are not finished",
+                       "status": 409, "detail": "vm1 (uid 1000) is incoming",
+                       "code": "sessions-unfinished",
+                       "sessions": [{"name": "vm1", "owner_uid": 1000, "workload": "vm-42",
+                                     "phase": "incoming"}]},
+        "/v1/rollback": {"type": "urn:luofleet:problem:workloads-not-confirmed",
+                         "title": "Registered workloads did not confirm the prepare",
+                         "status": 409, "detail": "workloads did not confirm within 30000 ms: "
+                         "vm-42 (uid 1000, pid 4242): nothing was prepared",
+                         "code": "workloads-not-confirmed",
+                         "workloads": [{"name": "vm-42", "uid": 1000, "pid": 4242,
+                                        "reason": ""}]},
+    }
+
+    def setUp(self):
+        proxy = harness.contract_proxy()
+        if proxy is None:
+            self.skipTest("contract mode is off (LUOFLEET_CONTRACT=0): no proxy to test")
+        cls = type(self)
+
+        def docs(case):
+            if case == "full":
+                return cls.FULL
+            if case == "none":
+                return cls.NONE
+            if case == "bad-phase":
+                d = json.loads(json.dumps(cls.FULL))
+                d["sessions"][0]["phase"] = "prepared"
+                return d
+            if case == "no-broker-id":  # a summary without the broker's members
+                return {k: v for k, v in cls.FULL.items() if k != "broker_id"}
+            raise KeyError(case)
+
+        class Fake(http.server.BaseHTTPRequestHandler):
+            def answer(self, status, ctype, doc):
+                body = json.dumps(doc).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Cache-Control", "no-store")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                u = urllib.parse.urlsplit(self.path)
+                case = urllib.parse.parse_qs(u.query).get("case", ["full"])[0]
+                if u.path == "/v1/sessions":
+                    self.answer(200, "application/json", docs(case))
+                elif u.path == "/v1/history":
+                    recs = json.loads(json.dumps(cls.RECORDS))
+                    if case == "no-broker":
+                        del recs[0]["broker"]
+                    self.answer(200, "application/json",
+                                {"records": recs, "first_index": 1, "last_index": 43,
+                                 "more": False})
+                else:
+                    self.answer(404, "application/problem+json", {})
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(n)
+                self.answer(409, "application/problem+json", cls.PROBLEMS[self.path])
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", proxy.upstream_port), Fake)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.addCleanup(self.thread.join, 5)
+        self.addCleanup(self.server.server_close)
+        self.addCleanup(self.server.shutdown)
+        self.client = harness.Client(harness.route_base_url(
+            "http://127.0.0.1:%d" % proxy.upstream_port))
+        self.assertTrue(self.client.proxied)
+
+    def test_session_documents_against_the_contract(self):
+        proxy = harness.contract_proxy()
+        before = proxy.violations
+        for case, doc in (("full", self.FULL), ("none", self.NONE)):
+            with self.subTest(case=case):
+                r = self.client.get("/v1/sessions?case=" + case)
+                self.assertEqual((r.status, r.json), (200, doc), r)
+        r = self.client.get("/v1/history?kind=session,audit")
+        self.assertEqual((r.status, r.json["records"]), (200, self.RECORDS), r)
+        for path, doc in self.PROBLEMS.items():
+            with self.subTest(path=path):
+                r = self.client.post(path)
+                self.assertEqual((r.status, r.json), (409, doc), r)
+        self.assertEqual(proxy.violations, before)
+        for path, needle in (("/v1/sessions?case=bad-phase", "Error at response.body"),
+                             ("/v1/sessions?case=no-broker-id", "Error at response.body"),
+                             ("/v1/history?case=no-broker", "Error at response.body")):
+            with self.subTest(path=path):
+                with self.assertRaises(harness.ContractViolation) as cm:
+                    self.client.get(path)
+                self.assertIn(needle, str(cm.exception))
+        self.assertEqual(proxy.violations - before, 3)
+        proxy.deliberate += 3
 
 
 if __name__ == "__main__":
