@@ -1,8 +1,9 @@
 /*
  * cli.h: what luofleetctl's files share: exit codes, the resolved
  * configuration (config.c), the HTTP client (http.c), tables (table.c), host
- * addresses (target.c), rollout specs (spec.c) and the command entry points
- * (cmd_*.c). Single-threaded program; no locks.
+ * addresses (target.c), rollout specs (spec.c), the host commands' plumbing
+ * (cmd_host.c), workload sessions (cmd_session.c) and the command entry
+ * points (cmd_*.c). Single-threaded program; no locks.
  */
 #pragma once
 
@@ -158,6 +159,9 @@ struct table *table_free(struct table *t);
 /* Format helpers: write into buf, return buf. */
 char *fmt_ms(json_t *ms, char *buf, size_t size);       /* "123ms", "-" */
 char *fmt_duration_s(double s, char *buf, size_t size); /* "1h02m03s", "45s" */
+/* Bytes in binary units: "0 B", "512 B", "1.5 KiB", "64 MiB", "1023 GiB" (one decimal
+ * below 100 when it is not .0). */
+char *fmt_bytes(uint64_t bytes, char *buf, size_t size);
 const char *json_str(const json_t *o, const char *key); /* string member or NULL */
 /* Exit code of a failed http_request(): -1 EXIT_NO_CONNECT, else EXIT_FAILED. */
 static inline int http_fail_exit(int r)
@@ -191,6 +195,52 @@ json_t *spec_window(const char *s, char *err, size_t err_size);
 /* Set a member at a dotted path ("strategy.batch"), creating objects. Steals value. */
 int spec_set(json_t *spec, const char *path, json_t *value);
 
+/* ---- cmd_host.c: what the host commands share -------------------------------- */
+
+/*
+ * Every HOST argument of argv[first..argc) well-formed (and, for names, a
+ * controller to resolve them) before anything is sent: a typo is a usage error
+ * (message printed: EXIT_USAGE), not a partial failure. 0 when all are fine.
+ */
+int host_check(const struct cli *cli, const char *cmd, int argc, char **argv, int first);
+/*
+ * Resolve host, send the request (If-Match for the mutating ones), check the status
+ * is ok1 or ok2, parse the answer. Reports failures on stderr. Returns an exit code;
+ * *ret_doc (and the agent's base URL in *ret_url when not NULL) on success.
+ */
+int host_call(const struct cli *cli, const char *host, const char *method, const char *path,
+              const char *body, long ok1, long ok2, json_t **ret_doc, char **ret_url);
+
+/* ---- cmd_session.c ------------------------------------------------------------ */
+
+enum session_cmd {
+        SESSION_LIST,
+        SESSION_SHOW,
+};
+
+struct session_args {
+        enum session_cmd cmd;
+        const char *host; /* borrowed from argv */
+        const char *name; /* show: the session's name */
+        bool has_owner;   /* --owner=UID given */
+        uint32_t owner;
+};
+
+/*
+ * `session list HOST [--owner=UID]` / `session show HOST NAME [--owner=UID]`
+ * (argv[0] is "session"): 0 and *ret, EXIT_USAGE (message printed), -1 when
+ * --help was shown.
+ */
+int session_parse(struct cli *cli, int argc, char **argv, struct session_args *ret);
+/*
+ * The sessions of GET /v1/sessions named name (and owned by owner when
+ * has_owner): how many; *ret_first (borrowed) is the first one, NULL when none.
+ */
+size_t session_find(const json_t *doc, const char *name, bool has_owner, uint32_t owner,
+                    const json_t **ret_first);
+/* DETAIL of a journal record of kind "session" for `history`. */
+void session_record_detail(const json_t *rec, char *buf, size_t size);
+
 /* ---- commands --------------------------------------------------------------- */
 
 int cmd_sign(int argc, char **argv);
@@ -198,6 +248,7 @@ int cmd_state(struct cli *cli, int argc, char **argv);
 int cmd_stage(struct cli *cli, int argc, char **argv);
 int cmd_action(struct cli *cli, const char *action, int argc, char **argv);
 int cmd_history(struct cli *cli, int argc, char **argv);
+int cmd_session(struct cli *cli, int argc, char **argv);
 int cmd_hosts(struct cli *cli, int argc, char **argv);
 int cmd_rollout(struct cli *cli, int argc, char **argv);
 

@@ -1,9 +1,10 @@
 /*
  * cmd_host.c: the commands that talk to agents directly: state (and
  * --watch), stage, prepare, cancel, reboot (and --wait through the kexec),
- * finish, rollback, history. Every HOST is attempted even when an earlier one
- * failed; the exit code is the worst outcome (EXIT_NO_CONNECT only when no
- * host answered at all). Single-threaded.
+ * finish, rollback, history; and the plumbing other host commands share
+ * (host_check, host_call: cmd_session.c). Every HOST is attempted even when
+ * an earlier one failed; the exit code is the worst outcome (EXIT_NO_CONNECT
+ * only when no host answered at all). Single-threaded.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -102,12 +103,9 @@ static int state_table_add(struct table *t, const char *host, const json_t *doc)
 
 /* ---- one request to one host ------------------------------------------------ */
 
-/*
- * Resolve host, send the request, check the status is one of ok1/ok2, parse the
- * answer. Logs failures. Returns an exit code; *ret_doc on success.
- */
-static int host_call(const struct cli *cli, const char *host, const char *method, const char *path,
-                     const char *body, long ok1, long ok2, json_t **ret_doc, char **ret_url)
+/* Resolve host, send the request, check the status, parse the answer (cli.h). */
+int host_call(const struct cli *cli, const char *host, const char *method, const char *path,
+              const char *body, long ok1, long ok2, json_t **ret_doc, char **ret_url)
 {
         _cleanup_free_ char *base = NULL, *url = NULL;
         struct http_resp resp;
@@ -143,9 +141,8 @@ static int host_call(const struct cli *cli, const char *host, const char *method
         return EXIT_OK;
 }
 
-/* Every HOST well-formed (and names resolvable) before anything is sent: a typo is
- * a usage error, not a partial failure. */
-static int check_hosts(const struct cli *cli, const char *cmd, int argc, char **argv, int first)
+/* Every HOST well-formed (and names resolvable) before anything is sent (cli.h). */
+int host_check(const struct cli *cli, const char *cmd, int argc, char **argv, int first)
 {
         if (first >= argc) {
                 cli_usage_error(cmd, "which host? (HOST...)");
@@ -270,7 +267,7 @@ int cmd_state(struct cli *cli, int argc, char **argv)
         r = cli_parse(cli, argc, argv, NULL, opts, state_opt, &watch, state_usage, &first);
         if (r)
                 return r < 0 ? EXIT_OK : r;
-        r = check_hosts(cli, "state", argc, argv, first);
+        r = host_check(cli, "state", argc, argv, first);
         if (r)
                 return r;
         if (watch)
@@ -510,7 +507,7 @@ int cmd_stage(struct cli *cli, int argc, char **argv)
         r = cli_parse(cli, argc, argv, NULL, opts, stage_opt, &a, stage_usage, &first);
         if (r)
                 return r < 0 ? EXIT_OK : r;
-        r = check_hosts(cli, "stage", argc, argv, first);
+        r = host_check(cli, "stage", argc, argv, first);
         if (r)
                 return r;
         if (!a.kernel) {
@@ -727,7 +724,7 @@ int cmd_action(struct cli *cli, const char *action, int argc, char **argv)
         r = cli_parse(cli, argc, argv, NULL, opts, action_opt, &a, action_usage, &first);
         if (r)
                 return r < 0 ? EXIT_OK : r;
-        r = check_hosts(cli, action, argc, argv, first);
+        r = host_check(cli, action, argc, argv, first);
         if (r)
                 return r;
         body = json_object();
@@ -793,8 +790,8 @@ static const char history_usage[] =
         "\n"
         "The newest records of the agent's journal (GET /v1/history), oldest first:\n"
         "INDEX, TIME, KIND, STATE, DETAIL. KIND: transition, operation, staging, reboot,\n"
-        "start, snapshot, hook, lease, or audit (the audit trail). --limit: how many\n"
-        "(default: the agent's). --output=json prints the page document.\n";
+        "start, snapshot, hook, lease, session, or audit (the audit trail). --limit: how\n"
+        "many (default: the agent's). --output=json prints the page document.\n";
 
 struct history_args {
         const char *kind, *limit;
@@ -827,6 +824,8 @@ static void history_detail(const json_t *rec, char *buf, size_t size)
                 snprintf(buf, size, "boot %.8s -> %.8s, blackout %s",
                          json_str(rec, "from_boot_id") ?: "?", json_str(rec, "to_boot_id") ?: "?",
                          fmt_ms(json_object_get(rec, "blackout_ms"), b, sizeof(b)));
+        else if (strcmp(kind, "session") == 0)
+                session_record_detail(rec, buf, size);
         else if (json_is_object(op)) {
                 const char *code = json_str(json_object_get(op, "error"), "code");
                 snprintf(buf, size, "%s %s %s%s%s", json_str(op, "action") ?: "?",
@@ -859,7 +858,7 @@ int cmd_history(struct cli *cli, int argc, char **argv)
                 cli_usage_error("history", "expected exactly one HOST");
                 return EXIT_USAGE;
         }
-        r = check_hosts(cli, "history", argc, argv, first);
+        r = host_check(cli, "history", argc, argv, first);
         if (r)
                 return r;
         if (a.limit && (parse_u64(a.limit, 100000, &limit) < 0 || limit == 0)) {

@@ -29,6 +29,8 @@ static const char main_usage[] =
         "  finish HOST... [--force]          finish the update on the new kernel\n"
         "  rollback HOST...                  go back to the previous kernel\n"
         "  history HOST [--kind=K] [--limit=N]  the agent's journal\n"
+        "  session list HOST                 the workloads' sessions (GET /v1/sessions)\n"
+        "  session show HOST NAME [--owner=UID]  one session and its files\n"
         "\n"
         "Fleet commands (need a controller):\n"
         "  hosts [--selector=K=V]            the controller's inventory\n"
@@ -82,6 +84,8 @@ static int dispatch(struct cli *cli, int argc, char **argv)
                         return cmd_action(cli, actions[i], argc, argv);
         if (strcmp(cmd, "history") == 0)
                 return cmd_history(cli, argc, argv);
+        if (strcmp(cmd, "session") == 0)
+                return cmd_session(cli, argc, argv);
         if (strcmp(cmd, "hosts") == 0)
                 return cmd_hosts(cli, argc, argv);
         if (strcmp(cmd, "rollout") == 0)

@@ -113,6 +113,31 @@ char *fmt_duration_s(double s, char *buf, size_t size)
         return buf;
 }
 
+char *fmt_bytes(uint64_t bytes, char *buf, size_t size)
+{
+        static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
+        size_t u = 0;
+        uint64_t tenths;
+        double v = (double)bytes;
+
+        while (v >= 1024.0 && u + 1 < ELEMENTSOF(units)) {
+                v /= 1024.0;
+                u++;
+        }
+        /* Rounding may reach the next unit: 1023.96 KiB is 1 MiB, not 1024 KiB. */
+        if (u > 0 && u + 1 < ELEMENTSOF(units) && llround(v) >= 1024) {
+                v /= 1024.0;
+                u++;
+        }
+        tenths = (uint64_t)llround(v * 10.0);
+        if (u == 0 || v >= 100.0 || tenths % 10 == 0)
+                snprintf(buf, size, "%llu %s", (unsigned long long)llround(v), units[u]);
+        else
+                snprintf(buf, size, "%llu.%llu %s", (unsigned long long)(tenths / 10),
+                         (unsigned long long)(tenths % 10), units[u]);
+        return buf;
+}
+
 const char *json_str(const json_t *o, const char *key)
 {
         return json_string_value(json_object_get(o, key));

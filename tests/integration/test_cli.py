@@ -401,6 +401,153 @@ class HostCommandTest(CtlMixin, AgentTestCase):
 # ---------------------------------------------------------------------------------------------
 # The fake controller
 
+def workload_path():
+    return os.path.join(os.path.dirname(harness.agent_path()), "luofleet-memfd-workload")
+
+
+class SessionCommandTest(CtlMixin, AgentTestCase):
+    """`session list|show` against sim agents: without workloads (exact output, a missing
+    name, usage errors), and with the example workload (the table, one session, two owners
+    with the same session name)."""
+
+    def hostarg(self, a):
+        return "127.0.0.1:%d" % a.port
+
+    def sessions_doc(self, a):
+        r = a.direct().get("/v1/sessions")
+        self.assertEqual(r.status, 200, r)
+        return r.json
+
+    def test_list_without_workloads(self):
+        a = self.agent()
+        h = self.hostarg(a)
+        self.assertEqual(self.ok("session", "list", h),
+                         "sessions: 0, files: 0, bytes: 0 B, workloads: 0 connected\n")
+        self.assertEqual(self.ok("session", "list", h, "--owner=1000"),
+                         "sessions: 0, files: 0, bytes: 0 B, workloads: 0 connected\n")
+        out = self.ok("session", "list", h, "--output=json")
+        self.assertEqual(out.count("\n"), 1)
+        self.assertEqual(json.loads(out), self.sessions_doc(a))
+        # global options before the command too
+        self.assertEqual(json.loads(self.ok("--output=json", "session", "list", h)),
+                         self.sessions_doc(a))
+
+    def test_show_missing(self):
+        a = self.agent()
+        h = self.hostarg(a)
+        rc, out, err = self.ctl("session", "show", h, "vm9")
+        self.assertEqual((rc, out, err), (1, "", "luofleetctl: %s: no session named 'vm9'\n" % h))
+        rc, out, err = self.ctl("session", "show", h, "vm9", "--owner=1000", "--output=json")
+        self.assertEqual((rc, out, err),
+                         (1, "", "luofleetctl: %s: no session named 'vm9' owned by uid 1000\n"
+                          % h))
+
+    def test_usage_and_errors(self):
+        a = self.agent()
+        h = self.hostarg(a)
+        for args, msg in (
+                (["session"], "expected a subcommand: list or show"),
+                (["session", "lst", h], "unknown subcommand 'lst' (list, show)"),
+                (["session", "list"], "list: expected exactly one HOST"),
+                (["session", "list", h, h], "list: expected exactly one HOST"),
+                (["session", "show", h], "show: expected HOST NAME"),
+                (["session", "show", h, "a", "b"], "show: expected HOST NAME"),
+                (["session", "list", "h:0"], "is not a host"),
+                (["session", "list", h, "--owner=abc"], "--owner: expected a uid"),
+                (["session", "list", h, "--owner=4294967295"], "--owner: expected a uid"),
+                (["session", "list", h, "--lease=3"], "unknown option '--lease=3'")):
+            with self.subTest(args=args):
+                rc, out, err = self.ctl(*args)
+                self.assertEqual((rc, out), (2, ""), (args, err))
+                self.assertTrue(err.startswith("luofleetctl session: "), err)
+                self.assertIn(msg, err)
+                self.assertTrue(err.endswith("Try 'luofleetctl session --help'.\n"), err)
+        for args in (["session", "--help"], ["session", "list", "--help"], ["--help", "session"]):
+            with self.subTest(args=args):
+                out = self.ok(*args)
+                self.assertTrue(out.startswith("Usage: luofleetctl session list HOST"), out)
+        self.assertIn("  session list HOST ", self.ok("--help"))
+        # an agent that does not answer: 6; one that refuses (an old agent: 404): 1
+        rc, out, err = self.ctl("session", "list", "127.0.0.1:%d" % closed_port())
+        self.assertEqual((rc, out), (6, ""), err)
+        self.assertEqual(self.doc_index(a), 1)  # nothing reached the agent
+
+    def doc_index(self, a):
+        return a.direct().get("/v1/state").json["index"]
+
+    def start_workload(self, a, name, session, mib, uid=None):
+        """The example workload preserving one memfd of mib MiB, registered; stopped at the
+        end of the test. As uid (root only) through setpriv."""
+        argv = [workload_path(), "--socket=" + os.path.join(a.state_dir, "sessions.sock"),
+                "--name=" + name, "--session=" + session, "--mib=%d" % mib, "preserve"]
+        if uid is not None:
+            argv = ["setpriv", "--reuid=%d" % uid, "--regid=%d" % uid, "--clear-groups"] + argv
+        log = open(os.path.join(self.tmp, name + ".out"), "wb")
+        self.addCleanup(log.close)
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                             cwd=self.tmp)
+
+        def stop():
+            if p.poll() is None:
+                p.terminate()
+            p.wait(10 * SCALE)
+        self.addCleanup(stop)
+
+        def preserved():
+            self.assertIsNone(p.poll(), "workload %s exited" % name)
+            return any(s["name"] == session and s["workload"] == name and s["fds"] == 1
+                       for s in self.sessions_doc(a)["sessions"])
+        wait_for(preserved, timeout=20 * SCALE, what="workload %s's session" % name)
+        return p
+
+    def test_with_workloads(self):
+        if not os.path.exists(workload_path()):
+            self.skipTest("%s is not built" % workload_path())
+        a = self.agent()
+        h = self.hostarg(a)
+        me = os.getuid()
+        self.start_workload(a, "it-one", "vm1", 2)
+        self.start_workload(a, "it-one-b", "disk", 1)
+        doc = self.sessions_doc(a)
+        rows = [["NAME", "OWNER", "WORKLOAD", "PHASE", "FDS", "BYTES"]]
+        rows += [[s["name"], str(me), s["workload"], "outgoing", "1",
+                  "2 MiB" if s["name"] == "vm1" else "1 MiB"] for s in doc["sessions"]]
+        self.assertEqual(self.ok("session", "list", h), table(rows) +
+                         "sessions: 2 (2 outgoing), files: 2, bytes: 3 MiB, "
+                         "workloads: 2 connected (2 registered)\n")
+        pid = [w["pid"] for w in doc["workloads"] if w["name"] == "it-one"][0]
+        self.assertEqual(self.ok("session", "show", h, "vm1"),
+                         "name:         vm1\n"
+                         "kernel name:  lf:%d:vm1\n"
+                         "owner:        uid %d\n"
+                         "workload:     it-one (connected, pid %d, registered)\n"
+                         "phase:        outgoing\n"
+                         "files:        1, 2 MiB\n"
+                         "\n" % (me, me, pid)
+                         + table([["TOKEN", "KERNEL-TOKEN", "BYTES", "RETRIEVED"],
+                                  ["1", "1", "2 MiB", "no"]]))
+        vm1 = [s for s in self.sessions_doc(a)["sessions"] if s["name"] == "vm1"][0]
+        self.assertEqual(json.loads(self.ok("session", "show", h, "vm1", "--output=json")), vm1)
+        if os.geteuid() != 0:
+            return  # a second owner needs another uid
+        # nobody (65534) may connect: the socket is the network process's (nobody) 0660
+        self.start_workload(a, "it-two", "vm1", 1, uid=65534)
+        rc, out, err = self.ctl("session", "show", h, "vm1")
+        self.assertEqual((rc, out), (2, ""), err)
+        self.assertEqual(err, "luofleetctl session: %s: several owners have a session named "
+                              "'vm1'; choose one with --owner=UID:\n"
+                              "  --owner=0  (workload it-one, outgoing)\n"
+                              "  --owner=65534  (workload it-two, outgoing)\n" % h)
+        out = self.ok("session", "show", h, "vm1", "--owner=65534")
+        self.assertIn("kernel name:  lf:65534:vm1\nowner:        uid 65534\n", out)
+        self.assertIn("files:        1, 1 MiB\n", out)
+        out = self.ok("session", "list", h, "--owner=65534")
+        self.assertEqual(out.splitlines()[:2],
+                         table([["NAME", "OWNER", "WORKLOAD", "PHASE", "FDS", "BYTES"],
+                                ["vm1", "65534", "it-two", "outgoing", "1", "1 MiB"]])
+                         .splitlines())
+
+
 def problem(status, code, detail):
     return {"type": "urn:luofleet:problem:" + code, "title": code, "status": status,
             "detail": detail, "code": code}

@@ -1,8 +1,9 @@
 /*
  * test_cli_parse.c: luofleetctl's parsers (cli/): counts, durations and
  * maintenance windows of a rollout spec (spec.c), dotted member paths, HOST
- * arguments (target.c), the config file (config.c) and the token file's
- * permission check. No network.
+ * arguments (target.c), the config file (config.c), the token file's
+ * permission check, `session list|show` arguments, the session lookup and
+ * the byte units (cmd_session.c, table.c). No network.
  */
 #include <check.h>
 #include <errno.h>
@@ -217,6 +218,163 @@ START_TEST(test_url_helpers)
 }
 END_TEST
 
+static void assert_bytes(uint64_t v, const char *want)
+{
+        char buf[32];
+
+        ck_assert_str_eq(fmt_bytes(v, buf, sizeof(buf)), want);
+}
+
+START_TEST(test_fmt_bytes)
+{
+        assert_bytes(0, "0 B");
+        assert_bytes(1, "1 B");
+        assert_bytes(1023, "1023 B");
+        assert_bytes(1024, "1 KiB");
+        assert_bytes(1536, "1.5 KiB");
+        assert_bytes(4194304, "4 MiB");
+        assert_bytes(5242880, "5 MiB");
+        assert_bytes(67108864, "64 MiB");
+        assert_bytes(1572864000, "1.5 GiB");
+        assert_bytes(1023ull << 20, "1023 MiB");
+        assert_bytes((1024ull << 20) - 1, "1 GiB"); /* rounds up into the next unit */
+        assert_bytes(150ull << 30, "150 GiB");
+        assert_bytes(99ull * 1024 + 1000, "100 KiB");
+        assert_bytes(64ull << 40, "64 TiB");
+        assert_bytes(UINT64_MAX, "16 EiB");
+}
+END_TEST
+
+/* session_parse() on a command line; the config comes from an empty file, no environment. */
+static int parse_session(struct session_args *a, const char *const *args)
+{
+        char *argv[16];
+        struct cli cli = { 0 };
+        int argc = 0, r;
+
+        argv[argc++] = (char *)"session";
+        for (; *args; args++)
+                argv[argc++] = (char *)*args;
+        argv[argc] = NULL;
+        *a = (struct session_args){ 0 };
+        r = session_parse(&cli, argc, argv, a);
+        cli_free(&cli);
+        return r;
+}
+
+#define PARSE(a, ...) parse_session(a, (const char *const[]){ __VA_ARGS__, NULL })
+
+START_TEST(test_session_args)
+{
+        char dir[512], conf[600], opt[640];
+        struct session_args a;
+        int fd;
+
+        testutil_mkdtemp(dir, sizeof(dir), "cli-session");
+        snprintf(conf, sizeof(conf), "%s/empty.conf", dir);
+        fd = open(conf, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        ck_assert_int_ge(fd, 0);
+        close(fd);
+        snprintf(opt, sizeof(opt), "--config=%s", conf);
+        unsetenv("LUOFLEET_CONTROLLER");
+        unsetenv("LUOFLEET_OUTPUT");
+
+        ck_assert_int_eq(PARSE(&a, "list", "127.0.0.1:7470", opt), 0);
+        ck_assert_int_eq(a.cmd, SESSION_LIST);
+        ck_assert_str_eq(a.host, "127.0.0.1:7470");
+        ck_assert_ptr_null(a.name);
+        ck_assert(!a.has_owner);
+        /* options anywhere, the common ones too */
+        ck_assert_int_eq(PARSE(&a, "--owner=1000", "list", opt, "http://h:1", "--output=json"), 0);
+        ck_assert_int_eq(a.cmd, SESSION_LIST);
+        ck_assert_str_eq(a.host, "http://h:1");
+        ck_assert(a.has_owner);
+        ck_assert_uint_eq(a.owner, 1000);
+        ck_assert_int_eq(PARSE(&a, "show", "127.0.0.1:7470", "vm1", opt), 0);
+        ck_assert_int_eq(a.cmd, SESSION_SHOW);
+        ck_assert_str_eq(a.host, "127.0.0.1:7470");
+        ck_assert_str_eq(a.name, "vm1");
+        ck_assert(!a.has_owner);
+        ck_assert_int_eq(PARSE(&a, "show", "[::1]:7470", "vm1", "--owner", "0", opt), 0);
+        ck_assert(a.has_owner);
+        ck_assert_uint_eq(a.owner, 0);
+        ck_assert_int_eq(PARSE(&a, "show", "h:1", "vm1", "--owner=4294967294", opt), 0);
+        ck_assert_uint_eq(a.owner, 4294967294u);
+
+        /* usage errors: exit 2 */
+        ck_assert_int_eq(PARSE(&a, opt), EXIT_USAGE);                          /* no subcommand */
+        ck_assert_int_eq(PARSE(&a, "lst", "h:1", opt), EXIT_USAGE);            /* unknown */
+        ck_assert_int_eq(PARSE(&a, "list", opt), EXIT_USAGE);                  /* no HOST */
+        ck_assert_int_eq(PARSE(&a, "list", "h:1", "h:2", opt), EXIT_USAGE);    /* two */
+        ck_assert_int_eq(PARSE(&a, "show", "h:1", opt), EXIT_USAGE);           /* no NAME */
+        ck_assert_int_eq(PARSE(&a, "show", "h:1", "a", "b", opt), EXIT_USAGE); /* two */
+        ck_assert_int_eq(PARSE(&a, "show", "h:1", "", opt), EXIT_USAGE);
+        ck_assert_int_eq(PARSE(&a, "list", "h:0", opt), EXIT_USAGE);  /* malformed HOST */
+        ck_assert_int_eq(PARSE(&a, "list", "web1", opt), EXIT_USAGE); /* a name, no controller */
+        ck_assert_int_eq(PARSE(&a, "list", "h:1", "--owner=-1", opt), EXIT_USAGE);
+        ck_assert_int_eq(PARSE(&a, "list", "h:1", "--owner=4294967295", opt), EXIT_USAGE);
+        ck_assert_int_eq(PARSE(&a, "list", "h:1", "--owner=1k", opt), EXIT_USAGE);
+        ck_assert_int_eq(PARSE(&a, "list", "h:1", "--owner=", opt), EXIT_USAGE);
+        ck_assert_int_eq(PARSE(&a, "list", "h:1", "--force", opt), EXIT_USAGE);
+        ck_assert_int_eq(PARSE(&a, "list", "h:1", "--owner"), EXIT_USAGE); /* no value */
+        /* --help: -1, nothing else looked at */
+        ck_assert_int_eq(PARSE(&a, "--help"), -1);
+        ck_assert_int_eq(PARSE(&a, "show", "--help"), -1);
+        testutil_rm_rf(dir);
+}
+END_TEST
+
+START_TEST(test_session_find)
+{
+        json_t *doc = json_loads("{\"sessions\": [{\"name\": \"vm1\", \"owner_uid\": 1000},"
+                                 "{\"name\": \"vm2\", \"owner_uid\": 1000},"
+                                 "{\"name\": \"vm1\", \"owner_uid\": 1001}], \"workloads\": []}",
+                                 0, NULL);
+        const json_t *s;
+
+        ck_assert_ptr_nonnull(doc);
+        ck_assert_uint_eq(session_find(doc, "vm1", false, 0, &s), 2);
+        ck_assert_ptr_eq(s, json_array_get(json_object_get(doc, "sessions"), 0));
+        ck_assert_uint_eq(session_find(doc, "vm1", true, 1001, &s), 1);
+        ck_assert_ptr_eq(s, json_array_get(json_object_get(doc, "sessions"), 2));
+        ck_assert_uint_eq(session_find(doc, "vm2", false, 0, &s), 1);
+        ck_assert_uint_eq(session_find(doc, "vm2", true, 1001, &s), 0);
+        ck_assert_ptr_null(s);
+        ck_assert_uint_eq(session_find(doc, "VM1", false, 0, &s), 0); /* names are exact */
+        ck_assert_uint_eq(session_find(doc, "vm", false, 0, &s), 0);
+        json_decref(doc);
+        /* no broker: sessions [] */
+        doc = json_loads("{\"sessions\": [], \"summary\": null}", 0, NULL);
+        ck_assert_uint_eq(session_find(doc, "vm1", false, 0, &s), 0);
+        json_decref(doc);
+}
+END_TEST
+
+START_TEST(test_session_record_detail)
+{
+        json_t *rec = json_loads("{\"kind\": \"session\", \"event\": \"preserved\", "
+                                 "\"broker\": {\"id\": \"b\", \"seq\": 3}, \"session\": "
+                                 "\"vm1\", \"owner_uid\": 1000, \"workload\": \"vm-42\", "
+                                 "\"pid\": 42, \"token\": 1, \"bytes\": 67108864}",
+                                 0, NULL);
+        char buf[256];
+
+        session_record_detail(rec, buf, sizeof(buf));
+        ck_assert_str_eq(buf, "preserved vm1 uid=1000 workload=vm-42 token=1 64 MiB");
+        json_decref(rec);
+        rec = json_loads("{\"event\": \"prepare-refused\", \"errno\": \"ETIMEDOUT\", "
+                         "\"detail\": \"workloads did not confirm within 30000 ms: vm-1\"}",
+                         0, NULL);
+        session_record_detail(rec, buf, sizeof(buf));
+        ck_assert_str_eq(
+                buf, "prepare-refused ETIMEDOUT: workloads did not confirm within 30000 ms: vm-1");
+        /* a short buffer is cut, still terminated */
+        session_record_detail(rec, buf, 20);
+        ck_assert_str_eq(buf, "prepare-refused ETI");
+        json_decref(rec);
+}
+END_TEST
+
 static Suite *cli_suite(void)
 {
         Suite *s = suite_create("cli_parse");
@@ -230,6 +388,10 @@ static Suite *cli_suite(void)
         tcase_add_test(tc, test_config_text);
         tcase_add_test(tc, test_token_file);
         tcase_add_test(tc, test_url_helpers);
+        tcase_add_test(tc, test_fmt_bytes);
+        tcase_add_test(tc, test_session_args);
+        tcase_add_test(tc, test_session_find);
+        tcase_add_test(tc, test_session_record_detail);
         suite_add_tcase(s, tc);
         return s;
 }
