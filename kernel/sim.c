@@ -9,7 +9,7 @@
  *   kernel.json  the simulated machine: {state, boot_id, release,
  *                kexec: null | {kernel_sha256, initrd_sha256 | null, cmdline,
  *                kernel_size, release?}, reboot_pending, boots, applied,
- *                booted_usec?}, replaced
+ *                booted_usec?, handover?}, replaced
  *                atomically on every change; applied counts what the machine
  *                carried out, per kind ({prepare, cancel, finish, freeze,
  *                kexec, load, unload}: successful calls only), persisted with
@@ -17,7 +17,9 @@
  *                across crashes and restarts (a file without it counts from 0);
  *   faults       optional, read again by every faultable operation: one
  *                backend_config_add_fault() spec per line, "#" comments; an
- *                op named there overrides the cfg->faults entry;
+ *                op named there overrides the cfg->faults entry; the file
+ *                alone may also name "preserve" (session_preserve, same
+ *                syntax; not a backend_config_add_fault() op);
  *   lock         flock()ed for the backend's life: like the real
  *                /dev/liveupdate, one agent at a time (-EBUSY).
  * The simulated reboot persists reboot_pending and returns 0; the caller
@@ -33,15 +35,47 @@
  * reboot call and that open (the agent's --sim-downtime) is the jump's share
  * of a blackout (the agent's kexec_ms), never the new boot's uptime.
  *
- * Threads and locks: set_event, kexec_load, kexec_unload and reboot are
- * serialised by op_lock, held through fault delays, hashing and fsync;
+ * Sessions (kernel-abi.md section B, mainline's rules; docs/sim-sessions.md):
+ * the session_* members keep a table of outgoing sessions (created here,
+ * each preserved file held as a dup) and incoming ones (handed over by the
+ * previous boot). A session handle is a dup of an empty memfd the sim keeps
+ * (a distinct inode): a handle is looked up by its st_dev/st_ino.
+ *   sessions/<boot id>/  the handover a simulated kexec of boot <boot id>
+ *                wrote: index.json ({version, boot_id, marker: null |
+ *                {size}, sessions: [{name, name_hex, dir, files: [{token,
+ *                size, seals, position}]}]}), one directory per session
+ *                (0, 1, ...) holding one file per token (named by the token
+ *                in decimal), and the marker. Written as .tmp-<boot id>,
+ *                fsynced, renamed: the reboot_pending that follows in
+ *                kernel.json is the commit point. The boot that lands records
+ *                the boot id in kernel.json's "handover" and offers its
+ *                sessions as incoming; whatever else sessions/ holds is
+ *                removed at open. The directory lives through agent restarts
+ *                within the boot: a session's directory goes when the session
+ *                is finished (explicitly, by release, or, for one a process
+ *                retrieved and then died holding, at the next open: the
+ *                kernel's implicit finish when the session fd is closed, a
+ *                "retrieved" file marks them); the FINISH event frees the
+ *                sessions never retrieved and the marker and clears
+ *                "handover"; the whole directory goes once nothing is left.
+ *
+ * Threads and locks: set_event, kexec_load, kexec_unload, reboot and
+ * marker_write are serialised by op_lock, held through fault delays, hashing,
+ * the handover copy and fsync; the session_* members and marker_read (the
+ * broker's thread) take sess_lock, which guards the session table and the
+ * incoming handover (set_event's FINISH and reboot take it under op_lock);
  * get_state, kexec_loaded, watch_read, get_info and self_check take only
  * lock, a short one guarding the in-memory copy, so the event loop never
- * waits for a slow operation. Lock order: op_lock, then lock. Owns the
- * directory fd, the lock fd and the eventfd (the watch fd, POLLIN).
+ * waits for a slow operation. Lock order: op_lock, then sess_lock, then lock.
+ * The outgoing marker is guarded by op_lock. Owns the directory fd, the lock
+ * fd, the eventfd (the watch fd, POLLIN), the handover directory fd, every
+ * session handle, each preserved file's dup and each restored memfd.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
+#include <linux/magic.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -49,7 +83,10 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/utsname.h>
+#include <sys/vfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -71,6 +108,29 @@
 /* Cap on the files we read back (kernel.json, faults). */
 #define SIM_FILE_MAX (64 * 1024)
 #define SHA256_HEX_LEN 64
+
+/* The session handover (see the comment at the top). */
+#define SIM_SESSIONS_DIR "sessions"
+#define SIM_INDEX_FILE "index.json"
+#define SIM_MARKER_FILE "marker"
+#define SIM_RETRIEVED_FILE "retrieved"
+#define SIM_HANDOVER_TMP_PREFIX ".tmp-"
+#define SIM_INDEX_VERSION 1
+/* Cap on index.json: about 100 bytes a file, so some 100,000 preserved files. */
+#define SIM_INDEX_MAX (16 * 1024 * 1024)
+/* sessions/<boot id>/<n>/<token>: the deepest tree the sim removes. */
+#define SIM_HANDOVER_DEPTH 4
+
+/* The fault ops of the runtime faults file only: after cfg's. */
+#define SIM_FAULT_PRESERVE _SIM_FAULT_OP_MAX
+#define SIM_FAULTS_N (_SIM_FAULT_OP_MAX + 1)
+
+#ifndef F_SEAL_EXEC
+#define F_SEAL_EXEC 0x0020
+#endif
+#define SIM_SEALS_KNOWN                                                                            \
+        (F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_FUTURE_WRITE |          \
+         F_SEAL_EXEC)
 
 /* What the simulated machine carried out, counted in kernel.json's "applied". */
 enum sim_applied {
@@ -108,6 +168,36 @@ struct sim_kstate {
         char next_release[128];
         uint64_t booted_usec; /* CLOCK_REALTIME of this simulated boot, 0 = unknown (uptime) */
         uint64_t applied[_SIM_APPLIED_MAX];
+        /* the boot id whose session handover this boot received and has not
+         * FINISHed ("" = none): sessions/<handover>/ */
+        char handover[37];
+};
+
+/* A preserved file (outgoing) or a handed-over one (incoming). */
+struct sim_sfile {
+        uint64_t token;
+        /* outgoing: the sim's dup of the preserved file; incoming: the memfd
+         * the first session_retrieve_fd made (-1 before) */
+        int fd;
+        dev_t dev; /* outgoing: the file's identity (EBUSY) */
+        ino_t ino;
+        /* incoming: what the index says */
+        uint64_t size;
+        uint64_t pos;
+        int seals;
+};
+
+struct sim_session {
+        char name[LUO_SESSION_NAME_MAX];
+        bool incoming;
+        bool retrieved; /* incoming: session_retrieve handed out a handle */
+        bool finished;  /* incoming: finished (its files freed) */
+        int handle;     /* the sim's copy of the handle memfd, -1 = none handed out */
+        dev_t hdev;
+        ino_t hino;
+        char dir[24]; /* incoming: its directory in the handover */
+        struct sim_sfile *files;
+        size_t n_files;
 };
 
 struct sim {
@@ -119,6 +209,15 @@ struct sim {
         int dir_fd;                                 /* <state_dir>/sim */
         int lock_fd;
         int event_fd;
+
+        pthread_mutex_t sess_lock; /* guards sessions, handover_* */
+        struct sim_session **sessions;
+        size_t n_sessions;
+        int handover_fd;        /* sessions/<handover>/, -1 = no incoming handover */
+        char handover_name[37]; /* its boot id */
+        bool handover_marker;   /* it holds the previous boot's marker */
+        void *marker;           /* outgoing marker (op_lock), NULL = none */
+        size_t marker_len;
 };
 
 static struct sim *to_sim(struct backend *b)
@@ -140,6 +239,21 @@ static void sim_op_unlockp(struct sim **s)
 
 #define SIM_OP_LOCKED(s) _cleanup_(sim_op_unlockp) _unused_ struct sim *_op_locked = sim_op_lock(s)
 
+static struct sim *sim_sess_lock(struct sim *s)
+{
+        pthread_mutex_lock(&s->sess_lock);
+        return s;
+}
+
+static void sim_sess_unlockp(struct sim **s)
+{
+        if (*s)
+                pthread_mutex_unlock(&(*s)->sess_lock);
+}
+
+#define SIM_SESS_LOCKED(s)                                                                         \
+        _cleanup_(sim_sess_unlockp) _unused_ struct sim *_sess_locked = sim_sess_lock(s)
+
 static void sim_sleep_ms(unsigned ms)
 {
         struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L };
@@ -148,21 +262,27 @@ static void sim_sleep_ms(unsigned ms)
                 ;
 }
 
-/* Read dir_fd/name whole (at most SIM_FILE_MAX bytes), NUL-terminated. */
-static int sim_read_file_at(int dir_fd, const char *name, char **ret, size_t *ret_len)
+/* Read dir_fd/name whole (at most max bytes), NUL-terminated; -EFBIG past max. */
+static int sim_read_file_max(int dir_fd, const char *name, size_t max, char **ret, size_t *ret_len)
 {
         _cleanup_close_ int fd = -1;
         _cleanup_free_ char *buf = NULL;
-        size_t len = 0;
+        size_t len = 0, size = 0;
 
         fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW);
         if (fd < 0)
                 return negative_errno();
-        buf = malloc(SIM_FILE_MAX + 1);
-        if (!buf)
-                return -ENOMEM;
         for (;;) {
-                ssize_t n = read(fd, buf + len, SIM_FILE_MAX + 1 - len);
+                if (len == size) {
+                        /* Grow by doubling from 64 KiB, to max + 1 (to see a file past max). */
+                        size_t nsize = size ? MIN(size * 2, max + 1) : MIN(SIM_FILE_MAX, max + 1);
+                        char *nbuf = realloc(buf, nsize + 1);
+                        if (!nbuf)
+                                return -ENOMEM;
+                        buf = nbuf;
+                        size = nsize;
+                }
+                ssize_t n = read(fd, buf + len, size - len);
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -171,13 +291,18 @@ static int sim_read_file_at(int dir_fd, const char *name, char **ret, size_t *re
                 if (n == 0)
                         break;
                 len += (size_t)n;
-                if (len > SIM_FILE_MAX)
+                if (len > max)
                         return -EFBIG;
         }
         buf[len] = 0;
         *ret = TAKE_PTR(buf);
         *ret_len = len;
         return 0;
+}
+
+static int sim_read_file_at(int dir_fd, const char *name, char **ret, size_t *ret_len)
+{
+        return sim_read_file_max(dir_fd, name, SIM_FILE_MAX, ret, ret_len);
 }
 
 static bool sha256_hex_valid(const char *s)
@@ -253,6 +378,13 @@ static int sim_kstate_from_json(const char *text, size_t len, struct sim_kstate 
                 goto out;
         }
         k.booted_usec = booted ? (uint64_t)json_integer_value(booted) : 0;
+        json_t *handover = json_object_get(j, "handover");
+        if (handover && (!json_is_string(handover) || !uuid_valid(json_string_value(handover)))) {
+                backend_msgf(why, why_size, "invalid handover");
+                goto out;
+        }
+        if (handover)
+                memcpy(k.handover, json_string_value(handover), 37);
 
         json_t *applied = json_object_get(j, "applied");
         if (applied && !json_is_object(applied)) {
@@ -339,6 +471,10 @@ static int sim_persist(struct sim *s, const struct sim_kstate *k)
                 json_decref(j);
                 return -ENOMEM;
         }
+        if (k->handover[0] && json_object_set_new(j, "handover", json_string(k->handover)) < 0) {
+                json_decref(j);
+                return -ENOMEM;
+        }
         json_t *applied = json_object();
         for (int i = 0; applied && i < _SIM_APPLIED_MAX; i++)
                 json_object_set_new(applied, sim_applied_names[i],
@@ -390,19 +526,39 @@ static int sim_update(struct sim *s, const struct sim_kstate *n)
 }
 
 /*
+ * "preserve=SPEC" of the faults file: the value has the syntax of any other
+ * op's, so it is parsed as one (backend_config_add_fault() knows no
+ * "preserve"). Returns 0, or -EINVAL.
+ */
+static int sim_parse_preserve_fault(const char *value, struct sim_fault *ret)
+{
+        struct backend_config one = {};
+        char spec[128];
+
+        if (snprintf(spec, sizeof(spec), "prepare=%s", value) >= (int)sizeof(spec))
+                return -EINVAL;
+        if (backend_config_add_fault(&one, spec) < 0)
+                return -EINVAL;
+        *ret = one.faults[SIM_FAULT_PREPARE];
+        return 0;
+}
+
+/*
  * The faults in force now: cfg's, overridden op by op by the runtime file.
  * A malformed file fails the operation with -EBADMSG rather than silently
  * running without the fault a test asked for.
  */
-static int sim_load_faults(struct sim *s, struct sim_fault ret[static _SIM_FAULT_OP_MAX])
+static int sim_load_faults(struct sim *s, struct sim_fault ret[static SIM_FAULTS_N])
 {
         _cleanup_free_ char *text = NULL;
         struct backend_config tmp = {};
+        struct sim_fault preserve = { .error = -1 };
         size_t len;
         char *line, *save = NULL;
         int r;
 
         memcpy(ret, s->faults, sizeof(s->faults));
+        ret[SIM_FAULT_PRESERVE] = (struct sim_fault){};
         r = sim_read_file_at(s->dir_fd, SIM_FAULTS_FILE, &text, &len);
         if (r == -ENOENT)
                 return 0;
@@ -425,12 +581,19 @@ static int sim_load_faults(struct sim *s, struct sim_fault ret[static _SIM_FAULT
                 strip_trailing(line);
                 if (*line == 0)
                         continue;
+                if (strncmp(line, "preserve=", strlen("preserve=")) == 0) {
+                        if (sim_parse_preserve_fault(line + strlen("preserve="), &preserve) < 0)
+                                return -EBADMSG;
+                        continue;
+                }
                 if (backend_config_add_fault(&tmp, line) < 0)
                         return -EBADMSG;
         }
         for (int i = 0; i < _SIM_FAULT_OP_MAX; i++)
                 if (tmp.faults[i].error >= 0)
                         ret[i] = tmp.faults[i];
+        if (preserve.error >= 0)
+                ret[SIM_FAULT_PRESERVE] = preserve;
         return 0;
 }
 
@@ -439,7 +602,7 @@ static int sim_load_faults(struct sim *s, struct sim_fault ret[static _SIM_FAULT
  * runtime file may have changed), stall, then fail with the configured errno
  * or return 0 to go on. faults is filled for callers that need other ops'.
  */
-static int sim_strike(struct sim *s, enum sim_fault_op op, struct sim_fault *faults)
+static int sim_strike(struct sim *s, int op, struct sim_fault faults[static SIM_FAULTS_N])
 {
         int r = sim_load_faults(s, faults);
         if (r < 0)
@@ -490,6 +653,758 @@ static int sha256_fd(int fd, char hex[static SHA256_HEX_LEN + 1], uint64_t *ret_
         return 0;
 }
 
+/* ---- sessions: the table, the files, the handover on disk ---- */
+
+static struct sim_session *sim_session_free(struct sim_session *ss)
+{
+        if (!ss)
+                return NULL;
+        for (size_t i = 0; i < ss->n_files; i++)
+                if (ss->files[i].fd >= 0)
+                        close(ss->files[i].fd);
+        free(ss->files);
+        if (ss->handle >= 0)
+                close(ss->handle);
+        free(ss);
+        return NULL;
+}
+
+static void sim_session_freep(struct sim_session **p)
+{
+        *p = sim_session_free(*p);
+}
+
+static struct sim_session *sim_session_new(const char *name, bool incoming)
+{
+        struct sim_session *ss = calloc(1, sizeof(*ss));
+
+        if (!ss)
+                return NULL;
+        /* the callers checked: 1..63 bytes */
+        memcpy(ss->name, name, strlen(name) + 1);
+        ss->incoming = incoming;
+        ss->handle = -1;
+        return ss;
+}
+
+/* Room for one more session in the table. sess_lock held (or not yet shared). */
+static int sim_sessions_reserve(struct sim *s)
+{
+        struct sim_session **n = reallocarray(s->sessions, s->n_sessions + 1, sizeof(*n));
+
+        if (!n)
+                return -ENOMEM;
+        s->sessions = n;
+        return 0;
+}
+
+/* Drop sessions[i] (its files, its handle). sess_lock held. */
+static void sim_session_remove(struct sim *s, size_t i)
+{
+        sim_session_free(s->sessions[i]);
+        memmove(&s->sessions[i], &s->sessions[i + 1],
+                (s->n_sessions - i - 1) * sizeof(*s->sessions));
+        s->n_sessions--;
+}
+
+static bool sim_going_down(struct sim *s)
+{
+        bool r;
+
+        pthread_mutex_lock(&s->lock);
+        r = s->k.reboot_pending;
+        pthread_mutex_unlock(&s->lock);
+        return r;
+}
+
+/* 1..63 bytes (the kernel's 64-byte field, NUL included), else -EINVAL. */
+static int sim_session_name_check(const char *name)
+{
+        size_t len;
+
+        if (!name)
+                return -EINVAL;
+        len = strnlen(name, LUO_SESSION_NAME_MAX);
+        return len == 0 || len >= LUO_SESSION_NAME_MAX ? -EINVAL : 0;
+}
+
+/*
+ * Give ss a handle: an empty memfd of the sim's own, a distinct inode that
+ * names the session; *ret_fd is the caller's dup of it.
+ */
+static int sim_session_open_handle(struct sim_session *ss, int *ret_fd)
+{
+        _cleanup_close_ int h = -1, fd = -1;
+        struct stat st;
+
+        h = memfd_create("luofleet-sim-session", MFD_CLOEXEC);
+        if (h < 0 || fstat(h, &st) < 0)
+                return negative_errno();
+        fd = fcntl(h, F_DUPFD_CLOEXEC, 3);
+        if (fd < 0)
+                return negative_errno();
+        ss->handle = TAKE_FD(h);
+        ss->hdev = st.st_dev;
+        ss->hino = st.st_ino;
+        *ret_fd = TAKE_FD(fd);
+        return 0;
+}
+
+static struct sim_session *sim_session_by_stat(struct sim *s, const struct stat *st,
+                                               size_t *ret_index)
+{
+        for (size_t i = 0; i < s->n_sessions; i++) {
+                struct sim_session *ss = s->sessions[i];
+                if (ss->handle >= 0 && ss->hdev == st->st_dev && ss->hino == st->st_ino) {
+                        if (ret_index)
+                                *ret_index = i;
+                        return ss;
+                }
+        }
+        return NULL;
+}
+
+/*
+ * The session a caller's handle names. sess_lock held. -EBADF: not an open
+ * descriptor; -EINVAL: not a session handle of this sim (the kernel's answer
+ * to a session ioctl on another file).
+ */
+static int sim_session_find(struct sim *s, int session, struct sim_session **ret, size_t *ret_index)
+{
+        struct stat st;
+
+        if (session < 0 || fstat(session, &st) < 0)
+                return -EBADF;
+        *ret = sim_session_by_stat(s, &st, ret_index);
+        return *ret ? 0 : -EINVAL;
+}
+
+/*
+ * Can mainline's memfd handler preserve this file? Only shmem files answer
+ * F_GET_SEALS; of those, memfds are unlinked (a tmpfs file with a name is
+ * not one), and hugetlb memfds (hugetlbfs, not tmpfs) are refused as 7.3
+ * refuses them. No handler: -ENOENT.
+ */
+static int sim_preservable(int fd, const struct stat *st)
+{
+        struct statfs sfs;
+
+        if (fcntl(fd, F_GET_SEALS) < 0)
+                return -ENOENT;
+        if (!S_ISREG(st->st_mode) || st->st_nlink != 0)
+                return -ENOENT;
+        if (fstatfs(fd, &sfs) < 0)
+                return negative_errno();
+        if ((unsigned long)sfs.f_type != (unsigned long)TMPFS_MAGIC)
+                return -ENOENT; /* HUGETLBFS_MAGIC */
+        return 0;
+}
+
+/*
+ * Copy the first size bytes of in to the same offsets of out (offsets of
+ * neither descriptor move): copy_file_range, or pread/pwrite where the
+ * kernel cannot (across file systems). A source shorter than size leaves the
+ * rest as it was (the caller sized out: zeros).
+ */
+static int sim_copy(int in, int out, uint64_t size)
+{
+        _cleanup_free_ char *buf = NULL;
+        uint64_t off = 0;
+        bool cfr = true;
+
+        while (off < size) {
+                size_t chunk = (size_t)MIN(size - off, (uint64_t)(1u << 20));
+                if (cfr) {
+                        loff_t ioff = (loff_t)off, ooff = (loff_t)off;
+                        ssize_t n = copy_file_range(in, &ioff, out, &ooff, chunk, 0);
+                        if (n > 0) {
+                                off += (uint64_t)n;
+                                continue;
+                        }
+                        if (n == 0)
+                                return 0; /* the source ended early */
+                        if (errno == EINTR)
+                                continue;
+                        if (errno != EXDEV && errno != EINVAL && errno != ENOSYS &&
+                            errno != EOPNOTSUPP && errno != EPERM)
+                                return negative_errno();
+                        cfr = false;
+                }
+                if (!buf) {
+                        buf = malloc(1u << 20);
+                        if (!buf)
+                                return -ENOMEM;
+                }
+                ssize_t n = pread(in, buf, chunk, (off_t)off);
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return negative_errno();
+                }
+                if (n == 0)
+                        return 0;
+                for (size_t done = 0; done < (size_t)n;) {
+                        ssize_t w = pwrite(out, buf + done, (size_t)n - done, (off_t)(off + done));
+                        if (w < 0) {
+                                if (errno == EINTR)
+                                        continue;
+                                return negative_errno();
+                        }
+                        done += (size_t)w;
+                }
+                off += (uint64_t)n;
+        }
+        return 0;
+}
+
+/* rm -rf dir_fd/name without following symlinks, at most depth levels. ENOENT is success. */
+static int sim_rm_rf_at(int dir_fd, const char *name, int depth)
+{
+        _cleanup_close_ int fd = -1;
+        struct dirent *de;
+        DIR *d;
+        int r = 0;
+
+        if (unlinkat(dir_fd, name, 0) == 0 || errno == ENOENT)
+                return 0;
+        if (errno != EISDIR && errno != EPERM)
+                return negative_errno();
+        if (depth <= 0)
+                return -ELOOP;
+        fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+                return errno == ENOENT ? 0 : negative_errno();
+        d = fdopendir(fd);
+        if (!d)
+                return negative_errno();
+        fd = -1; /* the DIR owns it */
+        while ((errno = 0, de = readdir(d))) {
+                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+                        continue;
+                int q = sim_rm_rf_at(dirfd(d), de->d_name, depth - 1);
+                if (q < 0 && r == 0)
+                        r = q;
+        }
+        if (errno != 0 && r == 0)
+                r = negative_errno();
+        closedir(d);
+        if (unlinkat(dir_fd, name, AT_REMOVEDIR) < 0 && errno != ENOENT && r == 0)
+                r = negative_errno();
+        return r;
+}
+
+/* <sim>/sessions/, created when create is set. Returns an fd or -errno. */
+static int sim_sessions_dir(struct sim *s, bool create)
+{
+        int fd;
+
+        if (create && mkdirat(s->dir_fd, SIM_SESSIONS_DIR, 0700) < 0 && errno != EEXIST)
+                return negative_errno();
+        fd = openat(s->dir_fd, SIM_SESSIONS_DIR, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        return fd < 0 ? negative_errno() : fd;
+}
+
+static int sim_mkdir_open_at(int dir_fd, const char *name)
+{
+        int fd;
+
+        if (mkdirat(dir_fd, name, 0700) < 0)
+                return negative_errno();
+        fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        return fd < 0 ? negative_errno() : fd;
+}
+
+/* One outgoing file into dir_fd/<token>, fsynced; its entry for the index in *ret. */
+static int sim_handover_file(int dir_fd, const struct sim_sfile *f, json_t **ret)
+{
+        _cleanup_close_ int out = -1;
+        char fname[24];
+        struct stat st;
+        off_t pos;
+        int seals, r;
+
+        if (fstat(f->fd, &st) < 0)
+                return negative_errno();
+        seals = fcntl(f->fd, F_GET_SEALS);
+        if (seals < 0)
+                return negative_errno();
+        /* the open file's position (the dup shares it with the workload's descriptor) */
+        pos = lseek(f->fd, 0, SEEK_CUR);
+        if (pos < 0)
+                return negative_errno();
+        snprintf(fname, sizeof(fname), "%" PRIu64, f->token);
+        out = openat(dir_fd, fname, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (out < 0)
+                return negative_errno();
+        if (ftruncate(out, st.st_size) < 0)
+                return negative_errno();
+        r = sim_copy(f->fd, out, (uint64_t)st.st_size);
+        if (r < 0)
+                return r;
+        if (fsync(out) < 0)
+                return negative_errno();
+        *ret = json_pack("{s:s, s:I, s:i, s:I}", "token", fname, "size", (json_int_t)st.st_size,
+                         "seals", seals, "position", (json_int_t)pos);
+        return *ret ? 0 : -ENOMEM;
+}
+
+/* One outgoing session into tmp_fd/<dir>; its index entry in *ret. */
+static int sim_handover_session(int tmp_fd, const struct sim_session *ss, const char *dir,
+                                json_t **ret)
+{
+        _cleanup_close_ int dir_fd = -1;
+        char name_hex[2 * LUO_SESSION_NAME_MAX + 1];
+        json_t *e, *files;
+        size_t len = strlen(ss->name);
+        int r;
+
+        dir_fd = sim_mkdir_open_at(tmp_fd, dir);
+        if (dir_fd < 0)
+                return dir_fd;
+        hex_encode((const uint8_t *)ss->name, len, name_hex);
+        /* "name" for the reader, when it is valid UTF-8; name_hex is what counts */
+        e = json_pack("{s:s, s:s, s:[]}", "name_hex", name_hex, "dir", dir, "files");
+        if (!e)
+                return -ENOMEM;
+        json_t *jname = json_stringn(ss->name, len);
+        if (jname)
+                json_object_set_new(e, "name", jname);
+        files = json_object_get(e, "files");
+        for (size_t i = 0; i < ss->n_files; i++) {
+                json_t *fe = NULL;
+                r = sim_handover_file(dir_fd, &ss->files[i], &fe);
+                if (r >= 0 && json_array_append_new(files, fe) < 0)
+                        r = -ENOMEM;
+                if (r < 0) {
+                        json_decref(e);
+                        return r;
+                }
+        }
+        if (fsync(dir_fd) < 0) {
+                json_decref(e);
+                return negative_errno();
+        }
+        *ret = e;
+        return 0;
+}
+
+/*
+ * The simulated kexec's serialisation: every outgoing session that has files,
+ * and the marker, into sessions/<boot_id>/ (a temp dir first, fsynced, then
+ * renamed). Nothing to hand over: nothing written. op_lock and sess_lock held.
+ */
+static int sim_handover_write(struct sim *s, const char *boot_id)
+{
+        _cleanup_close_ int sessions_fd = -1, tmp_fd = -1;
+        _cleanup_free_ char *text = NULL;
+        char tmp[64];
+        size_t n = 0;
+        json_t *index, *list;
+        int r;
+
+        for (size_t i = 0; i < s->n_sessions; i++)
+                if (!s->sessions[i]->incoming && s->sessions[i]->n_files > 0)
+                        n++;
+        sessions_fd = sim_sessions_dir(s, n > 0 || s->marker);
+        if (sessions_fd == -ENOENT)
+                return 0; /* nothing to write, nothing stale */
+        if (sessions_fd < 0)
+                return sessions_fd;
+        /* a handover of this boot an earlier, crashed reboot call left behind */
+        r = sim_rm_rf_at(sessions_fd, boot_id, SIM_HANDOVER_DEPTH);
+        if (r < 0 || (n == 0 && !s->marker))
+                return r;
+
+        snprintf(tmp, sizeof(tmp), SIM_HANDOVER_TMP_PREFIX "%s", boot_id);
+        r = sim_rm_rf_at(sessions_fd, tmp, SIM_HANDOVER_DEPTH);
+        if (r < 0)
+                return r;
+        tmp_fd = sim_mkdir_open_at(sessions_fd, tmp);
+        if (tmp_fd < 0)
+                return tmp_fd;
+
+        index = json_pack("{s:i, s:s, s:n, s:[]}", "version", SIM_INDEX_VERSION, "boot_id", boot_id,
+                          "marker", "sessions");
+        if (!index) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        list = json_object_get(index, "sessions");
+        for (size_t i = 0, d = 0; i < s->n_sessions; i++) {
+                const struct sim_session *ss = s->sessions[i];
+                char dir[24];
+                json_t *e = NULL;
+
+                if (ss->incoming || ss->n_files == 0)
+                        continue;
+                snprintf(dir, sizeof(dir), "%zu", d++);
+                r = sim_handover_session(tmp_fd, ss, dir, &e);
+                if (r >= 0 && json_array_append_new(list, e) < 0)
+                        r = -ENOMEM;
+                if (r < 0)
+                        goto fail;
+        }
+        if (s->marker) {
+                r = write_file_atomic_at(tmp_fd, SIM_MARKER_FILE, s->marker, s->marker_len, 0600);
+                if (r >= 0 &&
+                    json_object_set_new(index, "marker",
+                                        json_pack("{s:I}", "size", (json_int_t)s->marker_len)) < 0)
+                        r = -ENOMEM;
+                if (r < 0)
+                        goto fail;
+        }
+        text = json_dumps(index, JSON_INDENT(2));
+        json_decref(TAKE_PTR(index));
+        if (!text) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        /* the index last: its presence says the directory is complete (fsyncs tmp too) */
+        r = write_file_atomic_at(tmp_fd, SIM_INDEX_FILE, text, strlen(text), 0600);
+        if (r < 0)
+                goto fail;
+        if (renameat(sessions_fd, tmp, sessions_fd, boot_id) < 0) {
+                r = negative_errno();
+                goto fail;
+        }
+        if (fsync(sessions_fd) < 0 || fsync(s->dir_fd) < 0) {
+                r = negative_errno();
+                (void)sim_rm_rf_at(sessions_fd, boot_id, SIM_HANDOVER_DEPTH);
+                return r;
+        }
+        return 0;
+
+fail:
+        json_decref(index);
+        (void)sim_rm_rf_at(sessions_fd, tmp, SIM_HANDOVER_DEPTH);
+        return r;
+}
+
+/* Undo sim_handover_write() (the reboot failed after it). Best effort. */
+static void sim_handover_discard(struct sim *s, const char *boot_id)
+{
+        _cleanup_close_ int sessions_fd = sim_sessions_dir(s, false);
+
+        if (sessions_fd >= 0)
+                (void)sim_rm_rf_at(sessions_fd, boot_id, SIM_HANDOVER_DEPTH);
+}
+
+/*
+ * Nothing of the incoming handover is needed any more (no session with files
+ * on disk, no marker): remove the directory. sess_lock held.
+ */
+static void sim_handover_maybe_remove(struct sim *s)
+{
+        _cleanup_close_ int sessions_fd = -1;
+
+        if (s->handover_fd < 0 || s->handover_marker)
+                return;
+        for (size_t i = 0; i < s->n_sessions; i++)
+                if (s->sessions[i]->incoming && !s->sessions[i]->finished)
+                        return;
+        close(s->handover_fd);
+        s->handover_fd = -1;
+        sessions_fd = sim_sessions_dir(s, false);
+        if (sessions_fd >= 0)
+                (void)sim_rm_rf_at(sessions_fd, s->handover_name, SIM_HANDOVER_DEPTH);
+}
+
+/*
+ * An incoming session is finished (FINISH, its release, or the FINISH event
+ * for one never retrieved): its files are freed, in memory and on disk.
+ * Descriptors the caller got from retrieve_fd stay valid. sess_lock held.
+ */
+static void sim_incoming_finish(struct sim *s, struct sim_session *ss)
+{
+        if (ss->finished)
+                return;
+        ss->finished = true;
+        for (size_t i = 0; i < ss->n_files; i++)
+                if (ss->files[i].fd >= 0) {
+                        close(ss->files[i].fd);
+                        ss->files[i].fd = -1;
+                }
+        if (s->handover_fd >= 0)
+                (void)sim_rm_rf_at(s->handover_fd, ss->dir, SIM_HANDOVER_DEPTH - 2);
+        sim_handover_maybe_remove(s);
+}
+
+/*
+ * The FINISH event: like the kernel, the sessions nobody retrieved are freed,
+ * and with them the marker. Retrieved ones live on until their own finish.
+ * sess_lock held.
+ */
+static void sim_incoming_finish_event(struct sim *s)
+{
+        for (size_t i = 0; i < s->n_sessions;) {
+                struct sim_session *ss = s->sessions[i];
+                if (ss->incoming && !ss->retrieved) {
+                        sim_incoming_finish(s, ss);
+                        sim_session_remove(s, i);
+                } else
+                        i++;
+        }
+        if (s->handover_fd >= 0 && s->handover_marker)
+                (void)unlinkat(s->handover_fd, SIM_MARKER_FILE, 0);
+        s->handover_marker = false;
+        sim_handover_maybe_remove(s);
+}
+
+static int unhex(char c)
+{
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        return -1;
+}
+
+/* name_hex of the index: 1..63 bytes, no NUL. */
+static int sim_name_from_hex(const char *hex, char name[static LUO_SESSION_NAME_MAX])
+{
+        size_t len = strlen(hex);
+
+        if (len == 0 || len % 2 || len / 2 >= LUO_SESSION_NAME_MAX)
+                return -EBADMSG;
+        for (size_t i = 0; i < len / 2; i++) {
+                int hi = unhex(hex[2 * i]), lo = unhex(hex[2 * i + 1]);
+                if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+                        return -EBADMSG;
+                name[i] = (char)(hi << 4 | lo);
+        }
+        name[len / 2] = 0;
+        return 0;
+}
+
+static bool sim_dir_name_valid(const char *d)
+{
+        size_t len = strlen(d);
+
+        if (len == 0 || len > 20)
+                return false;
+        for (; *d; d++)
+                if (*d < '0' || *d > '9')
+                        return false;
+        return true;
+}
+
+/* One session of the index into an incoming session (not yet in the table). */
+static int sim_incoming_from_json(json_t *e, struct sim_session **ret, char *why, size_t why_size)
+{
+        _cleanup_(sim_session_freep) struct sim_session *ss = NULL;
+        char name[LUO_SESSION_NAME_MAX];
+        const char *name_hex, *dir;
+        json_error_t err;
+        json_t *files, *fe;
+        size_t i;
+
+        if (json_unpack_ex(e, &err, 0, "{s:s, s:s, s:o}", "name_hex", &name_hex, "dir", &dir,
+                           "files", &files) < 0) {
+                backend_msgf(why, why_size, "session: %s", err.text);
+                return -EBADMSG;
+        }
+        if (sim_name_from_hex(name_hex, name) < 0 || !sim_dir_name_valid(dir) ||
+            !json_is_array(files)) {
+                backend_msgf(why, why_size, "invalid session entry");
+                return -EBADMSG;
+        }
+        ss = sim_session_new(name, true);
+        if (!ss)
+                return -ENOMEM;
+        memcpy(ss->dir, dir, strlen(dir) + 1);
+        ss->files = calloc(MAX(json_array_size(files), 1u), sizeof(*ss->files));
+        if (!ss->files)
+                return -ENOMEM;
+        json_array_foreach (files, i, fe) {
+                struct sim_sfile *f = &ss->files[i];
+                const char *token;
+                json_int_t size, pos;
+                int seals;
+
+                if (json_unpack_ex(fe, &err, 0, "{s:s, s:I, s:i, s:I}", "token", &token, "size",
+                                   &size, "seals", &seals, "position", &pos) < 0) {
+                        backend_msgf(why, why_size, "session file: %s", err.text);
+                        return -EBADMSG;
+                }
+                if (parse_u64(token, UINT64_MAX, &f->token) < 0 || size < 0 || pos < 0 ||
+                    seals < 0 || (seals & ~SIM_SEALS_KNOWN)) {
+                        backend_msgf(why, why_size, "invalid session file entry");
+                        return -EBADMSG;
+                }
+                for (size_t j = 0; j < i; j++)
+                        if (ss->files[j].token == f->token) {
+                                backend_msgf(why, why_size, "token %s twice", token);
+                                return -EBADMSG;
+                        }
+                f->fd = -1;
+                f->size = (uint64_t)size;
+                f->pos = (uint64_t)pos;
+                f->seals = seals;
+                ss->n_files = i + 1;
+        }
+        *ret = TAKE_PTR(ss);
+        return 0;
+}
+
+/*
+ * At open: remove from sessions/ whatever is not the handover this boot
+ * received (an older boot's, a temp dir of a crashed reboot, a handover a
+ * reboot call wrote before it failed or crashed), then load that handover:
+ * its sessions that are still on disk and were not retrieved by an earlier
+ * process of this boot become the incoming set (one an earlier process
+ * retrieved was finished when it died, as the kernel finishes a session whose
+ * fd is closed: removed now). -EBADMSG with a reason when the index is
+ * damaged (the kernel panics on handover data it cannot parse).
+ */
+static int sim_handover_load(struct sim *s, char *why, size_t why_size)
+{
+        _cleanup_close_ int sessions_fd = -1, hfd = -1;
+        _cleanup_free_ char *text = NULL;
+        const char *boot_id;
+        json_error_t err;
+        json_t *j = NULL, *list, *marker, *e;
+        size_t len, i;
+        DIR *d;
+        int r;
+
+        sessions_fd = sim_sessions_dir(s, false);
+        if (sessions_fd == -ENOENT)
+                return 0;
+        if (sessions_fd < 0)
+                return sessions_fd;
+        r = dup(sessions_fd);
+        if (r < 0)
+                return negative_errno();
+        d = fdopendir(r);
+        if (!d) {
+                close(r);
+                return negative_errno();
+        }
+        for (struct dirent *de; (de = readdir(d));) {
+                if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
+                    (s->k.handover[0] && strcmp(de->d_name, s->k.handover) == 0))
+                        continue;
+                (void)sim_rm_rf_at(sessions_fd, de->d_name, SIM_HANDOVER_DEPTH);
+        }
+        closedir(d);
+        if (!s->k.handover[0])
+                return 0;
+
+        hfd = openat(sessions_fd, s->k.handover, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+        if (hfd < 0)
+                return errno == ENOENT ? 0 : negative_errno(); /* all finished */
+        r = sim_read_file_max(hfd, SIM_INDEX_FILE, SIM_INDEX_MAX, &text, &len);
+        if (r < 0) {
+                backend_msgf(why, why_size, SIM_INDEX_FILE ": %s", strerror(-r));
+                return r == -ENOENT || r == -EFBIG ? -EBADMSG : r;
+        }
+        j = json_loadb(text, len, JSON_REJECT_DUPLICATES, &err);
+        if (!j) {
+                backend_msgf(why, why_size, "%s (line %d)", err.text, err.line);
+                return -EBADMSG;
+        }
+        r = -EBADMSG;
+        int version;
+        if (json_unpack_ex(j, &err, 0, "{s:i, s:s, s:o, s:o}", "version", &version, "boot_id",
+                           &boot_id, "marker", &marker, "sessions", &list) < 0) {
+                backend_msgf(why, why_size, "%s", err.text);
+                goto out;
+        }
+        if (version != SIM_INDEX_VERSION || strcmp(boot_id, s->k.handover) != 0 ||
+            !json_is_array(list) || !(json_is_null(marker) || json_is_object(marker))) {
+                backend_msgf(why, why_size, "not a version %d handover of boot %s",
+                             SIM_INDEX_VERSION, s->k.handover);
+                goto out;
+        }
+        json_array_foreach (list, i, e) {
+                _cleanup_(sim_session_freep) struct sim_session *ss = NULL;
+                struct stat st;
+                char mark[64];
+
+                r = sim_incoming_from_json(e, &ss, why, why_size);
+                if (r < 0)
+                        goto out;
+                for (size_t k = 0; k < s->n_sessions; k++)
+                        if (strcmp(s->sessions[k]->name, ss->name) == 0 ||
+                            strcmp(s->sessions[k]->dir, ss->dir) == 0) {
+                                backend_msgf(why, why_size, "session \"%s\" twice", ss->name);
+                                r = -EBADMSG;
+                                goto out;
+                        }
+                if (fstatat(hfd, ss->dir, &st, AT_SYMLINK_NOFOLLOW) < 0)
+                        continue; /* finished earlier in this boot */
+                snprintf(mark, sizeof(mark), "%s/" SIM_RETRIEVED_FILE, ss->dir);
+                if (fstatat(hfd, mark, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+                        /* retrieved by a process that is gone: finished implicitly */
+                        (void)sim_rm_rf_at(hfd, ss->dir, SIM_HANDOVER_DEPTH - 2);
+                        continue;
+                }
+                r = sim_sessions_reserve(s);
+                if (r < 0)
+                        goto out;
+                s->sessions[s->n_sessions++] = TAKE_PTR(ss);
+        }
+        struct stat mst;
+        s->handover_marker = json_is_object(marker) &&
+                             fstatat(hfd, SIM_MARKER_FILE, &mst, AT_SYMLINK_NOFOLLOW) == 0;
+        memcpy(s->handover_name, s->k.handover, 37);
+        s->handover_fd = TAKE_FD(hfd);
+        sim_handover_maybe_remove(s);
+        r = 0;
+out:
+        json_decref(j);
+        return r;
+}
+
+/* The incoming file's data into a new memfd: size, contents, position, seals. */
+static int sim_restore_file(struct sim *s, const struct sim_session *ss, struct sim_sfile *f)
+{
+        _cleanup_close_ int in = -1, m = -1;
+        char path[64];
+        int r;
+
+        snprintf(path, sizeof(path), "%s/%" PRIu64, ss->dir, f->token);
+        in = openat(s->handover_fd, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (in < 0)
+                return negative_errno();
+        m = memfd_create("luofleet-sim-restored", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (m < 0)
+                return negative_errno();
+        if (ftruncate(m, (off_t)f->size) < 0)
+                return negative_errno();
+        r = sim_copy(in, m, f->size);
+        if (r < 0)
+                return r;
+        if (lseek(m, (off_t)f->pos, SEEK_SET) < 0)
+                return negative_errno();
+        if (f->seals && fcntl(m, F_ADD_SEALS, f->seals) < 0)
+                return negative_errno();
+        f->fd = TAKE_FD(m);
+        return 0;
+}
+
+static void sim_sessions_free(struct sim *s)
+{
+        for (size_t i = 0; i < s->n_sessions; i++)
+                sim_session_free(s->sessions[i]);
+        free(s->sessions);
+        s->sessions = NULL;
+        s->n_sessions = 0;
+        if (s->handover_fd >= 0)
+                close(s->handover_fd);
+        s->handover_fd = -1;
+        free(s->marker);
+        s->marker = NULL;
+}
+
+/* The outgoing marker goes when the machine leaves prepared/frozen for normal. op_lock held. */
+static void sim_marker_drop(struct sim *s)
+{
+        free(s->marker);
+        s->marker = NULL;
+        s->marker_len = 0;
+}
+
 static void sim_free(struct backend *b)
 {
         struct sim *s = to_sim(b);
@@ -502,6 +1417,8 @@ static void sim_free(struct backend *b)
                 close(s->lock_fd); /* releases the flock */
         if (s->dir_fd >= 0)
                 close(s->dir_fd);
+        sim_sessions_free(s);
+        pthread_mutex_destroy(&s->sess_lock);
         pthread_mutex_destroy(&s->lock);
         pthread_mutex_destroy(&s->op_lock);
         free(s);
@@ -547,7 +1464,7 @@ static int sim_watch_read(struct backend *b, enum luo_state *ret)
 static int sim_set_event(struct backend *b, enum luo_event ev)
 {
         struct sim *s = to_sim(b);
-        struct sim_fault faults[_SIM_FAULT_OP_MAX];
+        struct sim_fault faults[SIM_FAULTS_N];
         struct sim_kstate n;
         enum luo_state to;
         int r;
@@ -565,7 +1482,7 @@ static int sim_set_event(struct backend *b, enum luo_event ev)
                 return r;
 
         /* A valid event runs the subsystems' callbacks: that is where faults strike. */
-        r = sim_strike(s, (enum sim_fault_op)ev, faults);
+        r = sim_strike(s, (int)ev, faults);
         if (r < 0)
                 return r; /* a failing callback: the state stays */
 
@@ -573,13 +1490,30 @@ static int sim_set_event(struct backend *b, enum luo_event ev)
         n.applied[ev == LUO_EVENT_PREPARE  ? SIM_APPLIED_PREPARE
                   : ev == LUO_EVENT_CANCEL ? SIM_APPLIED_CANCEL
                                            : SIM_APPLIED_FINISH]++;
-        return sim_update(s, &n);
+        if (ev != LUO_EVENT_FINISH) {
+                r = sim_update(s, &n);
+                if (r >= 0 && ev == LUO_EVENT_CANCEL)
+                        sim_marker_drop(s); /* the live update is off: nothing to vouch for */
+                return r;
+        }
+
+        /*
+         * FINISH: the handover is done with in the same write (a restart after
+         * it offers nothing), then what nobody retrieved is freed.
+         */
+        pthread_mutex_lock(&s->sess_lock);
+        n.handover[0] = 0;
+        r = sim_update(s, &n);
+        if (r >= 0)
+                sim_incoming_finish_event(s);
+        pthread_mutex_unlock(&s->sess_lock);
+        return r;
 }
 
 static int sim_kexec_load(struct backend *b, int kernel_fd, int initrd_fd, const char *cmdline)
 {
         struct sim *s = to_sim(b);
-        struct sim_fault faults[_SIM_FAULT_OP_MAX];
+        struct sim_fault faults[SIM_FAULTS_N];
         struct sim_kstate n;
         uint64_t size, isize;
         int r;
@@ -661,7 +1595,7 @@ static int sim_kexec_loaded(struct backend *b, bool *ret)
 static int sim_reboot(struct backend *b)
 {
         struct sim *s = to_sim(b);
-        struct sim_fault faults[_SIM_FAULT_OP_MAX];
+        struct sim_fault faults[SIM_FAULTS_N];
         struct sim_kstate n;
         int r;
 
@@ -678,6 +1612,8 @@ static int sim_reboot(struct backend *b)
                 if (faults[SIM_FAULT_FREEZE].error) {
                         n.state = LUO_STATE_NORMAL;
                         r = sim_update(s, &n);
+                        if (r >= 0)
+                                sim_marker_drop(s);
                         return r < 0 ? r : -faults[SIM_FAULT_FREEZE].error;
                 }
                 n.state = LUO_STATE_FROZEN;
@@ -690,9 +1626,23 @@ static int sim_reboot(struct backend *b)
         if (!n.kexec)
                 return -EINVAL; /* kernel_kexec() without an image */
 
-        n.reboot_pending = true;
-        n.applied[SIM_APPLIED_KEXEC]++;
-        return sim_update(s, &n);
+        /*
+         * Mainline serialises every outgoing session inside the reboot call,
+         * from any state (a plain kexec too): the handover is written, then
+         * reboot_pending commits it. A failure returns the error; the state
+         * stays (frozen from prepared), as when the kexec itself fails.
+         */
+        pthread_mutex_lock(&s->sess_lock);
+        r = sim_handover_write(s, n.boot_id);
+        if (r >= 0) {
+                n.reboot_pending = true;
+                n.applied[SIM_APPLIED_KEXEC]++;
+                r = sim_update(s, &n);
+                if (r < 0)
+                        sim_handover_discard(s, n.boot_id);
+        }
+        pthread_mutex_unlock(&s->sess_lock);
+        return r;
 }
 
 static int sim_get_info(struct backend *b, struct backend_info *ret)
@@ -725,6 +1675,290 @@ static int sim_self_check(struct backend *b, enum luo_state *ret_ioctl, enum luo
         return 0;
 }
 
+/* ---- sessions: the backend members (kernel-abi.md section B) ---- */
+
+static int sim_session_create(struct backend *b, const char *name, int *ret_session)
+{
+        struct sim *s = to_sim(b);
+        _cleanup_(sim_session_freep) struct sim_session *ss = NULL;
+        int fd, r;
+
+        r = sim_session_name_check(name);
+        if (r < 0)
+                return r;
+        if (!ret_session)
+                return -EINVAL;
+
+        SIM_SESS_LOCKED(s);
+        if (sim_going_down(s))
+                return -EBUSY;
+        /* an incoming session of the same name is no conflict (mainline: separate sets) */
+        for (size_t i = 0; i < s->n_sessions; i++)
+                if (!s->sessions[i]->incoming && strcmp(s->sessions[i]->name, name) == 0)
+                        return -EEXIST;
+        ss = sim_session_new(name, false);
+        if (!ss)
+                return -ENOMEM;
+        r = sim_sessions_reserve(s);
+        if (r < 0)
+                return r;
+        r = sim_session_open_handle(ss, &fd);
+        if (r < 0)
+                return r;
+        s->sessions[s->n_sessions++] = TAKE_PTR(ss);
+        *ret_session = fd;
+        return 0;
+}
+
+static int sim_session_preserve(struct backend *b, int session, int fd, uint64_t token)
+{
+        struct sim *s = to_sim(b);
+        struct sim_fault faults[SIM_FAULTS_N];
+        struct sim_session *ss;
+        struct sim_sfile *nf;
+        struct stat st;
+        int r, dup_fd;
+
+        SIM_SESS_LOCKED(s);
+        r = sim_session_find(s, session, &ss, NULL);
+        if (r < 0)
+                return r;
+        if (ss->incoming)
+                return -EINVAL;
+        if (sim_going_down(s))
+                return -EBUSY;
+        if (fd < 0 || fstat(fd, &st) < 0)
+                return -EBADF;
+        if (sim_session_by_stat(s, &st, NULL))
+                return -ENOENT; /* a session fd: no handler */
+        r = sim_preservable(fd, &st);
+        if (r < 0)
+                return r;
+        for (size_t i = 0; i < ss->n_files; i++)
+                if (ss->files[i].token == token)
+                        return -EEXIST;
+        for (size_t i = 0; i < s->n_sessions; i++) {
+                const struct sim_session *o = s->sessions[i];
+                for (size_t j = 0; !o->incoming && j < o->n_files; j++)
+                        if (o->files[j].dev == st.st_dev && o->files[j].ino == st.st_ino)
+                                return -EBUSY;
+        }
+        /* A valid call reaches the memfd handler: where the "preserve" fault strikes. */
+        r = sim_strike(s, SIM_FAULT_PRESERVE, faults);
+        if (r < 0)
+                return r;
+
+        nf = reallocarray(ss->files, ss->n_files + 1, sizeof(*nf));
+        if (!nf)
+                return -ENOMEM;
+        ss->files = nf;
+        dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (dup_fd < 0)
+                return negative_errno();
+        ss->files[ss->n_files++] = (struct sim_sfile){
+                .token = token, .fd = dup_fd, .dev = st.st_dev, .ino = st.st_ino
+        };
+        return 0;
+}
+
+/* Not in mainline (the broker rebuilds the session there); the sim offers it. */
+static int sim_session_unpreserve(struct backend *b, int session, uint64_t token)
+{
+        struct sim *s = to_sim(b);
+        struct sim_session *ss;
+        int r;
+
+        SIM_SESS_LOCKED(s);
+        r = sim_session_find(s, session, &ss, NULL);
+        if (r < 0)
+                return r;
+        if (ss->incoming)
+                return -EINVAL;
+        if (sim_going_down(s))
+                return -EBUSY;
+        for (size_t i = 0; i < ss->n_files; i++)
+                if (ss->files[i].token == token) {
+                        close(ss->files[i].fd);
+                        memmove(&ss->files[i], &ss->files[i + 1],
+                                (ss->n_files - i - 1) * sizeof(*ss->files));
+                        ss->n_files--;
+                        return 0;
+                }
+        return -ENOENT;
+}
+
+static int sim_session_retrieve(struct backend *b, const char *name, int *ret_session)
+{
+        struct sim *s = to_sim(b);
+        struct sim_session *ss = NULL;
+        _cleanup_close_ int fd = -1, mark = -1;
+        char path[64];
+        int r;
+
+        r = sim_session_name_check(name);
+        if (r < 0)
+                return r;
+        if (!ret_session)
+                return -EINVAL;
+
+        SIM_SESS_LOCKED(s);
+        if (sim_going_down(s))
+                return -EBUSY;
+        for (size_t i = 0; !ss && i < s->n_sessions; i++)
+                if (s->sessions[i]->incoming && strcmp(s->sessions[i]->name, name) == 0)
+                        ss = s->sessions[i];
+        if (!ss)
+                return -ENOENT;
+        if (ss->retrieved)
+                return -EINVAL;
+        /* Mark it on disk: a later process of this boot then knows it was finished
+         * implicitly when this one died (see sim_handover_load). */
+        snprintf(path, sizeof(path), "%s/" SIM_RETRIEVED_FILE, ss->dir);
+        mark = openat(s->handover_fd, path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (mark < 0)
+                return negative_errno();
+        r = sim_session_open_handle(ss, &fd);
+        if (r < 0) {
+                (void)unlinkat(s->handover_fd, path, 0);
+                return r;
+        }
+        ss->retrieved = true;
+        *ret_session = TAKE_FD(fd);
+        return 0;
+}
+
+static int sim_session_retrieve_fd(struct backend *b, int session, uint64_t token, int *ret_fd)
+{
+        struct sim *s = to_sim(b);
+        struct sim_session *ss;
+        int r, fd;
+
+        if (!ret_fd)
+                return -EINVAL;
+        SIM_SESS_LOCKED(s);
+        r = sim_session_find(s, session, &ss, NULL);
+        if (r < 0)
+                return r;
+        if (!ss->incoming)
+                return -EINVAL;
+        if (sim_going_down(s))
+                return -EBUSY;
+        if (ss->finished)
+                return -ENOENT;
+        for (size_t i = 0; i < ss->n_files; i++) {
+                struct sim_sfile *f = &ss->files[i];
+                if (f->token != token)
+                        continue;
+                if (f->fd < 0) {
+                        r = sim_restore_file(s, ss, f);
+                        if (r < 0)
+                                return r;
+                }
+                /* the same token again: the same file */
+                fd = fcntl(f->fd, F_DUPFD_CLOEXEC, 3);
+                if (fd < 0)
+                        return negative_errno();
+                *ret_fd = fd;
+                return 0;
+        }
+        return -ENOENT;
+}
+
+static int sim_session_finish(struct backend *b, int session)
+{
+        struct sim *s = to_sim(b);
+        struct sim_session *ss;
+        int r;
+
+        SIM_SESS_LOCKED(s);
+        r = sim_session_find(s, session, &ss, NULL);
+        if (r < 0)
+                return r;
+        if (!ss->incoming)
+                return -EINVAL;
+        if (sim_going_down(s))
+                return -EBUSY;
+        sim_incoming_finish(s, ss); /* a second FINISH: a no-op */
+        return 0;
+}
+
+static void sim_session_release(struct backend *b, int session)
+{
+        struct sim *s = to_sim(b);
+        struct sim_session *ss;
+        size_t i;
+
+        if (session < 0)
+                return;
+        pthread_mutex_lock(&s->sess_lock);
+        if (sim_session_find(s, session, &ss, &i) == 0) {
+                /* outgoing: its files are unpreserved; incoming: finished implicitly */
+                if (ss->incoming)
+                        sim_incoming_finish(s, ss);
+                sim_session_remove(s, i);
+        }
+        pthread_mutex_unlock(&s->sess_lock);
+        close(session);
+}
+
+/* ---- the marker ---- */
+
+static int sim_marker_write(struct backend *b, const void *blob, size_t len)
+{
+        struct sim *s = to_sim(b);
+        _cleanup_free_ void *copy = NULL;
+
+        if (len > BACKEND_MARKER_MAX)
+                return -EFBIG;
+        if (!blob && len > 0)
+                return -EINVAL;
+        copy = malloc(MAX(len, 1u));
+        if (!copy)
+                return -ENOMEM;
+        if (len)
+                memcpy(copy, blob, len);
+
+        SIM_OP_LOCKED(s);
+        /* only op_lock holders write k */
+        if (s->k.state != LUO_STATE_PREPARED || s->k.reboot_pending)
+                return -EINVAL;
+        free(s->marker);
+        s->marker = TAKE_PTR(copy);
+        s->marker_len = len;
+        return 0;
+}
+
+static int sim_marker_read(struct backend *b, void **ret_blob, size_t *ret_len)
+{
+        struct sim *s = to_sim(b);
+        char *blob;
+        size_t len;
+        int r;
+
+        if (!ret_blob || !ret_len)
+                return -EINVAL;
+        SIM_SESS_LOCKED(s);
+        if (s->handover_fd < 0 || !s->handover_marker)
+                return -ENOENT;
+        r = sim_read_file_max(s->handover_fd, SIM_MARKER_FILE, BACKEND_MARKER_MAX, &blob, &len);
+        if (r < 0)
+                return r == -EFBIG ? -EBADMSG : r;
+        *ret_blob = blob;
+        *ret_len = len;
+        return 0;
+}
+
+#define SIM_DESCRIPTION "sim (sessions: mainline rules; global state: v3)"
+
+static int sim_describe(struct backend *b, char *buf, size_t size)
+{
+        if (!buf || size == 0)
+                return -EINVAL;
+        if (snprintf(buf, size, "%s", SIM_DESCRIPTION) >= (int)size)
+                return -ENOBUFS; /* truncated, still terminated */
+        return 0;
+}
+
 static const struct backend_ops sim_ops = {
         .name = "sim",
         .free = sim_free,
@@ -739,6 +1973,16 @@ static const struct backend_ops sim_ops = {
         .reboot = sim_reboot,
         .get_info = sim_get_info,
         .self_check = sim_self_check,
+        .session_create = sim_session_create,
+        .session_retrieve = sim_session_retrieve,
+        .session_preserve = sim_session_preserve,
+        .session_unpreserve = sim_session_unpreserve,
+        .session_retrieve_fd = sim_session_retrieve_fd,
+        .session_finish = sim_session_finish,
+        .session_release = sim_session_release,
+        .marker_write = sim_marker_write,
+        .marker_read = sim_marker_read,
+        .describe = sim_describe,
 };
 
 /*
@@ -832,9 +2076,10 @@ int sim_open(const struct backend_config *cfg, struct backend **ret, char *msg, 
         if (!s)
                 return -ENOMEM;
         s->base.ops = &sim_ops;
-        s->dir_fd = s->lock_fd = s->event_fd = -1;
+        s->dir_fd = s->lock_fd = s->event_fd = s->handover_fd = -1;
         pthread_mutex_init(&s->op_lock, NULL);
         pthread_mutex_init(&s->lock, NULL);
+        pthread_mutex_init(&s->sess_lock, NULL);
         memcpy(s->faults, cfg->faults, sizeof(s->faults));
 
         s->dir_fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -887,7 +2132,15 @@ int sim_open(const struct backend_config *cfg, struct backend **ret, char *msg, 
                         return -EBADMSG;
                 }
                 if (k.reboot_pending) {
-                        /* The simulated kexec lands: this open is the new boot. */
+                        /* The simulated kexec lands: this open is the new boot, which
+                         * receives the handover the old boot wrote, if it wrote one. */
+                        char path[64];
+                        struct stat st;
+                        snprintf(path, sizeof(path), SIM_SESSIONS_DIR "/%s/" SIM_INDEX_FILE,
+                                 k.boot_id);
+                        k.handover[0] = 0;
+                        if (fstatat(s->dir_fd, path, &st, AT_SYMLINK_NOFOLLOW) == 0)
+                                memcpy(k.handover, k.boot_id, sizeof(k.handover));
                         k.state =
                                 k.state == LUO_STATE_FROZEN ? LUO_STATE_UPDATED : LUO_STATE_NORMAL;
                         k.boots++;
@@ -911,6 +2164,13 @@ int sim_open(const struct backend_config *cfg, struct backend **ret, char *msg, 
                 }
         }
         s->k = k;
+        r = sim_handover_load(s, why, sizeof(why));
+        if (r < 0) {
+                backend_msgf(msg, msg_size, "%s session handover %s/" SIM_SESSIONS_DIR "/%s: %s",
+                             r == -EBADMSG ? "corrupt" : "cannot load the", dir, k.handover,
+                             r == -EBADMSG ? why : strerror(-r));
+                return r;
+        }
         *ret = &TAKE_PTR(s)->base;
         return 0;
 }

@@ -10,6 +10,7 @@
  * removed at the end. Single-threaded except test_threads.
  */
 #include <check.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -20,6 +21,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <unistd.h>
@@ -1060,6 +1063,794 @@ START_TEST(test_threads)
 }
 END_TEST
 
+/* ---- sessions (kernel-abi.md section B) and the marker ---- */
+
+#define MIB (1024u * 1024u)
+
+static int create(struct backend *b, const char *name)
+{
+        int h = -1;
+        ck_assert_msg(b->ops->session_create(b, name, &h) == 0, "create %s", name);
+        ck_assert_int_ge(h, 0);
+        ck_assert(fcntl(h, F_GETFD) & FD_CLOEXEC);
+        return h;
+}
+
+static int retrieve(struct backend *b, const char *name)
+{
+        int h = -1;
+        ck_assert_msg(b->ops->session_retrieve(b, name, &h) == 0, "retrieve %s", name);
+        ck_assert_int_ge(h, 0);
+        ck_assert(fcntl(h, F_GETFD) & FD_CLOEXEC);
+        return h;
+}
+
+static int retrieve_err(struct backend *b, const char *name)
+{
+        int h = -1;
+        int r = b->ops->session_retrieve(b, name, &h);
+        ck_assert_int_lt(r, 0);
+        ck_assert_int_eq(h, -1);
+        return r;
+}
+
+static int retrieve_fd(struct backend *b, int session, uint64_t token)
+{
+        int fd = -1;
+        ck_assert_msg(b->ops->session_retrieve_fd(b, session, token, &fd) == 0, "token %llu",
+                      (unsigned long long)token);
+        ck_assert_int_ge(fd, 0);
+        ck_assert(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+        return fd;
+}
+
+static int retrieve_fd_err(struct backend *b, int session, uint64_t token)
+{
+        int fd = -1;
+        int r = b->ops->session_retrieve_fd(b, session, token, &fd);
+        ck_assert_int_lt(r, 0);
+        ck_assert_int_eq(fd, -1);
+        return r;
+}
+
+static int plain_memfd(const char *text)
+{
+        int fd = memfd_create("test-sim", MFD_CLOEXEC);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(write_all(fd, text, strlen(text)), 0);
+        return fd;
+}
+
+/* A memfd holding size random bytes (copied to *ret_data), then sealed and positioned. */
+static int random_memfd(size_t size, int seals, off_t pos, uint8_t **ret_data)
+{
+        uint8_t *data = malloc(size);
+        int fd = memfd_create("test-sim-random", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+
+        ck_assert_ptr_nonnull(data);
+        ck_assert_int_ge(fd, 0);
+        for (size_t off = 0; off < size;) {
+                ssize_t n = getrandom(data + off, size - off, 0);
+                ck_assert_int_gt(n, 0);
+                off += (size_t)n;
+        }
+        ck_assert_int_eq(write_all(fd, data, size), 0);
+        ck_assert_int_eq(lseek(fd, pos, SEEK_SET), pos);
+        if (seals)
+                ck_assert_int_eq(fcntl(fd, F_ADD_SEALS, seals), 0);
+        *ret_data = data;
+        return fd;
+}
+
+/* fd is a memfd with exactly these bytes, seals and position. */
+static void assert_memfd(int fd, const uint8_t *data, size_t size, int seals, off_t pos)
+{
+        _cleanup_free_ uint8_t *got = malloc(size + 1);
+        struct stat st;
+
+        ck_assert_ptr_nonnull(got);
+        ck_assert_int_eq(fstat(fd, &st), 0);
+        ck_assert_int_eq(st.st_size, (off_t)size);
+        ck_assert_int_eq(fcntl(fd, F_GET_SEALS), seals);
+        ck_assert_int_eq(lseek(fd, 0, SEEK_CUR), pos);
+        ck_assert_int_eq(pread(fd, got, size + 1, 0), (ssize_t)size);
+        ck_assert_msg(memcmp(got, data, size) == 0, "contents differ");
+}
+
+static void release(struct backend *b, int h)
+{
+        b->ops->session_release(b, h);
+        /* closed by the release */
+        ck_assert_int_eq(fcntl(h, F_GETFD), -1);
+        ck_assert_int_eq(errno, EBADF);
+}
+
+/* The simulated kexec (live: from prepared): the machine goes down; the next open is the new boot.
+ */
+static struct backend *kexec(struct backend *b, bool live)
+{
+        stage(b);
+        if (live && state(b) == LUO_STATE_NORMAL)
+                ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_PREPARE), 0);
+        ck_assert_int_eq(b->ops->reboot(b), 0);
+        backend_free(b);
+        b = sim();
+        ck_assert_int_eq(state(b), live ? LUO_STATE_UPDATED : LUO_STATE_NORMAL);
+        return b;
+}
+
+static bool sim_path_exists(const char *rel)
+{
+        char path[PATH_MAX + 64];
+        struct stat st;
+
+        path_in(path, sizeof(path), rel);
+        return lstat(path, &st) == 0;
+}
+
+/* Entries of sim/sessions/ (0 when it does not exist). */
+static int handover_entries(void)
+{
+        char path[PATH_MAX + 64];
+        struct dirent *de;
+        int n = 0;
+        DIR *d;
+
+        path_in(path, sizeof(path), "sessions");
+        d = opendir(path);
+        if (!d)
+                return 0;
+        while ((de = readdir(d)))
+                n += strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0;
+        closedir(d);
+        return n;
+}
+
+START_TEST(test_session_names)
+{
+        int fds = testutil_count_fds();
+        struct backend *b = sim();
+        char n63[64], n64[65], desc[128];
+        int a, h = -1;
+
+        ck_assert_ptr_nonnull(b->ops->session_create);
+        ck_assert_ptr_nonnull(b->ops->session_unpreserve);
+        ck_assert_ptr_null(b->ops->fd_preserve); /* the broker uses sessions here */
+        ck_assert_int_eq(b->ops->describe(b, desc, sizeof(desc)), 0);
+        ck_assert_str_eq(desc, "sim (sessions: mainline rules; global state: v3)");
+        ck_assert_int_eq(b->ops->describe(b, desc, 4), -ENOBUFS);
+        ck_assert_str_eq(desc, "sim");
+
+        memset(n63, 'n', 63);
+        n63[63] = 0;
+        memset(n64, 'n', 64);
+        n64[64] = 0;
+        ck_assert_int_eq(b->ops->session_create(b, "", &h), -EINVAL);
+        ck_assert_int_eq(b->ops->session_create(b, n64, &h), -EINVAL);
+        ck_assert_int_eq(b->ops->session_create(b, NULL, &h), -EINVAL);
+        ck_assert_int_eq(h, -1);
+        a = create(b, "vm-1");
+        ck_assert_int_eq(b->ops->session_create(b, "vm-1", &h), -EEXIST);
+        ck_assert_int_eq(h, -1);
+        int big = create(b, n63);
+        int other = create(b, "lf:1000:vm-1");
+        release(b, a);
+        a = create(b, "vm-1"); /* the name is free again after the release */
+        release(b, a);
+        release(b, big);
+        release(b, other);
+        /* retrieve: names checked alike; nothing incoming on a first boot */
+        ck_assert_int_eq(retrieve_err(b, ""), -EINVAL);
+        ck_assert_int_eq(retrieve_err(b, n64), -EINVAL);
+        ck_assert_int_eq(retrieve_err(b, "vm-1"), -ENOENT);
+        void *blob = NULL;
+        size_t len = 0;
+        ck_assert_int_eq(b->ops->marker_read(b, &blob, &len), -ENOENT);
+        backend_free(b);
+        ck_assert_int_eq(testutil_count_fds(), fds);
+}
+END_TEST
+
+START_TEST(test_session_preserve_errors)
+{
+        int fds = testutil_count_fds();
+        struct backend *b = sim();
+        _cleanup_close_ int m1 = plain_memfd("one"), m2 = plain_memfd("two"), nul = -1, reg = -1,
+                            tmpf = -1;
+        int p[2], s1, s2, closed;
+
+        s1 = create(b, "neg-1");
+        s2 = create(b, "neg-2");
+        ck_assert_int_eq(b->ops->session_preserve(b, s1, m1, 1), 0);
+        ck_assert_int_eq(b->ops->session_preserve(b, s1, m1, 2), -EBUSY);  /* same file */
+        ck_assert_int_eq(b->ops->session_preserve(b, s1, m2, 1), -EEXIST); /* same token */
+        ck_assert_int_eq(b->ops->session_preserve(b, s2, m1, 1), -EBUSY);  /* in another session */
+        ck_assert_int_eq(b->ops->session_preserve(b, s1, -1, 3), -EBADF);
+        closed = 100000; /* far above anything open */
+        ck_assert_int_eq(fcntl(closed, F_GETFD), -1);
+        ck_assert_int_eq(b->ops->session_preserve(b, s1, closed, 3), -EBADF);
+        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+        ck_assert_int_eq(b->ops->session_preserve(b, s1, p[0], 4), -ENOENT);
+        close(p[0]);
+        close(p[1]);
+        nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+        ck_assert_int_ge(nul, 0);
+        ck_assert_int_eq(b->ops->session_preserve(b, s1, nul, 5), -ENOENT);
+        ck_assert_int_eq(b->ops->session_preserve(b, s1, s1, 6), -ENOENT); /* a session fd */
+        ck_assert_int_eq(b->ops->session_preserve(b, s1, s2, 6), -ENOENT);
+        reg = content_fd("regular", "not a memfd");
+        ck_assert_int_eq(b->ops->session_preserve(b, s1, reg, 7), -ENOENT);
+        /* an unlinked tmpfs file that is not in tmpfs's internal mount: only if /dev/shm is tmpfs
+         */
+        tmpf = open("/dev/shm", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+        if (tmpf >= 0) {
+                /* shmem and unlinked: what mainline's memfd handler takes too */
+                int r = b->ops->session_preserve(b, s1, tmpf, 8);
+                ck_assert_msg(r == 0 || r == -ENOENT, "O_TMPFILE: %d", r);
+        }
+        /* hugetlb memfds are refused (when this machine can make one) */
+        int huge = memfd_create("test-huge", MFD_CLOEXEC | MFD_HUGETLB);
+        if (huge >= 0) {
+                ck_assert_int_eq(b->ops->session_preserve(b, s1, huge, 9), -ENOENT);
+                close(huge);
+        }
+        /* a memfd created without sealing, one with seals: both fine */
+        ck_assert_int_eq(b->ops->session_preserve(b, s2, m2, 1), 0);
+
+        /* not a session: a memfd, a closed number */
+        ck_assert_int_eq(b->ops->session_preserve(b, m2, m1, 10), -EINVAL);
+        ck_assert_int_eq(b->ops->session_preserve(b, closed, m1, 10), -EBADF);
+        /* the incoming-only calls on an outgoing session */
+        ck_assert_int_eq(retrieve_fd_err(b, s1, 1), -EINVAL);
+        ck_assert_int_eq(b->ops->session_finish(b, s1), -EINVAL);
+        ck_assert_int_eq(b->ops->session_finish(b, m1), -EINVAL);
+
+        release(b, s1);
+        release(b, s2);
+        /* released: the files are free to go elsewhere */
+        s1 = create(b, "neg-3");
+        ck_assert_int_eq(b->ops->session_preserve(b, s1, m1, 1), 0);
+        ck_assert_int_eq(b->ops->session_preserve(b, s1, m2, 2), 0);
+        release(b, s1);
+        backend_free(b);
+        close(TAKE_FD(m1));
+        close(TAKE_FD(m2));
+        close(TAKE_FD(nul));
+        close(TAKE_FD(reg));
+        if (tmpf >= 0)
+                close(TAKE_FD(tmpf));
+        ck_assert_int_eq(testutil_count_fds(), fds);
+}
+END_TEST
+
+START_TEST(test_session_unpreserve)
+{
+        struct backend *b = sim();
+        _cleanup_close_ int m1 = plain_memfd("one"), m2 = plain_memfd("two");
+        int s1 = create(b, "a"), s2 = create(b, "b");
+
+        ck_assert_int_eq(b->ops->session_preserve(b, s1, m1, 7), 0);
+        ck_assert_int_eq(b->ops->session_unpreserve(b, s1, 8), -ENOENT);
+        ck_assert_int_eq(b->ops->session_unpreserve(b, s2, 7),
+                         -ENOENT); /* tokens are per session */
+        ck_assert_int_eq(b->ops->session_unpreserve(b, s1, 7), 0);
+        ck_assert_int_eq(b->ops->session_unpreserve(b, s1, 7), -ENOENT);
+        /* the token and the file are free again */
+        ck_assert_int_eq(b->ops->session_preserve(b, s2, m1, 7), 0);
+        ck_assert_int_eq(b->ops->session_preserve(b, s1, m2, 7), 0);
+        ck_assert_int_eq(b->ops->session_unpreserve(b, m1, 7), -EINVAL);
+
+        /* unpreserved and released sessions carry nothing through a kexec */
+        ck_assert_int_eq(b->ops->session_unpreserve(b, s1, 7), 0);
+        int s3 = create(b, "c");
+        ck_assert_int_eq(b->ops->session_preserve(b, s3, m2, 1), 0);
+        release(b, s3);
+        b = kexec(b, true);
+        ck_assert_int_eq(retrieve_err(b, "a"), -ENOENT); /* empty: not handed over */
+        ck_assert_int_eq(retrieve_err(b, "c"), -ENOENT); /* released */
+        int h = retrieve(b, "b");
+        int fd = retrieve_fd(b, h, 7);
+        assert_memfd(fd, (const uint8_t *)"one", 3, F_SEAL_SEAL, 3);
+        close(fd);
+        ck_assert_int_eq(b->ops->session_unpreserve(b, h, 7), -EINVAL); /* incoming */
+        release(b, h);
+        backend_free(b);
+        /* the previous boot's handles: plain descriptors now (the process would be gone) */
+        close(s1);
+        close(s2);
+}
+END_TEST
+
+START_TEST(test_session_kexec)
+{
+        int fds = testutil_count_fds();
+        static const int sealed = F_SEAL_SHRINK | F_SEAL_GROW;
+        struct backend *b = sim();
+        uint8_t *d[4];
+        int m[4], ha, hb, hc, hx;
+        struct stat st1, st2;
+        char path[PATH_MAX + 64];
+        json_t *j;
+
+        m[0] = random_memfd(MIB, 0, 0, &d[0]);
+        m[1] = random_memfd(MIB, sealed, 12345, &d[1]);
+        m[2] = random_memfd(MIB, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE, MIB, &d[2]);
+        m[3] = random_memfd(MIB + 7, F_SEAL_SEAL | F_SEAL_GROW, 1, &d[3]);
+        ha = create(b, "lf:1000:vm-a");
+        hb = create(b, "lf:1000:vm-b");
+        hc = create(b, "empty"); /* no files: nothing to hand over */
+        ck_assert_int_eq(b->ops->session_preserve(b, ha, m[0], 1), 0);
+        ck_assert_int_eq(b->ops->session_preserve(b, ha, m[1], UINT64_MAX), 0);
+        ck_assert_int_eq(b->ops->session_preserve(b, hb, m[2], 1), 0);
+        ck_assert_int_eq(b->ops->session_preserve(b, hb, m[3], 0x4c46000000000000ull), 0);
+        /* writes after the preserve reach the next boot; the workload's fds may go */
+        memcpy(d[0] + 4096, "late write", 10);
+        ck_assert_int_eq(pwrite(m[0], "late write", 10, 4096), 10);
+        for (int i = 0; i < 4; i++)
+                close(m[i]);
+
+        stage(b);
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_PREPARE), 0);
+        ck_assert_int_eq(b->ops->marker_write(b, "marker", 6), 0);
+        ck_assert_int_eq(b->ops->reboot(b), 0);
+        /* the machine is going down: no more changes */
+        ck_assert_int_eq(b->ops->session_create(b, "late", &hx), -EBUSY);
+        ck_assert_int_eq(b->ops->marker_write(b, "x", 1), -EINVAL);
+        release(b, ha);
+        release(b, hb);
+        release(b, hc);
+        backend_free(b);
+
+        b = sim();
+        ck_assert_int_eq(state(b), LUO_STATE_UPDATED);
+        j = kernel_json();
+        ck_assert(json_is_string(json_object_get(j, "handover")));
+        json_decref(j);
+        ck_assert_int_eq(retrieve_err(b, "never-created"), -ENOENT);
+        ck_assert_int_eq(retrieve_err(b, "empty"), -ENOENT);
+        ha = retrieve(b, "lf:1000:vm-a");
+        ck_assert_int_eq(retrieve_err(b, "lf:1000:vm-a"), -EINVAL);
+        /* an outgoing session may take the name of an incoming one */
+        hx = create(b, "lf:1000:vm-a");
+        ck_assert_int_eq(retrieve_fd_err(b, hx, 1), -EINVAL);
+        release(b, hx);
+
+        ck_assert_int_eq(retrieve_fd_err(b, ha, 2), -ENOENT);
+        int f0 = retrieve_fd(b, ha, 1);
+        assert_memfd(f0, d[0], MIB, 0, 0);
+        int f1 = retrieve_fd(b, ha, UINT64_MAX);
+        assert_memfd(f1, d[1], MIB, sealed, 12345);
+        ck_assert_int_eq(ftruncate(f1, 2 * MIB), -1); /* the seals hold */
+        ck_assert_int_eq(errno, EPERM);
+        /* the same token again: the same file */
+        int f1b = retrieve_fd(b, ha, UINT64_MAX);
+        ck_assert_int_eq(fstat(f1, &st1), 0);
+        ck_assert_int_eq(fstat(f1b, &st2), 0);
+        ck_assert(st1.st_ino == st2.st_ino && st1.st_dev == st2.st_dev);
+        assert_memfd(f1b, d[1], MIB, sealed, 12345);
+        ck_assert_int_eq(pwrite(f0, "x", 1, 0), 1); /* a plain memfd, writable */
+        ck_assert_int_eq(b->ops->session_preserve(b, ha, f0, 9), -EINVAL); /* incoming */
+
+        ck_assert_int_eq(b->ops->session_finish(b, ha), 0);
+        ck_assert_int_eq(b->ops->session_finish(b, ha), 0); /* a no-op */
+        ck_assert_int_eq(retrieve_fd_err(b, ha, 1), -ENOENT);
+        ck_assert_int_eq(retrieve_err(b, "lf:1000:vm-a"), -EINVAL); /* finished, not closed */
+        ck_assert_int_eq(pread(f1, path, 1, 0), 1); /* what was retrieved stays usable */
+        release(b, ha);
+        ck_assert_int_eq(retrieve_err(b, "lf:1000:vm-a"), -ENOENT);
+
+        hb = retrieve(b, "lf:1000:vm-b");
+        int f2 = retrieve_fd(b, hb, 1);
+        int f3 = retrieve_fd(b, hb, 0x4c46000000000000ull);
+        assert_memfd(f2, d[2], MIB, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE, MIB);
+        assert_memfd(f3, d[3], MIB + 7, F_SEAL_SEAL | F_SEAL_GROW, 1);
+        /* a retrieved file may be preserved again for the next update */
+        hx = create(b, "lf:1000:vm-b");
+        ck_assert_int_eq(b->ops->session_preserve(b, hx, f2, 1), 0);
+        release(b, hx);
+        release(b, hb); /* an implicit finish */
+        ck_assert_int_eq(retrieve_err(b, "lf:1000:vm-b"), -ENOENT);
+
+        void *blob = NULL;
+        size_t len = 0;
+        ck_assert_int_eq(b->ops->marker_read(b, &blob, &len), 0);
+        ck_assert_uint_eq(len, 6);
+        ck_assert_mem_eq(blob, "marker", 6);
+        free(blob);
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_FINISH), 0);
+        ck_assert_int_eq(b->ops->marker_read(b, &blob, &len), -ENOENT);
+        ck_assert_int_eq(handover_entries(), 0); /* all consumed */
+        j = kernel_json();
+        ck_assert_ptr_null(json_object_get(j, "handover"));
+        json_decref(j);
+
+        close(f0);
+        close(f1);
+        close(f1b);
+        close(f2);
+        close(f3);
+        for (int i = 0; i < 4; i++)
+                free(d[i]);
+        backend_free(b);
+        ck_assert_int_eq(testutil_count_fds(), fds);
+}
+END_TEST
+
+/* The agent restarts within the boot (kill -9 and a new open): what it finds. */
+START_TEST(test_session_agent_restart)
+{
+        int fds = testutil_count_fds();
+        struct backend *b = sim();
+        static const char *const names[] = { "done", "held", "waiting" };
+        void *blob = NULL;
+        size_t len = 0;
+        int h[3];
+
+        for (int i = 0; i < 3; i++) {
+                _cleanup_close_ int m = plain_memfd(names[i]);
+                h[i] = create(b, names[i]);
+                ck_assert_int_eq(b->ops->session_preserve(b, h[i], m, 1), 0);
+        }
+        stage(b);
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_PREPARE), 0);
+        ck_assert_int_eq(b->ops->marker_write(b, "{\"version\":1}", 13), 0);
+        ck_assert_int_eq(b->ops->reboot(b), 0);
+        backend_free(b); /* the process dies holding the handles */
+        for (int i = 0; i < 3; i++)
+                close(h[i]);
+
+        b = sim();
+        h[0] = retrieve(b, "done");
+        ck_assert_int_eq(b->ops->session_finish(b, h[0]), 0);
+        release(b, h[0]);
+        h[1] = retrieve(b, "held"); /* retrieved, not finished, when the agent dies */
+        int f = retrieve_fd(b, h[1], 1);
+        close(f);
+        backend_free(b);
+        close(h[1]);
+
+        /* the same boot: the session never retrieved is still offered, and the marker */
+        b = sim();
+        ck_assert_int_eq(state(b), LUO_STATE_UPDATED);
+        ck_assert_int_eq(retrieve_err(b, "done"), -ENOENT);
+        /* the kernel finishes a retrieved session when its holder's fd closes */
+        ck_assert_int_eq(retrieve_err(b, "held"), -ENOENT);
+        h[2] = retrieve(b, "waiting");
+        f = retrieve_fd(b, h[2], 1);
+        assert_memfd(f, (const uint8_t *)"waiting", 7, F_SEAL_SEAL, 7);
+        close(f);
+        ck_assert_int_eq(b->ops->marker_read(b, &blob, &len), 0);
+        ck_assert_uint_eq(len, 13);
+        free(blob);
+        /* and once more, before anything finished it */
+        backend_free(b);
+        close(h[2]);
+        b = sim();
+        ck_assert_int_eq(retrieve_err(b, "waiting"), -ENOENT); /* retrieved by the dead one */
+        ck_assert_int_eq(b->ops->marker_read(b, &blob, &len), 0);
+        free(blob);
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_FINISH), 0);
+        ck_assert_int_eq(b->ops->marker_read(b, &blob, &len), -ENOENT);
+        ck_assert_int_eq(handover_entries(), 0);
+        backend_free(b);
+        ck_assert_int_eq(testutil_count_fds(), fds);
+}
+END_TEST
+
+/* The FINISH event frees what was not retrieved; what was lives on until its own finish. */
+START_TEST(test_session_finish_event)
+{
+        struct backend *b = sim();
+        _cleanup_close_ int m1 = plain_memfd("kept"), m2 = plain_memfd("dropped");
+        int h1 = create(b, "kept"), h2 = create(b, "dropped");
+        void *blob = NULL;
+        size_t len = 0;
+
+        ck_assert_int_eq(b->ops->session_preserve(b, h1, m1, 1), 0);
+        ck_assert_int_eq(b->ops->session_preserve(b, h2, m2, 1), 0);
+        b = kexec(b, true);
+        close(h1);
+        close(h2);
+        ck_assert_int_eq(b->ops->marker_read(b, &blob, &len), -ENOENT); /* none written */
+        h1 = retrieve(b, "kept");
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_FINISH), 0);
+        ck_assert_int_eq(retrieve_err(b, "dropped"), -ENOENT);
+        ck_assert_int_eq(handover_entries(), 1); /* "kept" still has its files */
+        int f = retrieve_fd(b, h1, 1);
+        assert_memfd(f, (const uint8_t *)"kept", 4, F_SEAL_SEAL, 4);
+        close(f);
+        backend_free(b);
+        close(h1);
+
+        /* a restart after the FINISH event offers nothing, and clears what was left */
+        b = sim();
+        ck_assert_int_eq(retrieve_err(b, "kept"), -ENOENT);
+        ck_assert_int_eq(retrieve_err(b, "dropped"), -ENOENT);
+        ck_assert_int_eq(handover_entries(), 0);
+        backend_free(b);
+}
+END_TEST
+
+/* A plain kexec (from normal) hands the sessions over too (mainline); no marker, state normal. */
+START_TEST(test_session_plain_kexec)
+{
+        struct backend *b = sim();
+        _cleanup_close_ int m = plain_memfd("plain");
+        void *blob = NULL;
+        size_t len = 0;
+        int h = create(b, "plain");
+
+        ck_assert_int_eq(b->ops->session_preserve(b, h, m, 5), 0);
+        b = kexec(b, false);
+        close(h);
+        ck_assert_int_eq(b->ops->marker_read(b, &blob, &len), -ENOENT);
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_FINISH), -EINVAL); /* normal */
+        backend_free(b);
+        b = sim(); /* an agent restart: still there */
+        h = retrieve(b, "plain");
+        int f = retrieve_fd(b, h, 5);
+        assert_memfd(f, (const uint8_t *)"plain", 5, F_SEAL_SEAL, 5);
+        close(f);
+        ck_assert_int_eq(b->ops->session_finish(b, h), 0);
+        ck_assert_int_eq(handover_entries(), 0);
+        release(b, h);
+        backend_free(b);
+}
+END_TEST
+
+/* Incoming sessions last one boot: the next kexec hands over only the outgoing ones. */
+START_TEST(test_session_two_kexecs)
+{
+        struct backend *b = sim();
+        _cleanup_close_ int m = plain_memfd("first");
+        int h = create(b, "first");
+
+        ck_assert_int_eq(b->ops->session_preserve(b, h, m, 1), 0);
+        b = kexec(b, true);
+        close(h);
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_FINISH), 0);
+        h = create(b, "second");
+        ck_assert_int_eq(b->ops->session_preserve(b, h, m, 1), 0);
+        b = kexec(b, false);
+        close(h);
+        ck_assert_int_eq(retrieve_err(b, "first"), -ENOENT);
+        h = retrieve(b, "second");
+        release(b, h);
+        ck_assert_int_eq(handover_entries(), 0);
+        backend_free(b);
+}
+END_TEST
+
+START_TEST(test_marker)
+{
+        struct backend *b = sim();
+        _cleanup_free_ char *big = malloc(BACKEND_MARKER_MAX + 1);
+        void *blob = NULL;
+        size_t len = 0;
+
+        ck_assert_ptr_nonnull(big);
+        ck_assert_int_eq(b->ops->marker_write(b, "x", 1), -EINVAL); /* normal */
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_PREPARE), 0);
+        ck_assert_int_eq(b->ops->marker_write(b, big, BACKEND_MARKER_MAX + 1), -EFBIG);
+        ck_assert_int_eq(b->ops->marker_write(b, "first", 5), 0);
+        /* cancelled: the marker goes with the live update */
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_CANCEL), 0);
+        ck_assert_int_eq(b->ops->marker_write(b, "x", 1), -EINVAL);
+        b = kexec(b, true);
+        ck_assert_int_eq(b->ops->marker_read(b, &blob, &len), -ENOENT);
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_FINISH), 0);
+
+        /* the largest marker, rewritten: the last write goes */
+        for (size_t i = 0; i < BACKEND_MARKER_MAX; i++)
+                big[i] = (char)(i * 7);
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_PREPARE), 0);
+        ck_assert_int_eq(b->ops->marker_write(b, "small", 5), 0);
+        ck_assert_int_eq(b->ops->marker_write(b, big, BACKEND_MARKER_MAX), 0);
+        ck_assert_int_eq(b->ops->marker_read(b, &blob, &len), -ENOENT); /* this boot's: not yet */
+        ck_assert(!sim_path_exists("sessions")); /* in memory until the kexec */
+        b = kexec(b, true);
+        ck_assert_int_eq(b->ops->marker_read(b, &blob, &len), 0);
+        ck_assert_uint_eq(len, BACKEND_MARKER_MAX);
+        ck_assert_mem_eq(blob, big, BACKEND_MARKER_MAX);
+        free(blob);
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_FINISH), 0);
+        ck_assert_int_eq(b->ops->marker_read(b, &blob, &len), -ENOENT);
+        ck_assert_int_eq(handover_entries(), 0);
+
+        /* a freeze that fails drops it too (back to normal) */
+        write_sim_file("faults", "freeze=EIO\n");
+        stage(b);
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_PREPARE), 0);
+        ck_assert_int_eq(b->ops->marker_write(b, "gone", 4), 0);
+        ck_assert_int_eq(b->ops->reboot(b), -EIO);
+        remove_sim_file("faults");
+        ck_assert_int_eq(b->ops->reboot(b), 0); /* a plain kexec now */
+        backend_free(b);
+        b = sim();
+        ck_assert_int_eq(b->ops->marker_read(b, &blob, &len), -ENOENT);
+        backend_free(b);
+}
+END_TEST
+
+/* What a crash in the middle of a handover, or of a failed reboot, leaves: the old set. */
+START_TEST(test_handover_leftovers)
+{
+        struct backend *b = sim();
+        _cleanup_close_ int m = plain_memfd("data");
+        struct backend_info bi;
+        char rel[128], path[PATH_MAX + 64];
+        int h = create(b, "s");
+
+        ck_assert_int_eq(b->ops->session_preserve(b, h, m, 1), 0);
+        b = kexec(b, true);
+        close(h);
+        info(b, &bi);
+        backend_free(b);
+        /* a reboot of this boot that crashed while copying, and one that crashed after the
+         * rename but before reboot_pending: neither happened */
+        ck_assert_int_lt(snprintf(rel, sizeof(rel), "sessions/.tmp-%s", bi.boot_id),
+                         (int)sizeof(rel));
+        path_in(path, sizeof(path), rel);
+        ck_assert_int_eq(mkdir(path, 0700), 0);
+        ck_assert_int_lt(snprintf(rel, sizeof(rel), "sessions/%s", bi.boot_id), (int)sizeof(rel));
+        path_in(path, sizeof(path), rel);
+        ck_assert_int_eq(mkdir(path, 0700), 0);
+        ck_assert_int_lt(snprintf(rel, sizeof(rel), "sessions/%s/junk", bi.boot_id),
+                         (int)sizeof(rel));
+        write_sim_file(rel, "junk");
+        ck_assert_int_eq(handover_entries(), 3);
+        b = sim();
+        ck_assert_int_eq(handover_entries(), 1);
+        h = retrieve(b, "s");
+        int f = retrieve_fd(b, h, 1);
+        assert_memfd(f, (const uint8_t *)"data", 4, F_SEAL_SEAL, 4);
+        close(f);
+        release(b, h);
+        backend_free(b);
+}
+END_TEST
+
+/* A handover that cannot be written fails the reboot call; the state stays (frozen). */
+START_TEST(test_handover_write_fails)
+{
+        struct backend *b = sim();
+        _cleanup_close_ int m = plain_memfd("data");
+        int h = create(b, "s");
+        json_t *j;
+
+        ck_assert_int_eq(b->ops->session_preserve(b, h, m, 1), 0);
+        write_sim_file("sessions", "a file where the directory goes\n");
+        stage(b);
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_PREPARE), 0);
+        ck_assert_int_eq(b->ops->marker_write(b, "m", 1), 0);
+        ck_assert_int_eq(b->ops->reboot(b), -ENOTDIR);
+        ck_assert_int_eq(state(b), LUO_STATE_FROZEN);
+        j = kernel_json();
+        ck_assert(json_is_false(json_object_get(j, "reboot_pending")));
+        json_decref(j);
+        /* once it can be written, the retry goes through */
+        remove_sim_file("sessions");
+        ck_assert_int_eq(b->ops->reboot(b), 0);
+        release(b, h);
+        backend_free(b);
+        b = sim();
+        ck_assert_int_eq(state(b), LUO_STATE_UPDATED);
+        h = retrieve(b, "s");
+        release(b, h);
+        void *blob = NULL;
+        size_t len = 0;
+        ck_assert_int_eq(b->ops->marker_read(b, &blob, &len), 0);
+        ck_assert_uint_eq(len, 1);
+        free(blob);
+        backend_free(b);
+}
+END_TEST
+
+START_TEST(test_handover_corrupt)
+{
+        struct backend *b = sim();
+        _cleanup_close_ int m = plain_memfd("data");
+        char path[PATH_MAX + 160], msg[512] = "";
+        json_t *j;
+        int h = create(b, "s");
+
+        ck_assert_int_eq(b->ops->session_preserve(b, h, m, 1), 0);
+        b = kexec(b, true);
+        close(h);
+        j = kernel_json();
+        ck_assert_int_lt(snprintf(path, sizeof(path), "%s/sim/sessions/%s/index.json", tmpdir,
+                                  json_string_value(json_object_get(j, "handover"))),
+                         (int)sizeof(path));
+        json_decref(j);
+        backend_free(b);
+        {
+                _cleanup_close_ int fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC);
+                ck_assert_int_ge(fd, 0);
+                ck_assert_int_eq(write_all(fd, "{\"version\":1", 12), 0);
+        }
+        b = NULL;
+        ck_assert_int_eq(sim_open(&cfg, &b, msg, sizeof(msg)), -EBADMSG);
+        ck_assert_ptr_null(b);
+        ck_assert_ptr_nonnull(strstr(msg, "corrupt session handover"));
+}
+END_TEST
+
+START_TEST(test_fault_preserve)
+{
+        struct backend *b = sim();
+        _cleanup_close_ int m = plain_memfd("x");
+        int h = create(b, "s");
+        uint64_t t;
+
+        write_sim_file("faults", "preserve=ENOSPC\nprepare=10ms\n");
+        ck_assert_int_eq(b->ops->session_preserve(b, h, m, 1), -ENOSPC);
+        /* an invalid call is answered before the fault */
+        ck_assert_int_eq(b->ops->session_preserve(b, h, -1, 1), -EBADF);
+        /* the other ops read the file as before */
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_PREPARE), 0);
+        write_sim_file("faults", "preserve=100ms\n");
+        t = now_mono_usec();
+        ck_assert_int_eq(b->ops->session_preserve(b, h, m, 1), 0);
+        ck_assert_uint_ge(elapsed_ms_since(t), 100);
+        write_sim_file("faults", "preserve=EWHAT\n");
+        ck_assert_int_eq(b->ops->session_unpreserve(b, h, 1), 0);
+        ck_assert_int_eq(b->ops->session_preserve(b, h, m, 1), -EBADMSG);
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_CANCEL), -EBADMSG);
+        remove_sim_file("faults");
+        ck_assert_int_eq(b->ops->session_preserve(b, h, m, 1), 0);
+        release(b, h);
+        backend_free(b);
+}
+END_TEST
+
+struct session_worker {
+        struct backend *b;
+        int bad;
+};
+
+static void *session_thread(void *p)
+{
+        struct session_worker *w = p;
+        struct backend *b = w->b;
+        int m = memfd_create("test-thread", MFD_CLOEXEC);
+
+        for (int i = 0; i < 300 && m >= 0; i++) {
+                int h = -1;
+                if (b->ops->session_create(b, "worker", &h) < 0) {
+                        w->bad++;
+                        continue;
+                }
+                if (b->ops->session_preserve(b, h, m, (uint64_t)i) < 0)
+                        w->bad++;
+                if (i % 2 && b->ops->session_unpreserve(b, h, (uint64_t)i) < 0)
+                        w->bad++;
+                b->ops->session_release(b, h);
+        }
+        if (m < 0)
+                w->bad++;
+        else
+                close(m);
+        return NULL;
+}
+
+START_TEST(test_session_threads)
+{
+        struct session_worker w = { .b = sim() };
+        pthread_t t;
+
+        ck_assert_int_eq(pthread_create(&t, NULL, session_thread, &w), 0);
+        for (int i = 0; i < 100; i++) {
+                ck_assert_int_eq(w.b->ops->set_event(w.b, LUO_EVENT_PREPARE), 0);
+                ck_assert_int_eq(w.b->ops->marker_write(w.b, "m", 1), 0);
+                ck_assert_int_eq(w.b->ops->set_event(w.b, LUO_EVENT_CANCEL), 0);
+                ck_assert_int_eq(state(w.b), LUO_STATE_NORMAL);
+        }
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+        ck_assert_int_eq(w.bad, 0);
+        backend_free(w.b);
+}
+END_TEST
+
 static Suite *sim_suite(void)
 {
         Suite *s = suite_create("sim");
@@ -1095,6 +1886,20 @@ static Suite *sim_suite(void)
         tcase_add_test(tc, test_exclusive);
         tcase_add_test(tc, test_open_errors);
         tcase_add_test(tc, test_threads);
+        tcase_add_test(tc, test_session_names);
+        tcase_add_test(tc, test_session_preserve_errors);
+        tcase_add_test(tc, test_session_unpreserve);
+        tcase_add_test(tc, test_session_kexec);
+        tcase_add_test(tc, test_session_agent_restart);
+        tcase_add_test(tc, test_session_finish_event);
+        tcase_add_test(tc, test_session_plain_kexec);
+        tcase_add_test(tc, test_session_two_kexecs);
+        tcase_add_test(tc, test_marker);
+        tcase_add_test(tc, test_handover_leftovers);
+        tcase_add_test(tc, test_handover_write_fails);
+        tcase_add_test(tc, test_handover_corrupt);
+        tcase_add_test(tc, test_fault_preserve);
+        tcase_add_test(tc, test_session_threads);
         suite_add_tcase(s, tc);
         return s;
 }
