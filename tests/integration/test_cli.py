@@ -410,6 +410,40 @@ class SessionCommandTest(CtlMixin, AgentTestCase):
     name, usage errors), and with the example workload (the table, one session, two owners
     with the same session name)."""
 
+    def setUp(self):
+        # First in, so last out: once the harness stopped the agents, a privileged helper that
+        # still holds the workloads' sessions waits for the next agent (by design): end it.
+        self.addCleanup(self._end_helpers)
+        super().setUp()
+
+    def _helpers(self):
+        """Pids of the privileged helpers (luofleet-priv) of this test's agents."""
+        out = []
+        for d in os.listdir("/proc"):
+            if not d.isdigit():
+                continue
+            try:
+                with open("/proc/%s/status" % d) as f:
+                    st = f.read()
+                if "Name:\tluofleet-priv\n" not in st or re.search(r"\nState:\t[ZX]", st):
+                    continue  # not a helper, or one that has ended (a zombie)
+                with open("/proc/%s/cmdline" % d, "rb") as f:
+                    if ("--state-dir=" + self.tmp + "/").encode() in f.read():
+                        out.append(int(d))
+            except OSError:
+                pass
+        return out
+
+    def _end_helpers(self):
+        left = self._helpers()
+        for pid in left:
+            os.kill(pid, signal.SIGTERM)
+        try:
+            wait_for(lambda: not self._helpers(), timeout=5 * SCALE, what="helpers to end")
+        except AssertionError:
+            for pid in self._helpers():
+                os.kill(pid, signal.SIGKILL)
+
     def hostarg(self, a):
         return "127.0.0.1:%d" % a.port
 
