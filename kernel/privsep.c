@@ -779,14 +779,24 @@ static void helper_push_state(struct helper *h)
                 h->ev_seq++;
 }
 
+/* The helper's own sockets (the workloads', the rendezvous): removed when it ends. */
+static const char *helper_sockets[2];
+
 /*
  * The helper process ends: descriptors first (the device handle goes with
  * them, as it always did with the agent), so nothing is left open even for
- * a checker that looks at exit (valgrind follows the fork).
+ * a checker that looks at exit (valgrind follows the fork); then its
+ * sockets' files, which nobody serves any more (only sockets are removed).
  */
 static _Noreturn void helper_exit(int status)
 {
         (void)close_range(3, ~0u, 0);
+        for (size_t i = 0; i < ELEMENTSOF(helper_sockets); i++) {
+                struct stat st;
+                if (helper_sockets[i] && lstat(helper_sockets[i], &st) == 0 &&
+                    S_ISSOCK(st.st_mode))
+                        (void)unlink(helper_sockets[i]);
+        }
         _exit(status);
 }
 
@@ -1203,6 +1213,7 @@ static _Noreturn void helper_main(const struct privsep_spawn_config *cfg,
                                                          msg);
                         helper_exit(1);
                 }
+                helper_sockets[0] = cfg->broker->socket_path;
         }
         if (cfg->broker && cfg->rendezvous) {
                 rendezvous_fd = helper_listen(cfg, cfg->rendezvous, 0600, (gid_t)-1);
@@ -1215,6 +1226,7 @@ static _Noreturn void helper_main(const struct privsep_spawn_config *cfg,
                         (void)privsep_helper_hello_error(fds[PRIVSEP_CHAN_CMD], rendezvous_fd, msg);
                         helper_exit(1);
                 }
+                helper_sockets[1] = cfg->rendezvous;
         }
         if (cfg->drop) {
                 r = helper_drop(cfg);
