@@ -600,6 +600,8 @@ static void agent_load_journal_locked(struct agent *a, char *ret_last_boot, size
                                 json_decref(*ret_last_start);
                                 *ret_last_start = json_incref(json_object_get(rec, "last_start"));
                         }
+                        /* Same members as a session record's "broker". */
+                        sessions_load_record(a, rec);
                         if (json_is_object(json_object_get(rec, "last_operation"))) {
                                 json_decref(a->operation);
                                 a->operation =
@@ -634,14 +636,16 @@ static json_t *agent_snapshot_fn(const struct journal_rec *const *dropped, size_
         (void)n;
         /* last_start: what the journal last recorded, not what runs now: a start
          * record still to be appended must not be claimed by the snapshot. */
-        return json_pack("{s:o, s:O, s:O, s:O, s:o, s:O, s:O, s:O}", "operations", ops, "staged",
-                         a->staged ? a->staged : json_null(), "last_operation",
+        /* "broker": where draining the session broker's events stopped (sessions.c). */
+        return json_pack("{s:o, s:O, s:O, s:O, s:o, s:O, s:O, s:O, s:{s:s, s:I}}", "operations",
+                         ops, "staged", a->staged ? a->staged : json_null(), "last_operation",
                          a->operation ? a->operation : json_null(), "last_start",
                          a->last_start ? a->last_start : json_null(), "lease",
                          lease_journal_json(&a->lease), "last_update",
                          a->last_update ? a->last_update : json_null(), "rollback_target",
                          a->rollback_target ? a->rollback_target : json_null(), "booted",
-                         a->booted ? a->booted : json_null());
+                         a->booted ? a->booted : json_null(), "broker", "id", a->sessions_broker_id,
+                         "seq", (json_int_t)a->sessions_seq);
 }
 
 static json_t *start_facts(json_t *rec)

@@ -199,6 +199,7 @@ int h_metrics_get(struct http_req *req, struct http_reply *rep)
                       "# TYPE luofleet_agent_info gauge\n"
                       "luofleet_agent_info{version=\"%s\",backend=\"%s\"} 1\n",
                       LUOFLEET_VERSION, a->backend->ops->name);
+        metrics_render_sessions(&sb, a); /* takes agent.lock itself */
         metrics_render_requests(&sb);
         auth_render_metrics(&sb);
         tls_render_metrics(&sb);

@@ -1762,7 +1762,8 @@ static void round_names_locked(struct broker *k, enum round_state st, char *buf,
  * veto, or a workload that goes away or cannot be told, ends the round at
  * once.
  */
-static int prepare_round(struct broker *k, uint32_t timeout_ms, char *msg, size_t msg_size)
+static int prepare_round(struct broker *k, uint32_t timeout_ms, const char *note, char *msg,
+                         size_t msg_size)
 {
         uint64_t deadline = now_mono_usec() + (uint64_t)timeout_ms * 1000u;
         char names[SENTENCE_MAX], gonebuf[SENTENCE_MAX];
@@ -1787,7 +1788,7 @@ static int prepare_round(struct broker *k, uint32_t timeout_ms, char *msg, size_
                 if (!c->registered)
                         continue;
                 asked++;
-                if (client_event_locked(k, c, LFS_EVENT_PREPARE, k->round_id, timeout_ms, NULL))
+                if (client_event_locked(k, c, LFS_EVENT_PREPARE, k->round_id, timeout_ms, note))
                         c->round = ROUND_PENDING;
                 else {
                         c->round = ROUND_GONE;
@@ -1944,7 +1945,7 @@ static int broker_set_event_ex(struct backend *b, enum luo_event ev,
                 r = prepare_round(k,
                                   opts->confirm_timeout_ms ? opts->confirm_timeout_ms
                                                            : k->cfg.confirm_timeout_ms,
-                                  msg, msg_size);
+                                  opts->note, msg, msg_size);
                 if (r < 0) {
                         tell_registered(k, LFS_EVENT_CANCEL, "the prepare failed");
                         event_emit(k, "prepare-refused", NULL, NULL, NULL, 0, r, msg);
