@@ -402,6 +402,12 @@ static int chown_tree(int dfd, uid_t uid, gid_t gid, unsigned depth)
                                 r = negative_errno();
                         continue;
                 }
+                /*
+                 * Sockets are the helper's (sessions.sock, helper.sock): their owner and
+                 * group say who may connect (--sessions-group), they stay as bound.
+                 */
+                if (S_ISSOCK(st.st_mode))
+                        continue;
                 if (S_ISDIR(st.st_mode) && depth < 8) {
                         int sub = openat(dirfd(d), de->d_name,
                                          O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
