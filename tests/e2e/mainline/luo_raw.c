@@ -397,7 +397,9 @@ static int stage1(size_t mib, const char *kernel, const char *initrd, const char
                 fprintf(stderr, "luo_raw: cannot write %s: %s\n", path, strerror(errno));
                 return 1;
         }
-        printf("luo_raw: calling reboot(LINUX_REBOOT_CMD_KEXEC) at realtime %" PRId64 " us\n", rt);
+        printf("luo_raw: calling reboot(LINUX_REBOOT_CMD_KEXEC) at realtime %" PRId64
+               " us, uptime %.3f s\n",
+               rt, clock_us(CLOCK_BOOTTIME) / 1e6);
         fflush(stdout);
         stamp->file_written_rt_us = clock_us(CLOCK_REALTIME);
         stamp->reboot_boottime_us = clock_us(CLOCK_BOOTTIME);
