@@ -923,7 +923,7 @@ static struct bsession *own_session(struct broker *k, struct bclient *c, const s
 static void kname_of(uid_t uid, const char *name, char buf[static LUO_SESSION_NAME_MAX])
 {
         /* "lf:" + at most 10 digits + ":" + at most 48 bytes: at most 62, fits. */
-        snprintf(buf, LUO_SESSION_NAME_MAX, KNAME_PREFIX "%u:%s", (unsigned)uid, name);
+        snprintf(buf, LUO_SESSION_NAME_MAX, KNAME_PREFIX "%u:%.48s", (unsigned)uid, name);
 }
 
 static void do_create(struct broker *k, struct bclient *c, const struct lfs_msg *q)

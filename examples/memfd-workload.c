@@ -364,7 +364,7 @@ static int preserve(struct lfs_client *c, int fd, const struct opts *o)
 static int do_preserve(const struct opts *o)
 {
         struct lfs_client *c = NULL;
-        uint64_t sum;
+        uint64_t sum = 0;
         int fd = -1, r, status;
 
         if (make_memory(o, &fd, &sum) != 0)
