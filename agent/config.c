@@ -98,6 +98,8 @@ static void usage(FILE *f)
               "  --sessions-group=GROUP  its group (default: the agent's)\n"
               "  --workload-confirm-timeout=DURATION  how long registered workloads have to\n"
               "                          confirm a prepare (default 30s)\n"
+              "  --workload-reboot-timeout=DURATION  how long a reboot waits for registered\n"
+              "                          workloads to answer its event (default 2s)\n"
               "  --session-max-per-owner=N  sessions per workload uid (default 16)\n"
               "  --session-max-fds-per-owner=N  preserved files per uid (default 256)\n"
               "  --session-max-bytes-per-owner=SIZE  preserved bytes per uid (default 64G)\n"
@@ -228,6 +230,7 @@ enum {
         ARG_SESSIONS_SOCKET_MODE,
         ARG_SESSIONS_GROUP,
         ARG_WORKLOAD_CONFIRM_TIMEOUT,
+        ARG_WORKLOAD_REBOOT_TIMEOUT,
         ARG_SESSION_MAX_PER_OWNER,
         ARG_SESSION_MAX_FDS,
         ARG_SESSION_MAX_BYTES,
@@ -369,6 +372,8 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 { "sessions-group", required_argument, NULL, ARG_SESSIONS_GROUP },
                 { "workload-confirm-timeout", required_argument, NULL,
                   ARG_WORKLOAD_CONFIRM_TIMEOUT },
+                { "workload-reboot-timeout", required_argument, NULL,
+                  ARG_WORKLOAD_REBOOT_TIMEOUT },
                 { "session-max-per-owner", required_argument, NULL, ARG_SESSION_MAX_PER_OWNER },
                 { "session-max-fds-per-owner", required_argument, NULL, ARG_SESSION_MAX_FDS },
                 { "session-max-bytes-per-owner", required_argument, NULL, ARG_SESSION_MAX_BYTES },
@@ -406,6 +411,7 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 .max_lease_ms = 24ull * 3600 * 1000,
                 .sessions_socket_mode = 0660,
                 .workload_confirm_timeout_ms = BROKER_DEFAULT_CONFIRM_TIMEOUT_MS,
+                .workload_reboot_timeout_ms = BROKER_DEFAULT_REBOOT_TIMEOUT_MS,
                 .session_max_per_owner = BROKER_DEFAULT_MAX_SESSIONS_PER_OWNER,
                 .session_max_fds_per_owner = BROKER_DEFAULT_MAX_FDS_PER_OWNER,
                 .session_max_bytes_per_owner = BROKER_DEFAULT_MAX_BYTES_PER_OWNER,
@@ -741,6 +747,13 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                                 return bad("--workload-confirm-timeout", optarg,
                                            "expected a duration from 100ms to 1h");
                         cfg->workload_confirm_timeout_ms = (uint32_t)v;
+                        break;
+                case ARG_WORKLOAD_REBOOT_TIMEOUT:
+                        if (parse_duration_ms(optarg, 60 * 1000, &v) < 0)
+                                return bad("--workload-reboot-timeout", optarg,
+                                           "expected a duration from 0 to 1m");
+                        /* 0 is "do not wait": the broker's default is then not taken. */
+                        cfg->workload_reboot_timeout_ms = v ? (uint32_t)v : 1;
                         break;
                 case ARG_SESSION_MAX_PER_OWNER:
                         if (parse_count("--session-max-per-owner", optarg, 1, 4096,

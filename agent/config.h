@@ -99,6 +99,7 @@ struct agent_config {
         unsigned sessions_socket_mode;
         char *sessions_group;
         uint32_t workload_confirm_timeout_ms;
+        uint32_t workload_reboot_timeout_ms;
         unsigned session_max_per_owner;
         unsigned session_max_fds_per_owner;
         uint64_t session_max_bytes_per_owner;

@@ -517,6 +517,7 @@ static int broker_settings(struct broker_config *bc)
         bc->max_fds_per_owner = cfg.session_max_fds_per_owner;
         bc->max_bytes_per_owner = cfg.session_max_bytes_per_owner;
         bc->confirm_timeout_ms = cfg.workload_confirm_timeout_ms;
+        bc->reboot_timeout_ms = cfg.workload_reboot_timeout_ms;
         bc->socket_mode = (mode_t)cfg.sessions_socket_mode;
         if (cfg.sessions_disabled || !cfg.sessions_socket)
                 return 0;

@@ -200,6 +200,7 @@ void broker_config_init(struct broker_config *c)
                 .max_fds_per_owner = BROKER_DEFAULT_MAX_FDS_PER_OWNER,
                 .max_bytes_per_owner = BROKER_DEFAULT_MAX_BYTES_PER_OWNER,
                 .confirm_timeout_ms = BROKER_DEFAULT_CONFIRM_TIMEOUT_MS,
+                .reboot_timeout_ms = BROKER_DEFAULT_REBOOT_TIMEOUT_MS,
         };
 }
 
@@ -1762,9 +1763,11 @@ static void round_names_locked(struct broker *k, enum round_state st, char *buf,
  * veto, or a workload that goes away or cannot be told, ends the round at
  * once.
  */
-static int prepare_round(struct broker *k, uint32_t timeout_ms, const char *note, char *msg,
-                         size_t msg_size)
+static int workload_round(struct broker *k, enum lfs_event_kind kind, uint32_t timeout_ms,
+                          const char *note, char *msg, size_t msg_size)
 {
+        /* A reboot round cannot be vetoed any more: a veto counts as an answer there. */
+        bool prepare = kind == LFS_EVENT_PREPARE;
         uint64_t deadline = now_mono_usec() + (uint64_t)timeout_ms * 1000u;
         char names[SENTENCE_MAX], gonebuf[SENTENCE_MAX];
         json_t *pending, *vetoed, *gone;
@@ -1775,7 +1778,8 @@ static int prepare_round(struct broker *k, uint32_t timeout_ms, const char *note
         pthread_mutex_lock(&k->lock);
         if (k->round_active) {
                 pthread_mutex_unlock(&k->lock);
-                snprintf(msg, msg_size, "another prepare is waiting for the workloads");
+                snprintf(msg, msg_size, "another %s is waiting for the workloads",
+                         lfs_event_kind_to_string(kind));
                 return -EBUSY;
         }
         k->round_active = true;
@@ -1788,7 +1792,7 @@ static int prepare_round(struct broker *k, uint32_t timeout_ms, const char *note
                 if (!c->registered)
                         continue;
                 asked++;
-                if (client_event_locked(k, c, LFS_EVENT_PREPARE, k->round_id, timeout_ms, note))
+                if (client_event_locked(k, c, kind, k->round_id, timeout_ms, note))
                         c->round = ROUND_PENDING;
                 else {
                         c->round = ROUND_GONE;
@@ -1803,7 +1807,7 @@ static int prepare_round(struct broker *k, uint32_t timeout_ms, const char *note
                 any_vetoed = false;
                 for (size_t i = 0; i < k->n_clients; i++) {
                         npend += k->clients[i]->round == ROUND_PENDING;
-                        any_vetoed |= k->clients[i]->round == ROUND_VETOED;
+                        any_vetoed |= prepare && k->clients[i]->round == ROUND_VETOED;
                 }
                 if (any_vetoed || json_array_size(gone) > 0 || npend == 0)
                         break;
@@ -1871,13 +1875,19 @@ static int prepare_round(struct broker *k, uint32_t timeout_ms, const char *note
                                  gonebuf);
                 r = -ETIMEDOUT;
         }
-        json_decref(k->last_round);
-        k->last_round = json_pack(
-                "{s:I, s:s, s:I, s:o, s:o, s:O}", "event_id", (json_int_t)k->round_id, "result",
-                r == 0            ? "confirmed"
-                : r == -ECANCELED ? "vetoed"
-                                  : "timeout",
-                "asked", (json_int_t)asked, "pending", pending, "vetoed", vetoed, "gone", gone);
+        if (prepare) {
+                json_decref(k->last_round);
+                k->last_round = json_pack("{s:I, s:s, s:I, s:o, s:o, s:O}", "event_id",
+                                          (json_int_t)k->round_id, "result",
+                                          r == 0            ? "confirmed"
+                                          : r == -ECANCELED ? "vetoed"
+                                                            : "timeout",
+                                          "asked", (json_int_t)asked, "pending", pending,
+                                          "vetoed", vetoed, "gone", gone);
+        } else {
+                json_decref(pending);
+                json_decref(vetoed);
+        }
         for (size_t i = 0; i < k->n_clients; i++)
                 k->clients[i]->round = ROUND_NONE;
         json_decref(gone);
@@ -1942,10 +1952,10 @@ static int broker_set_event_ex(struct backend *b, enum luo_event ev,
                 msg[0] = 0;
         switch (ev) {
         case LUO_EVENT_PREPARE:
-                r = prepare_round(k,
-                                  opts->confirm_timeout_ms ? opts->confirm_timeout_ms
-                                                           : k->cfg.confirm_timeout_ms,
-                                  opts->note, msg, msg_size);
+                r = workload_round(k, LFS_EVENT_PREPARE,
+                                   opts->confirm_timeout_ms ? opts->confirm_timeout_ms
+                                                            : k->cfg.confirm_timeout_ms,
+                                   opts->note, msg, msg_size);
                 if (r < 0) {
                         tell_registered(k, LFS_EVENT_CANCEL, "the prepare failed");
                         event_emit(k, "prepare-refused", NULL, NULL, NULL, 0, r, msg);
@@ -2028,6 +2038,21 @@ static int broker_reboot_ex(struct backend *b, const struct backend_event_opts *
 
         if (msg && msg_size)
                 msg[0] = 0;
+        /*
+         * The registered workloads hear that the kexec is imminent and may
+         * answer once they are ready for it (a VMM pauses its vCPUs, so the
+         * memory it hands over is consistent): the reboot waits for their
+         * answers, at most reboot_timeout_ms, and goes ahead without the late
+         * ones (logged). Not under op_lock: their answers go through the broker
+         * thread, which takes it.
+         */
+        {
+                char late[SENTENCE_MAX] = "";
+                uint32_t t = k->cfg.reboot_timeout_ms;
+                if (workload_round(k, LFS_EVENT_REBOOT, t, opts ? opts->note : NULL, late,
+                                   sizeof(late)) < 0)
+                        log_warning("Session broker: rebooting without them: %s", late);
+        }
         pthread_mutex_lock(&k->op_lock);
         (void)k->inner->ops->get_state(k->inner, &st);
         if (st == LUO_STATE_PREPARED) {
@@ -2041,7 +2066,6 @@ static int broker_reboot_ex(struct backend *b, const struct backend_event_opts *
                         return r;
                 }
         }
-        tell_registered(k, LFS_EVENT_REBOOT, opts ? opts->note : NULL);
         r = k->inner->ops->reboot(k->inner);
         pthread_mutex_unlock(&k->op_lock);
         return r;
@@ -2329,6 +2353,8 @@ int broker_new(struct backend *inner, const struct broker_config *cfg, struct ba
                 k->cfg.max_clients = BROKER_DEFAULT_MAX_CLIENTS;
         if (!k->cfg.confirm_timeout_ms)
                 k->cfg.confirm_timeout_ms = BROKER_DEFAULT_CONFIRM_TIMEOUT_MS;
+        if (!k->cfg.reboot_timeout_ms)
+                k->cfg.reboot_timeout_ms = BROKER_DEFAULT_REBOOT_TIMEOUT_MS;
         k->ring = calloc(BROKER_EVENTS_MAX, sizeof(*k->ring));
         k->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
         k->watch_fd = epoll_create1(EPOLL_CLOEXEC);

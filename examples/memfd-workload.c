@@ -243,6 +243,15 @@ static int on_event(struct lfs_client *c, const struct lfs_event *ev, const stru
                         fail(o->reboot_time, r, NULL);
                         return -1;
                 }
+                /*
+                 * Ready for the kexec: a VMM answers once its vCPUs are paused, so the
+                 * memory the next kernel gets is consistent. The reboot waits for this
+                 * (a little while: it does not wait for a workload that never answers).
+                 */
+                r = lfs_confirm(c, ev->id);
+                if (r < 0 && r != -ESTALE)
+                        fail("confirm reboot", r, c);
+                fflush(stdout);
                 return 1;
         }
         printf("event %s id=%" PRIu64, kind ? kind : "unknown", ev->id);

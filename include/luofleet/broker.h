@@ -26,6 +26,7 @@
 #define BROKER_DEFAULT_MAX_FDS_PER_OWNER 256
 #define BROKER_DEFAULT_MAX_BYTES_PER_OWNER ((uint64_t)64 << 30)
 #define BROKER_DEFAULT_CONFIRM_TIMEOUT_MS 30000u
+#define BROKER_DEFAULT_REBOOT_TIMEOUT_MS 2000u
 /* Change events kept for the agent (sessions_json's "events"). */
 #define BROKER_EVENTS_MAX 1024
 
@@ -45,6 +46,8 @@ struct broker_config {
         unsigned max_fds_per_owner;
         uint64_t max_bytes_per_owner;
         uint32_t confirm_timeout_ms; /* default for PREPARE when the caller gives 0 */
+        /* the longest a reboot waits for registered workloads to answer LFS_EVENT_REBOOT */
+        uint32_t reboot_timeout_ms;
         /*
          * The service manager's file-descriptor store (systemd: FDSTORE=1,
          * NotifyAccess=all, FileDescriptorStoreMax=): every session fd, every
