@@ -126,8 +126,9 @@ struct broker {
         struct backend *inner;
         struct broker_config cfg;
         bool session_mode;
-        char id[37];     /* this broker instance's: the agent resumes draining by (id, seq) */
-        bool doc_stored; /* the fd store holds our document (fdstore_doc) */
+        char id[37];       /* this broker instance's: the agent resumes draining by (id, seq) */
+        bool doc_stored;   /* the fd store holds our document (fdstore_doc) */
+        char *marker_last; /* the document last written into the marker (op_lock) */
 
         pthread_t thread;
         bool thread_started;
@@ -434,17 +435,15 @@ static json_t *session_json(const struct bsession *s, bool with_tokens)
 static json_t *marker_doc_locked(struct broker *k, const char *note)
 {
         struct backend_info info = { 0 };
-        char when[RFC3339_MAX];
         json_t *doc, *arr = json_array();
 
         (void)k->inner->ops->get_info(k->inner, &info);
         for (size_t i = 0; arr && i < k->n_sessions; i++)
                 if (k->sessions[i]->phase == LFS_PHASE_OUTGOING && k->sessions[i]->n_files > 0)
                         json_array_append_new(arr, session_json(k->sessions[i], true));
-        doc = json_pack("{s:i, s:s, s:s, s:s, s:s, s:I, s:o}", "version", BROKER_DOC_VERSION,
+        doc = json_pack("{s:i, s:s, s:s, s:s, s:I, s:o}", "version", BROKER_DOC_VERSION,
                         "interface", sessions_interface(k), "note", note ? note : "", "boot_id",
-                        info.boot_id, "written_at", format_rfc3339_ms(now_real_usec(), when),
-                        "next_kernel_token", (json_int_t)k->next_ktoken, "sessions",
+                        info.boot_id, "next_kernel_token", (json_int_t)k->next_ktoken, "sessions",
                         arr ? arr : json_array());
         return doc;
 }
@@ -466,8 +465,16 @@ static int marker_write_doc(struct broker *k, const char *note)
         json_decref(doc);
         if (!text)
                 return -ENOMEM;
+        /* The same document again (a reboot's second write, nothing changed): once is enough. */
+        if (k->marker_last && strcmp(k->marker_last, text) == 0) {
+                free(text);
+                return 0;
+        }
         r = k->inner->ops->marker_write(k->inner, text, strlen(text));
-        free(text);
+        free(k->marker_last);
+        k->marker_last = r >= 0 ? text : NULL;
+        if (r < 0)
+                free(text);
         return r;
 }
 
@@ -1882,8 +1889,8 @@ static int workload_round(struct broker *k, enum lfs_event_kind kind, uint32_t t
                                           r == 0            ? "confirmed"
                                           : r == -ECANCELED ? "vetoed"
                                                             : "timeout",
-                                          "asked", (json_int_t)asked, "pending", pending,
-                                          "vetoed", vetoed, "gone", gone);
+                                          "asked", (json_int_t)asked, "pending", pending, "vetoed",
+                                          vetoed, "gone", gone);
         } else {
                 json_decref(pending);
                 json_decref(vetoed);
@@ -1963,6 +1970,9 @@ static int broker_set_event_ex(struct backend *b, enum luo_event ev,
                 }
                 pthread_mutex_lock(&k->op_lock);
                 r = k->inner->ops->set_event(k->inner, LUO_EVENT_PREPARE);
+                /* A new prepare, a new (empty) marker: nothing written into it yet. */
+                free(k->marker_last);
+                k->marker_last = NULL;
                 if (r >= 0) {
                         int m = marker_write_doc(k, opts->note);
                         if (m < 0) {
@@ -2038,6 +2048,19 @@ static int broker_reboot_ex(struct backend *b, const struct backend_event_opts *
 
         if (msg && msg_size)
                 msg[0] = 0;
+        /* The document first: a reboot that cannot carry it does not happen, and nobody hears of
+         * it. */
+        pthread_mutex_lock(&k->op_lock);
+        (void)k->inner->ops->get_state(k->inner, &st);
+        r = st == LUO_STATE_PREPARED ? marker_write_doc(k, opts ? opts->note : NULL) : 0;
+        pthread_mutex_unlock(&k->op_lock);
+        if (r < 0) {
+                snprintf(msg, msg_size,
+                         "the sessions' document could not be written into the marker (%s): no "
+                         "reboot",
+                         errno_name(r, eb));
+                return r;
+        }
         /*
          * The registered workloads hear that the kexec is imminent and may
          * answer once they are ready for it (a VMM pauses its vCPUs, so the
@@ -2053,6 +2076,7 @@ static int broker_reboot_ex(struct backend *b, const struct backend_event_opts *
                                    sizeof(late)) < 0)
                         log_warning("Session broker: rebooting without them: %s", late);
         }
+        /* Again: what the workloads did while they were told is in it too. */
         pthread_mutex_lock(&k->op_lock);
         (void)k->inner->ops->get_state(k->inner, &st);
         if (st == LUO_STATE_PREPARED) {
@@ -2183,6 +2207,7 @@ static void broker_free(struct backend *b)
                 session_free(k, k->sessions[i]);
         free(k->sessions);
         free(k->ring);
+        free(k->marker_last);
         json_decref(k->last_round);
         if (k->inner)
                 k->inner->ops->free(k->inner);

@@ -262,8 +262,8 @@ static int values_ok(const struct lfs_msg *m, enum lfs_direction dir)
         case LFS_EVENT:
                 if (m->token == 0 || m->token >= _LFS_EVENT_KIND_MAX)
                         return -EPROTO;
-                /* Only a prepare has a deadline. */
-                if (m->token != LFS_EVENT_PREPARE && m->arg2 != 0)
+                /* Only a prepare and a reboot (both answered) have a deadline. */
+                if (m->token != LFS_EVENT_PREPARE && m->token != LFS_EVENT_REBOOT && m->arg2 != 0)
                         return -EPROTO;
                 return 0;
         case LFS_INFO:

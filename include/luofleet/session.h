@@ -46,7 +46,7 @@ struct lfs_client;
 struct lfs_event {
         uint64_t id;              /* confirm or veto a PREPARE with this id */
         enum lfs_event_kind kind; /* LFS_EVENT_PREPARE, ... */
-        uint64_t deadline_ms;     /* PREPARE: confirm within this many ms of its arrival */
+        uint64_t deadline_ms;     /* PREPARE, REBOOT: confirm within this many ms of arrival */
         char note[LFS_TEXT_MAX + 1];
 };
 

@@ -63,7 +63,7 @@ enum lfs_type {
         LFS_VETO,             /* arg: that event id; text: the reason. The prepare fails */
         /* ---- broker -> workload only ---- */
         LFS_EVENT,   /* seq 0; arg: event id; token: enum lfs_event_kind; arg2: for
-                        PREPARE the deadline, in ms from now; text: a note */
+                        PREPARE and REBOOT the deadline, in ms from now; text: a note */
         LFS_INFO,    /* entry of LFS_LIST: session, arg = enum lfs_phase, arg2 = fds,
                         token = bytes */
         LFS_FD_INFO, /* entry of LFS_SHOW: token, arg = bytes, arg2 = 1 if retrieved */
