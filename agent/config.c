@@ -372,8 +372,7 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 { "sessions-group", required_argument, NULL, ARG_SESSIONS_GROUP },
                 { "workload-confirm-timeout", required_argument, NULL,
                   ARG_WORKLOAD_CONFIRM_TIMEOUT },
-                { "workload-reboot-timeout", required_argument, NULL,
-                  ARG_WORKLOAD_REBOOT_TIMEOUT },
+                { "workload-reboot-timeout", required_argument, NULL, ARG_WORKLOAD_REBOOT_TIMEOUT },
                 { "session-max-per-owner", required_argument, NULL, ARG_SESSION_MAX_PER_OWNER },
                 { "session-max-fds-per-owner", required_argument, NULL, ARG_SESSION_MAX_FDS },
                 { "session-max-bytes-per-owner", required_argument, NULL, ARG_SESSION_MAX_BYTES },
@@ -814,6 +813,7 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                         snprintf(spath, sizeof(spath), "%s/sessions.sock", cfg->state_dir);
                 if (set_str(&cfg->sessions_socket, spath) < 0)
                         return -ENOMEM;
+                cfg->sessions_socket_default = true;
         }
         if (cfg->n_staging_dirs == 0) {
                 char kdir[4200];

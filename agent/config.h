@@ -96,6 +96,7 @@ struct agent_config {
         /* The workload session broker (broker/broker.c, docs/sessions.md). */
         char *sessions_socket; /* where workloads connect; NULL with sessions_disabled */
         bool sessions_disabled;
+        bool sessions_socket_default; /* not given: a failure to bind it is not fatal */
         unsigned sessions_socket_mode;
         char *sessions_group;
         uint32_t workload_confirm_timeout_ms;

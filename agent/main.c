@@ -522,6 +522,7 @@ static int broker_settings(struct broker_config *bc)
         if (cfg.sessions_disabled || !cfg.sessions_socket)
                 return 0;
         bc->socket_path = cfg.sessions_socket;
+        bc->socket_optional = cfg.sessions_socket_default;
         if (cfg.sessions_group) {
                 struct group *gr;
                 errno = 0;
@@ -548,7 +549,7 @@ static int broker_settings(struct broker_config *bc)
                                                 "Failed to create %s for the sessions socket: "
                                                 "%m",
                                                 dir);
-                                return EXIT_RUNTIME;
+                                return EXIT_USAGE; /* a flag naming an impossible place */
                         }
                 }
         }

@@ -2417,7 +2417,12 @@ int broker_new(struct backend *inner, const struct broker_config *cfg, struct ba
         else if (cfg->socket_path) {
                 r = broker_listen(cfg->socket_path, cfg->socket_mode ? cfg->socket_mode : 0660,
                                   cfg->socket_gid);
-                if (r < 0) {
+                if (r < 0 && cfg->socket_optional && r != -EADDRINUSE) {
+                        log_warning("Cannot listen on %s for workloads (%s): no workload can "
+                                    "preserve anything; choose a place with --sessions-socket",
+                                    cfg->socket_path, strerror(-r));
+                        r = -1;
+                } else if (r < 0) {
                         snprintf(msg, msg_size, "cannot listen on %s for workloads: %s%s",
                                  cfg->socket_path, strerror(-r),
                                  r == -EEXIST       ? " (a file that is not a socket is in the way)"

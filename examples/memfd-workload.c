@@ -362,11 +362,14 @@ static int preserve(struct lfs_client *c, int fd, const struct opts *o)
         r = lfs_session_create(c, o->session);
         if (r < 0)
                 return fail("create session", r, c);
+        uint64_t t = now_usec(CLOCK_MONOTONIC);
         r = lfs_preserve(c, o->session, fd, o->token, &bytes);
         if (r < 0)
                 return fail("preserve", r, c);
+        t = now_usec(CLOCK_MONOTONIC) - t;
         printf("preserved %" PRIu64 " bytes in session %s under token %" PRIu64 "\n", bytes,
                o->session, o->token);
+        printf("preserve-ms=%.3f\n", (double)t / 1000.0);
         return serve_events(c, o);
 }
 
@@ -489,9 +492,12 @@ static int restore(struct lfs_client *c, const struct opts *o, uint64_t t0)
         r = lfs_session_retrieve(c, o->session);
         if (r < 0)
                 return fail("retrieve session", r, c);
+        uint64_t t = now_usec(CLOCK_MONOTONIC);
         r = lfs_retrieve_fd(c, o->session, o->token, &fd);
         if (r < 0)
                 return fail("retrieve fd", r, c);
+        t = now_usec(CLOCK_MONOTONIC) - t;
+        printf("retrieve-ms=%.3f\n", (double)t / 1000.0);
         status = check_memory(fd, o, &sum);
         /* A VMM would map it as guest memory now; we only needed to read it. */
         close(fd);

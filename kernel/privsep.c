@@ -793,8 +793,7 @@ static _Noreturn void helper_exit(int status)
         (void)close_range(3, ~0u, 0);
         for (size_t i = 0; i < ELEMENTSOF(helper_sockets); i++) {
                 struct stat st;
-                if (helper_sockets[i] && lstat(helper_sockets[i], &st) == 0 &&
-                    S_ISSOCK(st.st_mode))
+                if (helper_sockets[i] && lstat(helper_sockets[i], &st) == 0 && S_ISSOCK(st.st_mode))
                         (void)unlink(helper_sockets[i]);
         }
         _exit(status);
@@ -1202,7 +1201,12 @@ static _Noreturn void helper_main(const struct privsep_spawn_config *cfg,
         if (cfg->broker && cfg->broker->listen_fd < 0 && cfg->broker->socket_path) {
                 broker_listen_fd = helper_listen(cfg, cfg->broker->socket_path,
                                                  cfg->broker->socket_mode, cfg->broker->socket_gid);
-                if (broker_listen_fd < 0) {
+                if (broker_listen_fd < 0 && cfg->broker->socket_optional &&
+                    broker_listen_fd != -EADDRINUSE) {
+                        log_warning("Cannot listen on %s for workloads (%s): no workload can "
+                                    "preserve anything; choose a place with --sessions-socket",
+                                    cfg->broker->socket_path, strerror(-broker_listen_fd));
+                } else if (broker_listen_fd < 0) {
                         snprintf(msg, sizeof(msg), "cannot listen on %s for workloads: %s%s",
                                  cfg->broker->socket_path, strerror(-broker_listen_fd),
                                  broker_listen_fd == -EEXIST
@@ -1213,9 +1217,11 @@ static _Noreturn void helper_main(const struct privsep_spawn_config *cfg,
                                                          msg);
                         helper_exit(1);
                 }
-                helper_sockets[0] = cfg->broker->socket_path;
+                if (broker_listen_fd >= 0)
+                        helper_sockets[0] = cfg->broker->socket_path;
         }
-        if (cfg->broker && cfg->rendezvous) {
+        /* No workloads' socket, no workloads' sessions: nothing to outlive the agent for. */
+        if (cfg->broker && cfg->rendezvous && broker_listen_fd >= 0) {
                 rendezvous_fd = helper_listen(cfg, cfg->rendezvous, 0600, (gid_t)-1);
                 if (rendezvous_fd < 0) {
                         snprintf(msg, sizeof(msg), "cannot listen on %s for the next agent: %s%s",

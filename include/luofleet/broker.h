@@ -39,6 +39,12 @@ struct broker_config {
          */
         const char *socket_path;
         int listen_fd;
+        /*
+         * A default path, not one the operator chose: when it cannot be bound
+         * (a state directory on a file system without sockets, such as 9p),
+         * say so and go on without a workloads' socket instead of failing.
+         */
+        bool socket_optional;
         mode_t socket_mode; /* 0 = 0660 */
         gid_t socket_gid;   /* (gid_t)-1 = the creator's group */
         unsigned max_clients;
