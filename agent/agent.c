@@ -21,6 +21,7 @@
 #include "journal.h"
 #include "lease.h"
 #include "metrics.h"
+#include "luofleet/privsep.h"
 #include "sessions.h"
 #include "luofleet/log.h"
 #include "luofleet/macro.h"
@@ -825,7 +826,7 @@ int agent_reconcile(struct agent *a)
         }
         if (!a->snap)
                 agent_rebuild_snapshot_locked(a);
-        if (a->state == LUO_STATE_PREPARED && !fresh)
+        if (a->state == LUO_STATE_PREPARED && !fresh && !privsep_proxy_attached(a->backend))
                 log_warning("Started while the kernel is prepared: the preserved resources of "
                             "the previous agent were released with its device handle; the host "
                             "stays prepared until a cancel or reboot (docs/operations.md)");

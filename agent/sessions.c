@@ -115,9 +115,23 @@ int sessions_refresh(struct agent *a)
         snprintf(a->sessions_broker_id, sizeof(a->sessions_broker_id), "%s", id ? id : "");
         if (since == 0)
                 a->sessions_seq = 0;
-        /* The document first: the records below rebuild the state document with its summary. */
-        json_decref(a->sessions_doc);
-        a->sessions_doc = doc;
+        /*
+         * The document first, so the records below rebuild the state document with its
+         * summary. Only with a record (or the first time, at start-up): the served
+         * document never changes without its index (a change's event may come with the
+         * next refresh, and the document with it then).
+         */
+        bool first = !a->sessions_doc, any = false;
+        json_array_foreach (events, i, ev) {
+                json_int_t seq = json_integer_value(json_object_get(ev, "seq"));
+                if (seq > 0 && (uint64_t)seq > a->sessions_seq)
+                        any = true;
+        }
+        if (first || any) {
+                json_decref(a->sessions_doc);
+                a->sessions_doc = doc;
+        } else
+                json_decref(doc);
         json_array_foreach (events, i, ev) {
                 json_int_t seq = json_integer_value(json_object_get(ev, "seq"));
                 json_t *f;
@@ -137,7 +151,7 @@ int sessions_refresh(struct agent *a)
                 idx = a->index;
                 json_array_append(fresh, ev);
         }
-        if (!idx)
+        if (!idx && first)
                 agent_doc_refresh_locked(a); /* start-up: the summary, nothing new */
         agent_unlock(a);
         if (idx)

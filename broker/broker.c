@@ -1937,7 +1937,10 @@ static void drop_finished(struct broker *k)
                 struct bsession *s = k->sessions[i];
                 if (s->phase == LFS_PHASE_FINISHED || s->phase == LFS_PHASE_INCOMING ||
                     s->phase == LFS_PHASE_RETRIEVED) {
+                        /* The update is over: the session leaves the list (an event: the
+                         * agent's document changes with a record, never without). */
                         session_remove(k, s);
+                        event_emit(k, "released", NULL, s, NULL, session_bytes(s), 0, NULL);
                         session_free(k, s);
                 } else
                         i++;

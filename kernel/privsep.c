@@ -805,17 +805,20 @@ static void *helper_query_main(void *userdata)
         struct helper *h = userdata;
         struct backend *b = h->b;
         uint64_t seq = 0;
-        struct pollfd pfd[4] = {
+        struct pollfd pfd[5] = {
                 { .fd = h->stop_fd, .events = POLLIN },
                 { .fd = h->fds[PRIVSEP_CHAN_QUERY], .events = POLLIN },
                 /* no events: POLLHUP and POLLERR only, when the network side is gone */
                 { .fd = h->fds[PRIVSEP_CHAN_EVENT], .events = 0 },
                 { .fd = b->ops->watch_fd(b), .events = b->ops->watch_events(b) },
+                /* another agent knocking while one is attached: turned away at once */
+                { .fd = h->rendezvous_fd, .events = POLLIN },
         };
 
         for (;;) {
                 bool gone = false;
-                int n = poll(pfd, pfd[3].fd >= 0 ? 4 : 3, -1);
+                /* poll() ignores the negative fds (no watch fd, no rendezvous). */
+                int n = poll(pfd, ELEMENTSOF(pfd), -1);
                 if (n < 0) {
                         if (errno == EINTR)
                                 continue;
@@ -825,6 +828,12 @@ static void *helper_query_main(void *userdata)
                         break;
                 if (pfd[3].revents)
                         helper_push_state(h);
+                if (pfd[4].revents) {
+                        /* An agent is attached: the knocking one hears EOF ("another agent"). */
+                        int conn = accept4(h->rendezvous_fd, NULL, NULL, SOCK_CLOEXEC);
+                        if (conn >= 0)
+                                close(conn);
+                }
                 if (pfd[1].revents && helper_one(h, PRIVSEP_CHAN_QUERY, &seq) <= 0)
                         gone = true;
                 if (pfd[2].revents & (POLLHUP | POLLERR))
@@ -960,6 +969,9 @@ static int helper_serve_once(struct helper *h)
         pthread_t thread;
         uint64_t seq = 0, one = 1;
         int r;
+
+        /* Every network process counts its channels from 1: an attached one too. */
+        h->ev_seq = 0;
 
         /* Before HELLO: once the network side hears it, our fd table is settled. */
         h->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -1223,7 +1235,13 @@ static _Noreturn void helper_main(const struct privsep_spawn_config *cfg,
         /* No workloads' socket, no workloads' sessions: nothing to outlive the agent for. */
         if (cfg->broker && cfg->rendezvous && broker_listen_fd >= 0) {
                 rendezvous_fd = helper_listen(cfg, cfg->rendezvous, 0600, (gid_t)-1);
-                if (rendezvous_fd < 0) {
+                if (rendezvous_fd < 0 && rendezvous_fd != -EADDRINUSE) {
+                        /* Not fatal: this helper will not outlive its agent, that is all. */
+                        log_warning("Cannot listen on %s (%s): if the agent's network process "
+                                    "dies, the workloads' sessions die with the helper",
+                                    cfg->rendezvous, strerror(-rendezvous_fd));
+                        rendezvous_fd = -1;
+                } else if (rendezvous_fd < 0) {
                         snprintf(msg, sizeof(msg), "cannot listen on %s for the next agent: %s%s",
                                  cfg->rendezvous, strerror(-rendezvous_fd),
                                  rendezvous_fd == -EADDRINUSE
@@ -1232,7 +1250,8 @@ static _Noreturn void helper_main(const struct privsep_spawn_config *cfg,
                         (void)privsep_helper_hello_error(fds[PRIVSEP_CHAN_CMD], rendezvous_fd, msg);
                         helper_exit(1);
                 }
-                helper_sockets[1] = cfg->rendezvous;
+                if (rendezvous_fd >= 0)
+                        helper_sockets[1] = cfg->rendezvous;
         }
         if (cfg->drop) {
                 r = helper_drop(cfg);
@@ -1342,6 +1361,11 @@ static struct proxy *to_proxy(struct backend *b)
 bool privsep_is_proxy(const struct backend *b)
 {
         return b && b->ops && b->ops->free == proxy_ops_template.free;
+}
+
+bool privsep_proxy_attached(const struct backend *b)
+{
+        return privsep_is_proxy(b) && ((const struct proxy *)b)->attached > 0;
 }
 
 pid_t privsep_proxy_helper(const struct backend *b)
@@ -1870,8 +1894,11 @@ int privsep_attach(const char *rendezvous, const struct privsep_hooks *hooks, st
                 return negative_errno();
         if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
                 r = negative_errno();
-                /* No socket, or nobody listens: no helper waits (the next one is spawned). */
-                if (r == -ENOENT || r == -ECONNREFUSED)
+                /*
+                 * No socket, nobody listens, or not ours to reach (root's, and we are the
+                 * run user after a simulated kexec): no helper waits for us.
+                 */
+                if (r == -ENOENT || r == -ECONNREFUSED || r == -EACCES || r == -EPERM)
                         return 0;
                 backend_msgf(msg, msg_size, "cannot reach %s: %s", rendezvous, strerror(-r));
                 return r;
@@ -1898,8 +1925,7 @@ int privsep_attach(const char *rendezvous, const struct privsep_hooks *hooks, st
                 close_fds(fds, n_fds);
                 /* Another agent is attached already (the helper closed on us), or garbage. */
                 backend_msgf(msg, msg_size,
-                             "the helper at %s (pid %d) did not hand over its channels: another "
-                             "agent may be attached to it",
+                             "the helper at %s (pid %d) turned us away: another agent serves it",
                              rendezvous, (int)cred.pid);
                 return -EBUSY;
         }

@@ -20,6 +20,8 @@
  * caller on success).
  */
 #include <errno.h>
+#include <stdio.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -247,21 +249,65 @@ LFS_EXPORT const char *lfs_default_socket(void)
         return s && *s ? s : LFS_SOCKET_DEFAULT;
 }
 
+/*
+ * The address of path. One too long for sun_path (a socket in a deep
+ * directory) is named through its directory: "/proc/self/fd/N/name", with
+ * the directory's descriptor in *ret_dir (closed by the caller after
+ * connect()). The agent binds the same way (common/util.c unix_sockaddr;
+ * this library stands alone, so it has its own few lines).
+ */
+static int unix_address(const char *path, struct sockaddr_un *sa, int *ret_dir)
+{
+        size_t n = strlen(path);
+        const char *name;
+        char dir[4096];
+        int k;
+
+        *ret_dir = -1;
+        if (n == 0)
+                return -EINVAL;
+        if (n < sizeof(sa->sun_path)) {
+                memcpy(sa->sun_path, path, n + 1);
+                return 0;
+        }
+        name = strrchr(path, '/');
+        if (!name || !name[1] || (size_t)(name - path) + 1 >= sizeof(dir))
+                return -ENAMETOOLONG;
+        memcpy(dir, path, (size_t)(name - path) + 1);
+        dir[name - path + 1] = 0;
+        *ret_dir = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (*ret_dir < 0)
+                return errno > 0 ? -errno : -EIO;
+        k = snprintf(sa->sun_path, sizeof(sa->sun_path), "/proc/self/fd/%d/%s", *ret_dir, name + 1);
+        if (k < 0 || (size_t)k >= sizeof(sa->sun_path)) {
+                close(*ret_dir);
+                *ret_dir = -1;
+                return -ENAMETOOLONG;
+        }
+        return 0;
+}
+
 static int connect_unix(const char *path)
 {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        size_t n = strlen(path);
-        int fd, r;
+        int fd, r, dir;
 
-        if (n == 0)
-                return -EINVAL;
-        if (n >= sizeof(sa.sun_path))
-                return -ENAMETOOLONG;
-        memcpy(sa.sun_path, path, n + 1);
+        r = unix_address(path, &sa, &dir);
+        if (r < 0)
+                return r;
         fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-                return errno > 0 ? -errno : -EIO;
+        if (fd < 0) {
+                r = errno > 0 ? -errno : -EIO;
+                if (dir >= 0)
+                        close(dir);
+                return r;
+        }
         r = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+        if (dir >= 0) {
+                int saved = errno;
+                close(dir);
+                errno = saved;
+        }
         if (r < 0 && errno == EINTR) {
                 /* The connection goes on without us: wait for it and take its outcome. */
                 struct pollfd p = { .fd = fd, .events = POLLOUT };

@@ -247,8 +247,9 @@ int privsep_proxy_open_config(struct backend *b, enum privsep_config_file which)
 int privsep_proxy_open_staging(struct backend *b, const char *path);
 int privsep_proxy_unlink_socket(struct backend *b, unsigned index);
 
-/* Is b a privsep proxy? */
+/* Is b a privsep proxy? Attached to a helper that outlived an earlier agent (privsep_attach)? */
 bool privsep_is_proxy(const struct backend *b);
+bool privsep_proxy_attached(const struct backend *b);
 pid_t privsep_proxy_helper(const struct backend *b);
 
 /*

@@ -2724,12 +2724,16 @@ START_TEST(test_updated_boot)
         ev = next_event(c, LFS_EVENT_FINISH);
         ck_assert_str_eq(ev.note, "the update is finished");
         doc = doc_get(since);
-        e = json_array_get(jarr(doc, "events", 1), 0);
+        e = json_array_get(jarr(doc, "events", 3), 0);
         ck_assert_str_eq(jstr(e, "event"), "force-finished");
         ck_assert_str_eq(jstr(e, "session"), "vm2");
         ck_assert_int_eq(jint(e, "owner_uid"), me);
         ck_assert_int_eq(jint(e, "bytes"), 8192);
         ck_assert_ptr_null(json_object_get(e, "errno"));
+        /* Then both sessions leave the list with the update: one "released" each. */
+        for (size_t i = 1; i < 3; i++)
+                ck_assert_str_eq(jstr(json_array_get(jget(doc, "events"), i), "event"),
+                                 "released");
         jarr(doc, "sessions", 0);
         ck_assert_int_eq(jint(jget(doc, "summary"), "sessions"), 0);
         json_decref(doc);
