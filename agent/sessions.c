@@ -128,6 +128,11 @@ int sessions_refresh(struct agent *a)
                         any = true;
         }
         if (first || any) {
+                const char *ki = json_string_value(json_object_get(doc, "kernel_interface"));
+                /* The backend learns some facts late (luo-sessions: GET_NAME). */
+                if (ki)
+                        snprintf(a->interface, sizeof(a->interface), "%s", ki);
+                json_object_del(doc, "kernel_interface");
                 json_decref(a->sessions_doc);
                 a->sessions_doc = doc;
         } else

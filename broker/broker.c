@@ -461,6 +461,12 @@ static int marker_write_doc(struct broker *k, const char *note)
         pthread_mutex_unlock(&k->lock);
         if (!doc)
                 return -ENOMEM;
+        if (k->inner->ops->describe) {
+                /* What the kernel offers, as learnt so far (GET_NAME: from a session fd). */
+                char what[256];
+                if (k->inner->ops->describe(k->inner, what, sizeof(what)) >= 0)
+                        json_object_set_new(doc, "kernel_interface", json_string(what));
+        }
         text = json_dumps(doc, JSON_COMPACT);
         json_decref(doc);
         if (!text)

@@ -71,6 +71,11 @@ idx2=$(jstr index)
 expect_field action reboot "last operation"
 expect_field status succeeded "reboot operation"
 printf '%s' "$BODY" | grep -q '"incoming":2' || fail "summary without 2 incoming sessions: $BODY"
+# the retrieved marker session told whether the kernel has GET_NAME (7.3 has it)
+case "$(jstr interface)" in
+*" GET_NAME)"*) ok "interface: $(jstr interface)" ;;
+*) fail "interface without GET_NAME on 7.3: $(jstr interface)" ;;
+esac
 ok "updated, boot $boot1 -> $boot2, index $idx1 -> $idx2, reboot succeeded"
 req GET '/v1/history?kind=reboot'
 printf '%s' "$BODY" | grep -q "\"from_boot_id\":\"$boot1\"" || fail "no reboot record from $boot1: $BODY"
