@@ -126,6 +126,7 @@ struct agent *agent_free(struct agent *a)
         json_decref(a->last_start);
         json_decref(a->hooks_failing);
         json_decref(a->sessions_doc);
+        json_decref(a->sessions_summary);
         doc_snapshot_unref(a->snap);
         journal_free(a->audit);
         pthread_mutex_destroy(&a->audit_lock);
@@ -637,16 +638,21 @@ static json_t *agent_snapshot_fn(const struct journal_rec *const *dropped, size_
         (void)n;
         /* last_start: what the journal last recorded, not what runs now: a start
          * record still to be appended must not be claimed by the snapshot. */
+        json_t *snap = json_pack(
+                "{s:o, s:O, s:O, s:O, s:o, s:O, s:O, s:O}", "operations", ops, "staged",
+                a->staged ? a->staged : json_null(), "last_operation",
+                a->operation ? a->operation : json_null(), "last_start",
+                a->last_start ? a->last_start : json_null(), "lease",
+                lease_journal_json(&a->lease), "last_update",
+                a->last_update ? a->last_update : json_null(), "rollback_target",
+                a->rollback_target ? a->rollback_target : json_null(), "booted",
+                a->booted ? a->booted : json_null());
         /* "broker": where draining the session broker's events stopped (sessions.c). */
-        return json_pack("{s:o, s:O, s:O, s:O, s:o, s:O, s:O, s:O, s:{s:s, s:I}}", "operations",
-                         ops, "staged", a->staged ? a->staged : json_null(), "last_operation",
-                         a->operation ? a->operation : json_null(), "last_start",
-                         a->last_start ? a->last_start : json_null(), "lease",
-                         lease_journal_json(&a->lease), "last_update",
-                         a->last_update ? a->last_update : json_null(), "rollback_target",
-                         a->rollback_target ? a->rollback_target : json_null(), "booted",
-                         a->booted ? a->booted : json_null(), "broker", "id", a->sessions_broker_id,
-                         "seq", (json_int_t)a->sessions_seq);
+        if (snap && a->sessions_broker_id[0] && a->sessions_seq > 0)
+                json_object_set_new(snap, "broker",
+                                    json_pack("{s:s, s:I}", "id", a->sessions_broker_id, "seq",
+                                              (json_int_t)a->sessions_seq));
+        return snap;
 }
 
 static json_t *start_facts(json_t *rec)

@@ -149,7 +149,8 @@ struct agent {
          * serialises refreshes (before agent.lock).
          */
         pthread_mutex_t sessions_lock;
-        json_t *sessions_doc;
+        json_t *sessions_doc;     /* the latest (GET /v1/sessions, metrics) */
+        json_t *sessions_summary; /* the state document's: moves with session records only */
         char sessions_broker_id[40];
         uint64_t sessions_seq;
         char interface[256];

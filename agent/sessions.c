@@ -121,7 +121,7 @@ int sessions_refresh(struct agent *a)
          * document never changes without its index (a change's event may come with the
          * next refresh, and the document with it then).
          */
-        bool first = !a->sessions_doc, any = false;
+        bool first = !a->sessions_summary, any = false;
         json_array_foreach (events, i, ev) {
                 json_int_t seq = json_integer_value(json_object_get(ev, "seq"));
                 if (seq > 0 && (uint64_t)seq > a->sessions_seq)
@@ -132,11 +132,15 @@ int sessions_refresh(struct agent *a)
                 /* The backend learns some facts late (luo-sessions: GET_NAME). */
                 if (ki)
                         snprintf(a->interface, sizeof(a->interface), "%s", ki);
-                json_object_del(doc, "kernel_interface");
-                json_decref(a->sessions_doc);
-                a->sessions_doc = doc;
-        } else
-                json_decref(doc);
+                json_decref(a->sessions_summary);
+                a->sessions_summary = json_deep_copy(json_object_get(doc, "summary"));
+                if (!a->sessions_summary)
+                        a->sessions_summary = json_null();
+        }
+        /* GET /v1/sessions is not the state document: it may be fresher (a last round). */
+        json_object_del(doc, "kernel_interface");
+        json_decref(a->sessions_doc);
+        a->sessions_doc = doc;
         json_array_foreach (events, i, ev) {
                 json_int_t seq = json_integer_value(json_object_get(ev, "seq"));
                 json_t *f;
@@ -183,7 +187,5 @@ json_t *sessions_doc(struct agent *a)
 
 json_t *sessions_summary_locked(struct agent *a)
 {
-        json_t *s = json_object_get(a->sessions_doc, "summary");
-
-        return s ? json_deep_copy(s) : json_null();
+        return a->sessions_summary ? json_deep_copy(a->sessions_summary) : json_null();
 }

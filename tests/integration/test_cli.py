@@ -537,7 +537,9 @@ class SessionCommandTest(CtlMixin, AgentTestCase):
     def test_with_workloads(self):
         if not os.path.exists(workload_path()):
             self.skipTest("%s is not built" % workload_path())
-        a = self.agent()
+        # 0666: the socket stays root's as bound (its mode and group say who may connect);
+        # a second owner (nobody) connects below.
+        a = self.agent("--sessions-socket-mode=0666")
         h = self.hostarg(a)
         me = os.getuid()
         self.start_workload(a, "it-one", "vm1", 2)
@@ -564,7 +566,7 @@ class SessionCommandTest(CtlMixin, AgentTestCase):
         self.assertEqual(json.loads(self.ok("session", "show", h, "vm1", "--output=json")), vm1)
         if os.geteuid() != 0:
             return  # a second owner needs another uid
-        # nobody (65534) may connect: the socket is the network process's (nobody) 0660
+        # nobody (65534) may connect: mode 0666, and the state directory is nobody's
         self.start_workload(a, "it-two", "vm1", 1, uid=65534)
         rc, out, err = self.ctl("session", "show", h, "vm1")
         self.assertEqual((rc, out), (2, ""), err)
