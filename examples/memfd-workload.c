@@ -50,6 +50,7 @@ struct opts {
         const char *veto;
         bool no_confirm;
         bool no_finish;
+        uint64_t wait_s; /* retry connecting this long while there is no broker yet */
         const char *mode;
 };
 
@@ -72,6 +73,8 @@ static void usage(FILE *f)
                 "                       (CLOCK_REALTIME us); restore: read it and print\n"
                 "                       blackout-to-data-ms\n"
                 "  --no-finish          restore: leave the session unfinished\n"
+                "  --wait=SECONDS       retry connecting this long while the broker is not\n"
+                "                       there yet (default 0: fail at once)\n"
                 "exit status: 0 ok, 1 failure, 2 usage\n",
                 LFS_SOCKET_DEFAULT);
 }
@@ -222,6 +225,25 @@ static int text_u64(const char *text, const char *key, uint64_t *ret)
                         return parse_u64(v, UINT64_MAX, ret);
                 }
         return -ENOENT;
+}
+
+/*
+ * Connect, waiting up to --wait seconds for the broker to be there: a VMM that
+ * starts with the machine does not wait for the agent's HTTP side to be up,
+ * only for the broker's socket, which comes first.
+ */
+static int connect_waiting(const struct opts *o, unsigned flags, struct lfs_client **ret)
+{
+        uint64_t until = now_usec(CLOCK_MONOTONIC) + o->wait_s * 1000000;
+        int r;
+
+        for (;;) {
+                r = lfs_connect(o->socket, o->name, flags, ret);
+                if ((r != -ENOENT && r != -ECONNREFUSED) || now_usec(CLOCK_MONOTONIC) >= until)
+                        return r;
+                struct timespec ts = { .tv_nsec = 5 * 1000 * 1000 };
+                nanosleep(&ts, NULL);
+        }
 }
 
 /* ---- preserve ----------------------------------------------------------------------------- */
@@ -394,7 +416,7 @@ static int do_preserve(const struct opts *o)
                 }
         }
         /* Registered: every prepare now waits for our confirm. */
-        r = lfs_connect(o->socket, o->name, LFS_HELLO_REGISTER, &c);
+        r = connect_waiting(o, LFS_HELLO_REGISTER, &c);
         if (r < 0) {
                 close(fd);
                 return fail("connect", r, NULL);
@@ -524,7 +546,7 @@ static int do_restore(const struct opts *o)
         struct lfs_client *c = NULL;
         int r, status;
 
-        r = lfs_connect(o->socket, o->name, 0, &c);
+        r = connect_waiting(o, 0, &c);
         if (r < 0)
                 return fail("connect", r, NULL);
         status = restore(c, o, t0);
@@ -592,6 +614,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
                 O_VETO,
                 O_NO_CONFIRM,
                 O_NO_FINISH,
+                O_WAIT,
                 O_HELP
         };
         static const struct option longopts[] = {
@@ -606,6 +629,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
                 { "veto", required_argument, NULL, O_VETO },
                 { "no-confirm", no_argument, NULL, O_NO_CONFIRM },
                 { "no-finish", no_argument, NULL, O_NO_FINISH },
+                { "wait", required_argument, NULL, O_WAIT },
                 { "help", no_argument, NULL, O_HELP },
                 { 0 },
         };
@@ -649,6 +673,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
                         break;
                 case O_NO_FINISH:
                         o->no_finish = true;
+                        break;
+                case O_WAIT:
+                        if (parse_u64(optarg, 3600, &o->wait_s) < 0)
+                                return usage_error("--wait: seconds, not ", optarg);
                         break;
                 case O_HELP:
                         usage(stdout);

@@ -43,9 +43,13 @@ case "$BOOT" in
         fail "no kexec"
         ;;
 esac
+# The workload starts with the machine, as a VMM would: it waits for the broker's socket, not
+# for the agent's HTTP side.
+$WL --socket="$SOCK" --name=vm1 --session=ram --mib="$MIB" --seed=9 --reboot-time="$RT" \
+        --wait=60 restore >/tmp/restore.log 2>&1 &
+WPID=$!
 start_agent --backend=auto --state-dir="$SD" --sessions-socket="$SOCK"
-$WL --socket="$SOCK" --name=vm1 --session=ram --mib="$MIB" --seed=9 --reboot-time="$RT" restore \
-        >/tmp/restore.log 2>&1 || { cat /tmp/restore.log; fail "restore"; }
+wait "$WPID" || { cat /tmp/restore.log; fail "restore"; }
 cat /tmp/restore.log
 grep -q "checksum ok" /tmp/restore.log || fail "not bit-exact"
 agent_b=$(sed -n 's/^blackout-to-data-ms-by-mtime=//p' /tmp/restore.log)
