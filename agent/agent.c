@@ -638,15 +638,14 @@ static json_t *agent_snapshot_fn(const struct journal_rec *const *dropped, size_
         (void)n;
         /* last_start: what the journal last recorded, not what runs now: a start
          * record still to be appended must not be claimed by the snapshot. */
-        json_t *snap = json_pack(
-                "{s:o, s:O, s:O, s:O, s:o, s:O, s:O, s:O}", "operations", ops, "staged",
-                a->staged ? a->staged : json_null(), "last_operation",
-                a->operation ? a->operation : json_null(), "last_start",
-                a->last_start ? a->last_start : json_null(), "lease",
-                lease_journal_json(&a->lease), "last_update",
-                a->last_update ? a->last_update : json_null(), "rollback_target",
-                a->rollback_target ? a->rollback_target : json_null(), "booted",
-                a->booted ? a->booted : json_null());
+        json_t *snap = json_pack("{s:o, s:O, s:O, s:O, s:o, s:O, s:O, s:O}", "operations", ops,
+                                 "staged", a->staged ? a->staged : json_null(), "last_operation",
+                                 a->operation ? a->operation : json_null(), "last_start",
+                                 a->last_start ? a->last_start : json_null(), "lease",
+                                 lease_journal_json(&a->lease), "last_update",
+                                 a->last_update ? a->last_update : json_null(), "rollback_target",
+                                 a->rollback_target ? a->rollback_target : json_null(), "booted",
+                                 a->booted ? a->booted : json_null());
         /* "broker": where draining the session broker's events stopped (sessions.c). */
         if (snap && a->sessions_broker_id[0] && a->sessions_seq > 0)
                 json_object_set_new(snap, "broker",

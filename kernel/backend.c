@@ -196,10 +196,11 @@ static int backend_open_auto(const struct backend_config *cfg, struct backend **
                 return r;
         }
 
+        /* The advice first: the paths (under a --root, maybe long) may be cut short. */
         backend_msgf(msg, msg_size,
-                     "no live-update orchestrator found (neither %s nor %s exists; a Linux 6.19+ "
-                     "kernel needs liveupdate=on kho=on on its command line); use --backend=sim "
-                     "to run on the simulated kernel",
+                     "no live-update orchestrator found: use --backend=sim to run on the simulated "
+                     "kernel (a Linux 6.19+ kernel needs liveupdate=on kho=on on its command "
+                     "line; neither %s nor %s exists)",
                      path, dev);
         return -ENOENT;
 }

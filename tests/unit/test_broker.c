@@ -916,13 +916,22 @@ static void *store_main(void *userdata)
         }
 }
 
-/* Listen where sd_notify() sends: $NOTIFY_SOCKET in dir. */
+/*
+ * Listen where sd_notify() sends: $NOTIFY_SOCKET, in a short directory of its
+ * own under /tmp (libsystemd names it by path, which must fit sun_path however
+ * deep the checkout is; dir is not used for it).
+ */
+static char store_dir[64];
+
 static void store_start(const char *dir)
 {
         struct sockaddr_un sa = { .sun_family = AF_UNIX };
 
+        (void)dir;
         memset(&store, 0, sizeof(store));
-        ck_assert_int_lt(snprintf(store.path, sizeof(store.path), "%s/notify.sock", dir),
+        snprintf(store_dir, sizeof(store_dir), "/tmp/lf-store-XXXXXX");
+        ck_assert_ptr_nonnull(mkdtemp(store_dir));
+        ck_assert_int_lt(snprintf(store.path, sizeof(store.path), "%s/notify.sock", store_dir),
                          (int)sizeof(sa.sun_path));
         memcpy(sa.sun_path, store.path, strlen(store.path) + 1);
         store.sock = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -982,6 +991,7 @@ static void store_stop(void)
         close(store.sock);
         close(store.stop_fd);
         unlink(store.path);
+        rmdir(store_dir);
         unsetenv("NOTIFY_SOCKET");
         pthread_mutex_destroy(&store.lock);
         pthread_cond_destroy(&store.cond);
@@ -1953,12 +1963,15 @@ END_TEST
 /* A plain SOCK_SEQPACKET connection to the broker, no library. */
 static int raw_connect(void)
 {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
-        int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sa;
+        int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0), dir_fd;
 
         ck_assert_int_ge(fd, 0);
-        memcpy(sa.sun_path, sock_path, strlen(sock_path) + 1);
+        /* A deep checkout's temporary directory is named through its descriptor. */
+        ck_assert_int_eq(unix_sockaddr(sock_path, &sa, &dir_fd), 0);
         ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        if (dir_fd >= 0)
+                close(dir_fd);
         return fd;
 }
 
@@ -2732,8 +2745,7 @@ START_TEST(test_updated_boot)
         ck_assert_ptr_null(json_object_get(e, "errno"));
         /* Then both sessions leave the list with the update: one "released" each. */
         for (size_t i = 1; i < 3; i++)
-                ck_assert_str_eq(jstr(json_array_get(jget(doc, "events"), i), "event"),
-                                 "released");
+                ck_assert_str_eq(jstr(json_array_get(jget(doc, "events"), i), "event"), "released");
         jarr(doc, "sessions", 0);
         ck_assert_int_eq(jint(jget(doc, "summary"), "sessions"), 0);
         json_decref(doc);

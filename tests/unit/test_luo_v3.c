@@ -794,9 +794,9 @@ START_TEST(test_auto)
         fake.dev_opens = 0;
         open_fails(BACKEND_AUTO, -ENOENT, msg, sizeof(msg));
         snprintf(want, sizeof(want),
-                 "no live-update orchestrator found (neither %s/sys/kernel/liveupdate/state nor "
-                 "%s/dev/liveupdate exists; a Linux 6.19+ kernel needs liveupdate=on kho=on on its "
-                 "command line); use --backend=sim to run on the simulated kernel",
+                 "no live-update orchestrator found: use --backend=sim to run on the simulated "
+                 "kernel (a Linux 6.19+ kernel needs liveupdate=on kho=on on its command line; "
+                 "neither %s/sys/kernel/liveupdate/state nor %s/dev/liveupdate exists)",
                  fake.root, fake.root);
         ck_assert_str_eq(msg, want);
         ck_assert_int_eq(fake.dev_opens, 0);

@@ -833,13 +833,15 @@ static void assert_fd_reads(int fd, const char *want)
 /* A Unix socket file nobody listens on. */
 static void make_socket_file(const char *path)
 {
-        struct sockaddr_un sun = { .sun_family = AF_UNIX };
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        struct sockaddr_un sun;
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), dir_fd;
 
         ck_assert_int_ge(fd, 0);
-        ck_assert_uint_lt(strlen(path), sizeof(sun.sun_path));
-        memcpy(sun.sun_path, path, strlen(path) + 1);
+        /* A deep checkout's temporary directory is named through its descriptor. */
+        ck_assert_int_eq(unix_sockaddr(path, &sun, &dir_fd), 0);
         ck_assert_int_eq(bind(fd, (struct sockaddr *)&sun, sizeof(sun)), 0);
+        if (dir_fd >= 0)
+                close(dir_fd);
         close(fd);
 }
 

@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "luofleet/session.h"
+#include "luofleet/util.h"
 #include "luofleet/session_proto.h"
 #include "testutil.h"
 
@@ -311,15 +312,18 @@ static void *fake_main(void *arg)
 
 static void fake_start(void)
 {
-        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        struct sockaddr_un sa;
+        int dir_fd;
 
         memset(&fake, 0, sizeof(fake));
         fake.stored_fd = -1;
-        ck_assert_uint_lt(strlen(sock_path), sizeof(sa.sun_path));
-        memcpy(sa.sun_path, sock_path, strlen(sock_path) + 1);
+        /* A deep temporary directory (a deep checkout) is named through its descriptor. */
+        ck_assert_int_eq(unix_sockaddr(sock_path, &sa, &dir_fd), 0);
         fake.listen_fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
         ck_assert_int_ge(fake.listen_fd, 0);
         ck_assert_int_eq(bind(fake.listen_fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+        if (dir_fd >= 0)
+                close(dir_fd);
         ck_assert_int_eq(listen(fake.listen_fd, 8), 0);
         ck_assert_int_eq(pipe2(fake.stop_pipe, O_CLOEXEC), 0);
         ck_assert_int_eq(pthread_create(&fake.thread, NULL, fake_main, NULL), 0);
