@@ -861,8 +861,10 @@ static void store_take(char *buf, const int *fds, size_t nfds)
                         if (strcmp(store.names[i], name) == 0) {
                                 close(store.fds[i]);
                                 store.n--;
-                                memcpy(store.names[i], store.names[store.n],
-                                       sizeof(store.names[0]));
+                                /* The last one moves into the hole (itself: nothing to move). */
+                                if (i != store.n)
+                                        memcpy(store.names[i], store.names[store.n],
+                                               sizeof(store.names[0]));
                                 store.fds[i] = store.fds[store.n];
                         } else
                                 i++;
