@@ -50,7 +50,8 @@ struct opts {
         const char *veto;
         bool no_confirm;
         bool no_finish;
-        uint64_t wait_s; /* retry connecting this long while there is no broker yet */
+        uint64_t wait_s;    /* retry connecting this long while there is no broker yet */
+        uint64_t settle_ms; /* preserve: pause between creating the session and preserving */
         const char *mode;
 };
 
@@ -73,6 +74,8 @@ static void usage(FILE *f)
                 "                       (CLOCK_REALTIME us); restore: read it and print\n"
                 "                       blackout-to-data-ms\n"
                 "  --no-finish          restore: leave the session unfinished\n"
+                "  --settle-ms=MS       preserve: wait this long between creating the session\n"
+                "                       and preserving the memfd\n"
                 "  --wait=SECONDS       retry connecting this long while the broker is not\n"
                 "                       there yet (default 0: fail at once)\n"
                 "exit status: 0 ok, 1 failure, 2 usage\n",
@@ -384,6 +387,12 @@ static int preserve(struct lfs_client *c, int fd, const struct opts *o)
         r = lfs_session_create(c, o->session);
         if (r < 0)
                 return fail("create session", r, c);
+        /* A VMM creates its session at start and preserves memory as it allocates it. */
+        if (o->settle_ms) {
+                struct timespec ts = { .tv_sec = (time_t)(o->settle_ms / 1000),
+                                       .tv_nsec = (long)(o->settle_ms % 1000) * 1000000 };
+                nanosleep(&ts, NULL);
+        }
         uint64_t t = now_usec(CLOCK_MONOTONIC);
         r = lfs_preserve(c, o->session, fd, o->token, &bytes);
         if (r < 0)
@@ -615,6 +624,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
                 O_NO_CONFIRM,
                 O_NO_FINISH,
                 O_WAIT,
+                O_SETTLE,
                 O_HELP
         };
         static const struct option longopts[] = {
@@ -630,6 +640,7 @@ static int parse_args(int argc, char **argv, struct opts *o)
                 { "no-confirm", no_argument, NULL, O_NO_CONFIRM },
                 { "no-finish", no_argument, NULL, O_NO_FINISH },
                 { "wait", required_argument, NULL, O_WAIT },
+                { "settle-ms", required_argument, NULL, O_SETTLE },
                 { "help", no_argument, NULL, O_HELP },
                 { 0 },
         };
@@ -673,6 +684,10 @@ static int parse_args(int argc, char **argv, struct opts *o)
                         break;
                 case O_NO_FINISH:
                         o->no_finish = true;
+                        break;
+                case O_SETTLE:
+                        if (parse_u64(optarg, 60000, &o->settle_ms) < 0)
+                                return usage_error("--settle-ms: milliseconds, not ", optarg);
                         break;
                 case O_WAIT:
                         if (parse_u64(optarg, 3600, &o->wait_s) < 0)
