@@ -53,6 +53,7 @@
 #include "luofleet/log.h"
 #include "luofleet/macro.h"
 #include "luofleet/privsep.h"
+#include "luofleet/scm.h"
 #include "luofleet/stagepath.h"
 #include "luofleet/util.h"
 
@@ -332,81 +333,17 @@ static void close_fds(int *fds, size_t n)
                 }
 }
 
+_Static_assert(PRIVSEP_MAX_FDS == SCM_MAX_FDS, "privsep's fd arrays are scm.h's");
+
 ssize_t privsep_recv(int fd, void *buf, size_t size, int *ret_flags, int fds[PRIVSEP_MAX_FDS],
                      size_t *ret_n_fds, bool nonblock)
 {
-        union {
-                struct cmsghdr h;
-                char buf[CMSG_SPACE(sizeof(int) * PRIVSEP_MAX_FDS)];
-        } control;
-        struct iovec iov = { .iov_base = buf, .iov_len = size };
-        struct msghdr mh = {
-                .msg_iov = &iov,
-                .msg_iovlen = 1,
-                .msg_control = control.buf,
-                .msg_controllen = sizeof(control.buf),
-        };
-        size_t n = 0;
-        ssize_t k;
-
-        *ret_n_fds = 0;
-        *ret_flags = 0;
-        for (;;) {
-                k = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC | (nonblock ? MSG_DONTWAIT : 0));
-                if (k >= 0 || errno != EINTR)
-                        break;
-        }
-        if (k < 0)
-                return negative_errno();
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-                if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-                        continue;
-                size_t m = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                const unsigned char *data = CMSG_DATA(c);
-                for (size_t i = 0; i < m; i++) {
-                        int x;
-                        memcpy(&x, data + i * sizeof(int), sizeof(int));
-                        if (n < PRIVSEP_MAX_FDS)
-                                fds[n++] = x;
-                        else
-                                close(x); /* cannot happen: the buffer holds MAX */
-                }
-        }
-        *ret_n_fds = n;
-        *ret_flags = mh.msg_flags;
-        return k;
+        return scm_recv(fd, buf, size, nonblock, fds, ret_n_fds, ret_flags);
 }
 
 int privsep_send(int fd, const void *buf, size_t len, const int *fds, size_t n_fds, bool nonblock)
 {
-        union {
-                struct cmsghdr h;
-                char buf[CMSG_SPACE(sizeof(int) * PRIVSEP_MAX_FDS)];
-        } control;
-        struct iovec iov = { .iov_base = (void *)buf, .iov_len = len };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-        ssize_t k;
-
-        if (n_fds > PRIVSEP_MAX_FDS)
-                return -EINVAL;
-        if (n_fds > 0) {
-                memset(&control, 0, sizeof(control));
-                mh.msg_control = control.buf;
-                mh.msg_controllen = CMSG_SPACE(sizeof(int) * n_fds);
-                struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-                c->cmsg_level = SOL_SOCKET;
-                c->cmsg_type = SCM_RIGHTS;
-                c->cmsg_len = CMSG_LEN(sizeof(int) * n_fds);
-                memcpy(CMSG_DATA(c), fds, sizeof(int) * n_fds);
-        }
-        for (;;) {
-                k = sendmsg(fd, &mh, MSG_NOSIGNAL | (nonblock ? MSG_DONTWAIT : 0));
-                if (k >= 0 || errno != EINTR)
-                        break;
-        }
-        if (k < 0)
-                return negative_errno();
-        return (size_t)k == len ? 0 : -EIO; /* SEQPACKET: all or nothing */
+        return scm_send(fd, buf, len, fds, n_fds, nonblock);
 }
 
 static void reply_init(struct privsep_reply *p, uint16_t type, uint64_t seq)

@@ -24,13 +24,12 @@
 #include <unistd.h>
 
 #include "luofleet/luo_state.h"
+#include "luofleet/scm.h"
 #include "luofleet/session_proto.h"
 
 #define LFS_EXPORT __attribute__((visibility("default")))
 
 #define ERRNO_MAX 4095
-/* Descriptors lfs_recv() makes room for: one is allowed, the rest are counted and closed. */
-#define RECV_FDS_MAX 4
 
 /* No padding: every byte is a field, so "unused fields are zero" covers them all. */
 _Static_assert(sizeof(struct lfs_msg) == 360, "lfs_msg layout");
@@ -342,95 +341,35 @@ LFS_EXPORT int lfs_msg_decode(const void *buf, size_t len, int flags, size_t n_f
         return 0;
 }
 
-static int negative_errno(void)
-{
-        return errno > 0 ? -errno : -EIO;
-}
-
 LFS_EXPORT int lfs_send(int sock, const struct lfs_msg *m, int fd, bool nonblock)
 {
-        union {
-                struct cmsghdr h;
-                char buf[CMSG_SPACE(sizeof(int))];
-        } control;
-        struct iovec iov = { .iov_base = (void *)m, .iov_len = sizeof(*m) };
-        struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1 };
-        ssize_t k;
-
         if (!m)
                 return -EINVAL;
-        if (fd >= 0) {
-                memset(&control, 0, sizeof(control));
-                mh.msg_control = control.buf;
-                mh.msg_controllen = sizeof(control.buf);
-                struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-                c->cmsg_level = SOL_SOCKET;
-                c->cmsg_type = SCM_RIGHTS;
-                c->cmsg_len = CMSG_LEN(sizeof(int));
-                memcpy(CMSG_DATA(c), &fd, sizeof(int));
-        }
-        for (;;) {
-                k = sendmsg(sock, &mh, MSG_NOSIGNAL | (nonblock ? MSG_DONTWAIT : 0));
-                if (k >= 0 || errno != EINTR)
-                        break;
-        }
-        if (k < 0)
-                return negative_errno();
-        return (size_t)k == sizeof(*m) ? 0 : -EIO; /* SEQPACKET: all or nothing */
+        return scm_send(sock, m, sizeof(*m), &fd, fd >= 0 ? 1 : 0, nonblock);
 }
 
 LFS_EXPORT long lfs_recv(int sock, struct lfs_msg *m, int *ret_fd, int *ret_flags, bool nonblock)
 {
-        union {
-                struct cmsghdr h;
-                char buf[CMSG_SPACE(sizeof(int) * RECV_FDS_MAX)];
-        } control;
-        struct iovec iov = { .iov_base = m, .iov_len = sizeof(*m) };
-        struct msghdr mh = {
-                .msg_iov = &iov,
-                .msg_iovlen = 1,
-                .msg_control = control.buf,
-                .msg_controllen = sizeof(control.buf),
-        };
-        int fd = -1, n_fds = 0;
+        int fds[SCM_MAX_FDS];
+        size_t n_fds;
         ssize_t k;
 
         if (!m || !ret_fd || !ret_flags)
                 return -EINVAL;
         *ret_fd = -1;
-        *ret_flags = 0;
-        for (;;) {
-                k = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC | (nonblock ? MSG_DONTWAIT : 0));
-                if (k >= 0 || errno != EINTR)
-                        break;
-        }
+        k = scm_recv(sock, m, sizeof(*m), nonblock, fds, &n_fds, ret_flags);
         if (k < 0)
-                return negative_errno();
-        for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
-                if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
-                        continue;
-                size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-                const unsigned char *data = CMSG_DATA(c);
-                for (size_t i = 0; i < n; i++) {
-                        int x;
-                        memcpy(&x, data + i * sizeof(int), sizeof(int));
-                        if (n_fds++ == 0)
-                                fd = x;
-                        else
-                                close(x);
-                }
-        }
+                return (long)k;
         /*
          * More than one descriptor is never a message of ours: all of them
          * are closed and the datagram is reported as control-truncated, which
          * the decoder refuses.
          */
         if (n_fds > 1) {
-                close(fd);
-                fd = -1;
-                mh.msg_flags |= MSG_CTRUNC;
-        }
-        *ret_fd = fd;
-        *ret_flags = mh.msg_flags;
+                for (size_t i = 0; i < n_fds; i++)
+                        close(fds[i]);
+                *ret_flags |= MSG_CTRUNC;
+        } else if (n_fds == 1)
+                *ret_fd = fds[0];
         return (long)k;
 }
