@@ -149,8 +149,10 @@ int config_parse_listen(const char *spec, struct listen_addr *ret)
 
         if (strncmp(spec, "unix:", 5) == 0) {
                 const char *p = spec + 5;
-                if (p[0] != '/' || strlen(p) >= sizeof(la.path))
+                if (p[0] != '/')
                         return -EINVAL;
+                if (strlen(p) >= sizeof(la.path))
+                        return -ENAMETOOLONG;
                 la.is_unix = true;
                 snprintf(la.path, sizeof(la.path), "%s", p);
                 *ret = la;
@@ -455,7 +457,17 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 case ARG_LISTEN:
                         if (cfg->n_listen >= CONFIG_MAX_LISTEN)
                                 return bad("--listen", optarg, "too many listen addresses");
-                        if (config_parse_listen(optarg, &cfg->listen[cfg->n_listen]) < 0)
+                        r = config_parse_listen(optarg, &cfg->listen[cfg->n_listen]);
+                        if (r == -ENAMETOOLONG) {
+                                fprintf(stderr,
+                                        "luofleet-agent: invalid --listen=%s: the socket path is %zu "
+                                        "bytes, the limit is %zu (put the socket in a shorter "
+                                        "directory, e.g. /run/luofleet)\n",
+                                        optarg, strlen(optarg + 5),
+                                        sizeof(cfg->listen[0].path) - 1);
+                                return -EINVAL;
+                        }
+                        if (r < 0)
                                 return bad("--listen", optarg,
                                            "expected ADDR:PORT, [IPv6]:PORT or unix:/PATH");
                         cfg->n_listen++;

@@ -969,6 +969,16 @@ class AgentTestCase(unittest.TestCase):
         self.addCleanup(self._cleanup_tmp)
         self.addCleanup(self._stop_agents)
 
+    def socket_dir(self, mode=0o711):
+        """A short private directory in /tmp for Unix sockets, whatever the checkout's path:
+        a socket's path has at most 107 bytes (sun_path), and the test's own directory sits
+        under the build tree, which may be deep. 0711 by default: others may reach a socket
+        inside (the agent's nobody, a client run as nobody) but not list the directory."""
+        d = tempfile.mkdtemp(prefix="lf-sock-", dir="/tmp")
+        os.chmod(d, mode)
+        self.addCleanup(shutil.rmtree, d, True)
+        return d
+
     def agent(self, *args, start=True, **kw):
         """A new agent (started unless start=False), stopped at the end of the test. Without
         port=..., it listens on the module's contract-proxy upstream port (unless another
@@ -1105,7 +1115,9 @@ def make_file(directory, name, size, seed=b"luofleet"):
 
 
 def wait_for(pred, timeout=5.0, interval=0.01, what="condition"):
-    """Poll pred() until it returns a true value; returns it, or raises AssertionError."""
+    """Poll pred() until it returns a true value; returns it, or raises AssertionError.
+    The timeout is multiplied by LUOFLEET_TEST_TIMEOUT_SCALE (slow builds)."""
+    timeout *= SCALE
     deadline = time.monotonic() + timeout
     while True:
         v = pred()

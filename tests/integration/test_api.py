@@ -252,7 +252,7 @@ class RoutingTest(AgentTestCase):
 class UnixSocketTest(AgentTestCase):
 
     def test_tcp_and_unix_listeners_serve_one_agent(self):
-        sock_path = os.path.join(self.tmp, "agent.sock")
+        sock_path = os.path.join(self.socket_dir(), "agent.sock")
         a = self.agent("--listen=unix:%s" % sock_path)
         line = b"luofleet-agent: listening on unix:%s\n" % sock_path.encode()
         harness.wait_for(lambda: line in a.stdout(), what="the Unix listener's line")

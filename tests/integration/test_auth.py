@@ -17,7 +17,6 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 
@@ -254,13 +253,6 @@ print(";".join(out))
 
 @unittest.skipUnless(os.geteuid() == 0, "SO_PEERCRED roles need root to run a client as nobody")
 class UnixPeerCredTest(harness.AgentTestCase):
-    def socket_dir(self):
-        """A directory every user can traverse (the test's own may sit under private ones)."""
-        d = tempfile.mkdtemp(prefix="lf-sock-", dir="/tmp")
-        os.chmod(d, 0o755)
-        self.addCleanup(shutil.rmtree, d, True)
-        return d
-
     def test_root_is_operator_others_viewers(self):
         sock = os.path.join(self.socket_dir(), "agent.sock")
         tokens = os.path.join(self.tmp, "tokens")

@@ -190,7 +190,7 @@ class ConnectionLimitTest(LimitTestCase):
         self.assertServes(a)
 
     def test_unix_peers_have_no_address(self):
-        path = os.path.join(self.tmp, "agent.sock")
+        path = os.path.join(self.socket_dir(), "agent.sock")
         # (Started as root, the agent would bind as an unprivileged user: keep root, which
         # can create the socket in the test's private directory.)
         as_root = ["--user=root"] if os.geteuid() == 0 else []

@@ -26,7 +26,7 @@ unix_request = harness.unix_request
 
 class UnixSocketTest(harness.AgentTestCase):
     def test_state_and_actions_over_the_unix_socket(self):
-        sock = os.path.join(self.tmp, "agent.sock")
+        sock = os.path.join(self.socket_dir(), "agent.sock")
         a = self.agent("--listen=unix:" + sock)
         self.assertIn("luofleet-agent: listening on unix:%s" % sock, a.stdout().decode())
         st = os.stat(sock)
@@ -59,7 +59,7 @@ class UnixSocketTest(harness.AgentTestCase):
         self.assertFalse(os.path.exists(sock), "the socket is removed at a clean stop")
 
     def test_stale_socket_is_replaced(self):
-        sock = os.path.join(self.tmp, "stale.sock")
+        sock = os.path.join(self.socket_dir(), "stale.sock")
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.bind(sock)
         s.close()  # a socket file nobody listens on: what a killed agent leaves
@@ -71,7 +71,7 @@ class UnixSocketTest(harness.AgentTestCase):
         a.stop()
 
     def test_a_regular_file_at_the_path_is_left_alone(self):
-        path = os.path.join(self.tmp, "not-a-socket")
+        path = os.path.join(self.socket_dir(), "not-a-socket")
         with open(path, "w") as f:
             f.write("precious\n")
         # TCP on a port of the kernel's choosing: only the Unix listener may fail here.
@@ -91,6 +91,20 @@ class UnixSocketTest(harness.AgentTestCase):
                                       stderr=harness.subprocess.PIPE, timeout=20)
         self.assertEqual(proc.returncode, 2)
         self.assertIn("invalid --listen=unix:relative.sock", proc.stderr.decode())
+
+
+    def test_too_long_unix_path_is_a_usage_error_that_names_the_limit(self):
+        path = "/tmp/" + "d" * 100 + "/agent.sock"  # 116 bytes; sun_path holds 107
+        a = self.agent("--listen=unix:" + path, start=False, port=0)
+        proc = harness.subprocess.run(a.command(), stdin=harness.subprocess.DEVNULL,
+                                      stdout=harness.subprocess.PIPE,
+                                      stderr=harness.subprocess.PIPE, timeout=20)
+        self.assertEqual(proc.returncode, 2)
+        self.assertEqual(proc.stdout, b"")
+        self.assertIn("luofleet-agent: invalid --listen=unix:%s: the socket path is 116 bytes, "
+                      "the limit is 107 (put the socket in a shorter directory, e.g. "
+                      "/run/luofleet)\n" % path, proc.stderr.decode())
+        self.assertFalse(os.path.exists(os.path.dirname(path)))
 
 
 def ipv6_loopback():

@@ -538,7 +538,7 @@ class RootOnlyFilesTest(AgentTestCase):
         self.assertEqual(c.post("/v1/finish").json["state"], "normal")
 
     def test_unix_socket_in_a_root_only_directory(self):
-        d = self.root_dir("run")
+        d = self.socket_dir(0o700)
         sock = os.path.join(d, "agent.sock")
         group = grp.getgrnam("daemon")  # not one of nobody's groups
         self.assertNotIn("daemon", [g.gr_name for g in grp.getgrall()

@@ -165,7 +165,15 @@ START_TEST(test_listen_forms)
         memset(longpath, 'a', sizeof(longpath));
         memcpy(longpath, "unix:/", 6);
         longpath[sizeof(longpath) - 1] = 0;
-        ck_assert_int_eq(config_parse_listen(longpath, &la), -EINVAL);
+        ck_assert_int_eq(config_parse_listen(longpath, &la), -ENAMETOOLONG);
+        /* 107 bytes fit sun_path with its NUL; 108 do not. */
+        longpath[5 + 107] = 0;
+        ck_assert_int_eq(config_parse_listen(longpath, &la), 0);
+        ck_assert_uint_eq(strlen(la.path), 107);
+        longpath[5 + 107] = 'a';
+        longpath[5 + 108] = 0;
+        ck_assert_int_eq(config_parse_listen(longpath, &la), -ENAMETOOLONG);
+        ck_assert_int_eq(config_parse_listen("unix:relative", &la), -EINVAL);
 }
 END_TEST
 
