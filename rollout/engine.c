@@ -1251,20 +1251,35 @@ static void tick_abort(struct controller *c, struct rollout *ro)
                 finish_rollout(c, ro);
 }
 
+/* A cancel sent to a reachable host and not answered yet (as hosts_busy). */
+static bool cancel_under_way(const struct rhost *rh)
+{
+        return rh->step == STEP_CANCEL &&
+               (rh->action || rh->send_queued ||
+                (!rh->rec.step_done && rh->host && rh->host->rec.reachable));
+}
+
 /*
  * Two-phase mode: a host of the current wave failed before any of the wave
  * rebooted. Nothing more of the wave may go ahead: prepared hosts are
  * cancelled, staged-only ones set aside (cancelled, nothing to undo in the
- * kernel), hosts whose stage or prepare is still under way are waited for;
- * then the rollout pauses with two-phase-prepare-failed, whatever the failure
- * budget says (the cause is more specific). Returns true while the wave is
- * being taken down (the pass ends there).
+ * kernel), hosts whose stage or prepare is still under way are waited for,
+ * and so are the cancels (as an abort waits: docs/rollout.md promises the
+ * wave's hosts are back to normal when the rollout pauses; an unreachable
+ * host is not waited for, its cancel is retried). Then the rollout pauses
+ * with two-phase-prepare-failed, whatever the failure budget says (the cause
+ * is more specific). Returns true while the wave is being taken down (the
+ * pass ends there).
+ *
+ * The pause is owed while the wave has such a failure that no resume has
+ * accepted yet (budget_baseline): after a kill -9 between the cancels and the
+ * pause, the restarted engine waits for the cancels again and then pauses.
  */
 static bool tick_two_phase_failure(struct controller *c, struct rollout *ro)
 {
-        struct rollout_counts w;
+        struct rollout_counts w, all;
         int wave = ro->rec.current_wave;
-        bool waiting = false;
+        bool waiting = false, taken_down = false;
         char detail[256];
 
         if (ro->lim.mode != ROLLOUT_TWO_PHASE || wave < 0)
@@ -1272,11 +1287,27 @@ static bool tick_two_phase_failure(struct controller *c, struct rollout *ro)
         engine_count(ro, wave, &w);
         unsigned past = w.by_phase[PH_REBOOTING] + w.by_phase[PH_UPDATED] +
                         w.by_phase[PH_VERIFYING] + w.by_phase[PH_FINISHING] + w.by_phase[PH_DONE];
-        if (w.failed == 0 || past > 0 || w.by_phase[PH_STAGING] + w.by_phase[PH_PREPARED] == 0)
+        if (w.failed == 0 || past > 0)
                 return false;
+        /* (Outside an abort, only this takedown cancels a host of a two-phase wave.) */
+        for (size_t i = 0; i < ro->nhosts; i++)
+                if (ro->hosts[i].rec.wave == wave && ro->hosts[i].phase == PH_CANCELLED)
+                        taken_down = true;
+        if (w.by_phase[PH_STAGING] + w.by_phase[PH_PREPARED] == 0) {
+                engine_count(ro, -1, &all);
+                if (!taken_down || ro->status == RS_PAUSED ||
+                    (int)all.failed <= ro->rec.budget_baseline)
+                        return false;
+        }
         for (size_t i = 0; i < ro->nhosts; i++) {
                 struct rhost *rh = &ro->hosts[i];
-                if (rh->rec.wave != wave || (rh->phase != PH_STAGING && rh->phase != PH_PREPARED))
+                if (rh->rec.wave != wave)
+                        continue;
+                if (rh->phase == PH_CANCELLED && cancel_under_way(rh)) {
+                        waiting = true; /* the host is not back to normal yet */
+                        continue;
+                }
+                if (rh->phase != PH_STAGING && rh->phase != PH_PREPARED)
                         continue;
                 if (rh->action || rh->send_queued || rh->resync ||
                     (rh->phase == PH_STAGING && !rh->rec.step_done)) {
@@ -1286,6 +1317,7 @@ static bool tick_two_phase_failure(struct controller *c, struct rollout *ro)
                 if (rh->phase == PH_PREPARED) {
                         engine_set_phase(c, rh, PH_CANCELLED, "two-phase-prepare-failed");
                         start_step(c, rh, STEP_CANCEL);
+                        waiting = true;
                 } else {
                         engine_set_phase(c, rh, PH_CANCELLED, "two-phase-prepare-failed");
                 }

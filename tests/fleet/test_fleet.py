@@ -189,8 +189,10 @@ class FleetTest(unittest.TestCase):
 
     def test_two_phase_cancels_the_wave(self):
         # Waves of 3 (interleaved over 3 zones: h000 h001 h002, then h003 h004 h005); h002
-        # refuses to prepare (EBUSY).
-        f = self.fleet(6, downtime="300ms", faults={2: ["--sim-fault=prepare=EBUSY"]})
+        # refuses to prepare (EBUSY); h000's cancel takes 1.5 s: the rollout pauses only when
+        # the wave's hosts are back to normal (docs/rollout.md), as an abort waits.
+        f = self.fleet(6, downtime="300ms", faults={0: ["--sim-fault=cancel=1500ms"],
+                                                     2: ["--sim-fault=prepare=EBUSY"]})
         ctl = f.controller().start()
         rid = ctl.create(spec(f, strategy={"mode": "two-phase", "canary": 0, "batch": 3,
                                            "max_unavailable": 3, "max_failures": 0}))["id"]
