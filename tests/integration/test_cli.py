@@ -267,7 +267,7 @@ class HostCommandTest(CtlMixin, AgentTestCase):
         self.assertEqual((d["operation"]["action"], d["operation"]["status"]),
                          ("reboot", "running"))
         a.wait_ready(after_index=d["index"], timeout=20 * SCALE)
-        wait_for(lambda: self.doc(a)["state"] == "updated", timeout=10 * SCALE)
+        wait_for(lambda: self.doc(a)["state"] == "updated", timeout=10)
         out = self.ok("finish", h, "--output=json")
         self.assertEqual(json.loads(out)["state"], "normal")
 
@@ -439,7 +439,7 @@ class SessionCommandTest(CtlMixin, AgentTestCase):
         for pid in left:
             os.kill(pid, signal.SIGTERM)
         try:
-            wait_for(lambda: not self._helpers(), timeout=5 * SCALE, what="helpers to end")
+            wait_for(lambda: not self._helpers(), timeout=5, what="helpers to end")
         except AssertionError:
             for pid in self._helpers():
                 os.kill(pid, signal.SIGKILL)
@@ -531,7 +531,7 @@ class SessionCommandTest(CtlMixin, AgentTestCase):
             self.assertIsNone(p.poll(), "workload %s exited" % name)
             return any(s["name"] == session and s["workload"] == name and s["fds"] == 1
                        for s in self.sessions_doc(a)["sessions"])
-        wait_for(preserved, timeout=20 * SCALE, what="workload %s's session" % name)
+        wait_for(preserved, timeout=20, what="workload %s's session" % name)
         return p
 
     def test_with_workloads(self):

@@ -192,6 +192,10 @@ class CycleTest(AgentTestCase):
         self.assertEqual(a.pid, pid)
         with open("/proc/%d/cmdline" % pid, "rb") as f:
             self.assertIn(b"--listen=127.0.0.1:%d" % port, f.read())
+        # The listening socket survives the exec, so the new image answers queued requests
+        # before it prints its listening line: wait for the line, do not read it once.
+        wait_for(lambda: len(harness.LISTEN_RE.findall(a.stdout())) >= 2, timeout=10,
+                 what="the re-executed agent's listening line")
         self.assertEqual([int(m.group(1)) for m in harness.LISTEN_RE.finditer(a.stdout())],
                          [port, port])
         d, rb = self.check_new_boot(a, before, accepted)

@@ -47,7 +47,7 @@ class LeaseTest(AgentTestCase):
         self.assertEqual(d["state"], "normal")
         self.assertIsNone(d["lease"])
         cancel_id = "lease-expired:" + prep_id
-        wait_for(lambda: c.state()["operation"]["status"] != "running", timeout=5 * SCALE,
+        wait_for(lambda: c.state()["operation"]["status"] != "running", timeout=5,
                  what="the lease's cancel to end")
         op = c.state()["operation"]
         self.assertOperation(op, action="cancel", status="succeeded", id=cancel_id)
@@ -71,7 +71,7 @@ class LeaseTest(AgentTestCase):
         self.assertEqual(len(start), 1)
         self.assertEqual(start[0]["lease"]["operation_id"], "lp-1")
         self.assertEqual(start[0]["lease"]["boot_id"], d["boot_id"])
-        wait_for(lambda: a.client().state()["state"] == "normal", timeout=5 * SCALE,
+        wait_for(lambda: a.client().state()["state"] == "normal", timeout=5,
                  what="the lease to expire")
         # Not before the deadline (with a little slack for the clocks' granularity).
         self.assertGreaterEqual(time.time(), t + 0.9)
@@ -93,7 +93,7 @@ class LeaseTest(AgentTestCase):
         self.assertGreaterEqual(time.monotonic() - t, 2.4)
         # The lease ran out during the stage: its cancel waited (retried) and then ran.
         self.assertOperation(d["operation"], action="stage", status="succeeded")
-        wait_for(lambda: c.state()["state"] == "normal", timeout=5 * SCALE,
+        wait_for(lambda: c.state()["state"] == "normal", timeout=5,
                  what="the cancel after the stage")
         self.check_expired(a, "lp-busy")
 
@@ -128,7 +128,7 @@ class LeaseTest(AgentTestCase):
         self.assertTrue(all(x["result"]["code"] == "ok" and x["operation_id"] == "lp-renew"
                             for x in audit), audit)
         # Then nobody renews: cancelled.
-        wait_for(lambda: c.state()["state"] == "normal", timeout=8 * SCALE,
+        wait_for(lambda: c.state()["state"] == "normal", timeout=8,
                  what="the renewed lease to expire")
         self.check_expired(a, "lp-renew")
 
@@ -195,7 +195,7 @@ class LeaseTest(AgentTestCase):
         d2 = a.client().state()
         self.assertEqual(d2["state"], "prepared")
         self.assertEqual(d2["lease"], d["lease"])  # the same deadline, not a fresh one
-        wait_for(lambda: a.client().state()["state"] == "normal", timeout=8 * SCALE,
+        wait_for(lambda: a.client().state()["state"] == "normal", timeout=8,
                  what="the re-armed lease to expire")
         self.assertGreaterEqual(time.time(), t + 2.9)
         self.check_expired(a, "lp-crash")
@@ -207,7 +207,7 @@ class LeaseTest(AgentTestCase):
         time.sleep(1.5)
         a.restart()
         # Cancelled at once: the deadline passed while the agent was down.
-        wait_for(lambda: a.client().state()["state"] == "normal", timeout=3 * SCALE,
+        wait_for(lambda: a.client().state()["state"] == "normal", timeout=3,
                  what="the cancel of a lease that ran out while the agent was down")
         self.check_expired(a, "lp-late")
 

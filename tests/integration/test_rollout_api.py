@@ -1025,7 +1025,7 @@ class TestAuth(RolloutTestCase):
         # A broken file keeps the running table.
         write_tokens(tokens, [("broken", "emperor", "zz")])
         ctl.proc.send_signal(signal.SIGHUP)
-        harness.wait_for(lambda: "tokens not reloaded" in ctl.log(), timeout=5 * SCALE,
+        harness.wait_for(lambda: "tokens not reloaded" in ctl.log(), timeout=5,
                          what="the reload error")
         self.assertEqual(cl.get("/v1/hosts", headers=h(new)).status, 200)
 

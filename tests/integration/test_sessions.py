@@ -295,7 +295,7 @@ class SessionsCase(AgentTestCase):
         for pid in left:
             os.kill(pid, signal.SIGTERM)
         try:
-            wait_for(lambda: not any(alive(p) for p in left), timeout=5 * SCALE)
+            wait_for(lambda: not any(alive(p) for p in left), timeout=5)
         except AssertionError:
             for pid in left:
                 if alive(pid):
@@ -401,7 +401,7 @@ class SessionsCase(AgentTestCase):
             last["doc"] = self.sessions(a)
             return last["doc"] if pred(last["doc"]) else None
         try:
-            return wait_for(check, timeout=timeout * SCALE, interval=0.05, what=what)
+            return wait_for(check, timeout=timeout, interval=0.05, what=what)
         except AssertionError as e:
             raise AssertionError("%s; last GET /v1/sessions: %s"
                                  % (e, json.dumps(last.get("doc"), indent=1)))
@@ -437,7 +437,7 @@ class SessionsCase(AgentTestCase):
             last["events"] = [r["event"] for r in recs]
             return recs if last["events"][:len(events)] == events else None
         try:
-            return wait_for(check, timeout=timeout * SCALE, interval=0.05,
+            return wait_for(check, timeout=timeout, interval=0.05,
                             what="session records %r" % events)
         except AssertionError as e:
             raise AssertionError("%s; journaled: %r" % (e, last.get("events")))
@@ -448,7 +448,7 @@ class SessionsCase(AgentTestCase):
     def wait_events(self, a, event, n, timeout=10.0):
         """Exactly n session records of this event, once they are journaled."""
         got = lambda: [r for r in self.session_records(a) if r["event"] == event]  # noqa
-        wait_for(lambda: len(got()) >= n, timeout=timeout * SCALE, interval=0.05,
+        wait_for(lambda: len(got()) >= n, timeout=timeout, interval=0.05,
                  what="%d %s records" % (n, event))
         time.sleep(0.2)  # no more than n
         recs = got()
@@ -458,7 +458,7 @@ class SessionsCase(AgentTestCase):
     def wait_audits(self, a, action, n, timeout=10.0):
         """Exactly n audit records of this action, once they are written."""
         got = lambda: [r for r in self.audits(a) if r["action"] == action]  # noqa: E731
-        wait_for(lambda: len(got()) >= n, timeout=timeout * SCALE, interval=0.05,
+        wait_for(lambda: len(got()) >= n, timeout=timeout, interval=0.05,
                  what="%d %s audit records" % (n, action))
         time.sleep(0.2)
         recs = got()
@@ -1168,7 +1168,7 @@ class WireTest(SessionsCase):
             out = [(r["errno"], r.get("session"), r.get("token"))
                    for r in self.session_records(a) if r["event"] == "refused"]
             return out if len(out) >= 6 else None
-        refused = wait_for(refusals, timeout=5 * SCALE, what="six refusals journaled")
+        refused = wait_for(refusals, timeout=5, what="six refusals journaled")
         self.assertEqual(refused[:6], [("ENOENT", "e1", 1), ("ENOENT", "e1", 1),
                                        ("EBUSY", "e1", 2), ("EBUSY", "e1", 3),
                                        ("EBUSY", "e2", 1), ("EEXIST", "e1", 1)])
@@ -1263,7 +1263,7 @@ class WireTest(SessionsCase):
         for c in opened:
             c.close()
         try:
-            wait_for(lambda: fd_kinds(helper) == fds_before, timeout=5 * SCALE,
+            wait_for(lambda: fd_kinds(helper) == fds_before, timeout=5,
                      what="the helper's memfds and sockets")
         except AssertionError:
             self.fail("the helper holds (memfds, sockets) %r, %r before the malformed "
@@ -1274,7 +1274,7 @@ class WireTest(SessionsCase):
         want += ["malformed message"] * len(with_fds)
         details = lambda: [r.get("detail") for r in self.session_records(a)  # noqa: E731
                            if r["event"] == "disconnected" and r.get("workload") == "bad"]
-        wait_for(lambda: len(details()) >= len(want), timeout=5 * SCALE,
+        wait_for(lambda: len(details()) >= len(want), timeout=5,
                  what="the disconnections journaled")
         self.assertEqual(details()[:len(want)], want)
 
@@ -1326,7 +1326,7 @@ class CrashTest(SessionsCase):
         self.assertEqual(w.wait(), 0, w.stderr())
         d = self.wait_new_boot(a, boot)
         self.assertEqual(d["state"], "updated")
-        wait_for(lambda: not alive(helper), timeout=5 * SCALE, what="the old helper to exit")
+        wait_for(lambda: not alive(helper), timeout=5, what="the old helper to exit")
         self.wait_sessions(a, lambda x: x["summary"]["incoming"] == 1, "the incoming session")
         rc, out, err = self.run_workload(a, "restore", "--name=vm-k", "--session=kram",
                                          "--mib=4", "--seed=9")
@@ -1368,7 +1368,7 @@ class CrashTest(SessionsCase):
                 return any(r["event"] == "closed" for r in self.session_records(a))
             except (OSError, AssertionError):  # (the proxy answers 500 for a dead agent)
                 return False
-        wait_for(journaled, timeout=10 * SCALE, what="the closed record")
+        wait_for(journaled, timeout=10, what="the closed record")
         self.assertTrue(a.running(), "the agent stopped after a session change that followed "
                         "its attach; its log ends:\n%s" % a.log()[-1500:])
         recs = self.wait_events(a, "closed", 1)
@@ -1384,7 +1384,7 @@ class CrashTest(SessionsCase):
         helper = helper_of(a)
         self.addCleanup(lambda: alive(helper) and os.kill(helper, signal.SIGKILL))
         a.kill9()
-        wait_for(lambda: not alive(helper), timeout=3 * SCALE,
+        wait_for(lambda: not alive(helper), timeout=3,
                  what="the helper to exit with its network process")
         self.assertTrue(c.closed_by_peer())
         a.restart()

@@ -171,7 +171,7 @@ class SimRebootTest(AgentTestCase):
         before = self.stage_and_prepare(a)
         offset = len(a.stdout())
         accepted, t = self.post_reboot(a, before)
-        wait_for(lambda: connect_outcome(port) == "refused", timeout=3 * SCALE,
+        wait_for(lambda: connect_outcome(port) == "refused", timeout=3,
                  what="the port to refuse connections")
         self.assertEqual(a.wait_listening(offset, timeout=10 * SCALE, want_port=port), port)
         self.assertGreaterEqual(time.monotonic() - t, 0.5)
@@ -185,9 +185,9 @@ class SimRebootTest(AgentTestCase):
         port = a.port
         before = self.stage_and_prepare(a)
         accepted, t = self.post_reboot(a, before)
-        wait_for(lambda: connect_outcome(port) == "refused", timeout=3 * SCALE,
+        wait_for(lambda: connect_outcome(port) == "refused", timeout=3,
                  what="the port to refuse connections")
-        wait_for(lambda: "down for another" in a.log(), timeout=3 * SCALE,
+        wait_for(lambda: "down for another" in a.log(), timeout=3,
                  what="the new image to sleep")
         t0 = time.monotonic()
         self.assertEqual(a.stop(), 0)
