@@ -62,7 +62,6 @@ struct server_listener {
         struct MHD_Daemon *daemon;
         int fd;
         bool fd_given;   /* to MHD, which closes it at the stop */
-        int quiesced_fd; /* returned by MHD_quiesce_daemon, closed after the stop */
         struct listen_addr addr;
         bool tls; /* HTTPS (TCP listeners when --tls-cert is set) */
         char url[160];
@@ -862,6 +861,10 @@ static enum MHD_Result accept_policy(void *cls, const struct sockaddr *addr, soc
 {
         struct server *srv = cls;
 
+        /* Stopping: a new connection is closed at once (instead of MHD_quiesce_daemon,
+         * whose epoll side races MHD's own thread and aborts: server_stop). */
+        if (atomic_load(&srv->closing))
+                return MHD_NO;
         return connlimit_accept(&srv->conns, addr, addrlen) ? MHD_YES : MHD_NO;
 }
 
@@ -1254,7 +1257,6 @@ int server_start(struct server *s)
                 lis->srv = s;
                 lis->addr = s->cfg->listen[i];
                 lis->fd = -1;
-                lis->quiesced_fd = -1;
                 pthread_mutex_init(&lis->cache_lock, NULL);
                 s->listeners[s->n_listeners++] = lis;
                 /* server_bind()'s socket is the listener's now (closed or unlinked by it). */
@@ -1327,11 +1329,15 @@ void server_stop(struct server *s)
                 return;
         s->stopped = true;
         agent_set_shutting_down(s->agent);
-        for (unsigned i = 0; i < s->n_listeners; i++)
-                if (s->listeners[i]->daemon)
-                        /* The listen socket is ours again, but MHD's thread may still
-                         * be taking it out of its epoll set: close it after the stop. */
-                        s->listeners[i]->quiesced_fd = MHD_quiesce_daemon(s->listeners[i]->daemon);
+        /*
+         * No new connection from now on. Not MHD_quiesce_daemon(): with epoll and
+         * internal threads (libmicrohttpd 0.9.75) it removes the listen socket from
+         * the epoll set while the daemon's thread may do the same, and the loser's
+         * ENOENT is an MHD_PANIC ("Failed to remove listen FD from epoll set"),
+         * an abort at SIGTERM. The accept policy refuses instead; MHD_stop_daemon()
+         * below closes the socket.
+         */
+        atomic_store(&s->closing, true);
         lp_close(&s->lp);
         sse_close_all(&s->sse);
         /* The running operation finishes and its client is answered. */
@@ -1358,9 +1364,6 @@ void server_stop(struct server *s)
                 if (lis->daemon)
                         MHD_stop_daemon(lis->daemon);
                 lis->daemon = NULL;
-                if (lis->quiesced_fd >= 0)
-                        close(lis->quiesced_fd);
-                lis->quiesced_fd = -1;
                 if (lis->cache)
                         MHD_destroy_response(lis->cache);
                 lis->cache = NULL;

@@ -34,6 +34,7 @@ struct server {
         unsigned n_listeners;
         uint64_t started_mono;
         bool stopped;
+        atomic_bool closing;  /* server_stop: the accept policy refuses new connections */
         atomic_uint deferred; /* suspended or resumed requests not completed yet */
 };
 

@@ -341,6 +341,22 @@ class LongPollTest(AgentTestCase):
         self.assertEqual(c.post("/v1/cancel").status, 200)
         self.assertEqual(lp.get().status, 200)
 
+    def test_shutdown_with_waiters_many_times(self):
+        # SIGTERM while long-polls wait, some of whose clients already hung up: the agent
+        # exits 0 every time (libmicrohttpd's quiesce once raced its own thread here and
+        # aborted the process: "Failed to remove listen FD from epoll set").
+        for i in range(12):
+            a = self.agent(port=0, name="stop%d" % i)
+            c = a.client()
+            n = c.state()["index"]
+            polls = RawLongPolls(a.port, "/v1/state?index=%d&wait=30s" % n, 8)
+            polls.pump(polls.all_sent, 10)
+            self.wait_waiters(c, 8)
+            for st in polls.conns[: 4 + i % 4]:
+                st["sock"].close()
+            self.assertEqual(a.stop(), 0, a.log())
+            polls.close()
+
 
 if __name__ == "__main__":
     harness.main()
