@@ -875,7 +875,9 @@ class TestRollouts(RolloutTestCase):
         agents = self.sim_agents(1)
         inv = write_inventory(os.path.join(self.tmp, "inventory.json"),
                               [("a", agents[0]), ("dead", "http://127.0.0.1:1")])
-        ctl = self.controller("--inventory=" + inv, "--retry-min=50ms", "--retry-max=200ms",
+        # Retries (each a host-error event) further apart than the keepalive: a keepalive is
+        # written after that much silence, which retries every 200 ms would never leave.
+        ctl = self.controller("--inventory=" + inv, "--retry-min=1s", "--retry-max=2s",
                               "--poll-wait=2s", "--sse-keepalive=300ms")
         cl = ctl.client()
         # The unreachable host keeps the rollout going (retries) until we steer it.
