@@ -532,8 +532,11 @@ class RootOnlyFilesTest(AgentTestCase):
         self.assertEqual(a.pid, pid)
         self.assertEqual(a.port, port)
         self.assertEqual(ids(status(a.pid), "Uid")[0], self.nobody.pw_uid)
-        self.assertEqual(a.stdout().decode().count(
-            "luofleet-agent: listening on http://127.0.0.1:%d\n" % port), 2)
+        # The inherited socket answers before the new image prints its listening line.
+        line = "luofleet-agent: listening on http://127.0.0.1:%d\n" % port
+        harness.wait_for(lambda: a.stdout().decode().count(line) >= 2, timeout=10,
+                         what="the re-executed agent's listening line")
+        self.assertEqual(a.stdout().decode().count(line), 2)
         self.assertNotIn("Failed to listen", a.log())
         self.assertEqual(c.post("/v1/finish").json["state"], "normal")
 
