@@ -460,9 +460,9 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                         r = config_parse_listen(optarg, &cfg->listen[cfg->n_listen]);
                         if (r == -ENAMETOOLONG) {
                                 fprintf(stderr,
-                                        "luofleet-agent: invalid --listen=%s: the socket path is %zu "
-                                        "bytes, the limit is %zu (put the socket in a shorter "
-                                        "directory, e.g. /run/luofleet)\n",
+                                        "luofleet-agent: invalid --listen=%s: the socket path "
+                                        "is %zu bytes, the limit is %zu (put the socket in a "
+                                        "shorter directory, e.g. /run/luofleet)\n",
                                         optarg, strlen(optarg + 5),
                                         sizeof(cfg->listen[0].path) - 1);
                                 return -EINVAL;

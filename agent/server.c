@@ -61,7 +61,7 @@ struct server_listener {
         struct server *srv;
         struct MHD_Daemon *daemon;
         int fd;
-        bool fd_given;   /* to MHD, which closes it at the stop */
+        bool fd_given; /* to MHD, which closes it at the stop */
         struct listen_addr addr;
         bool tls; /* HTTPS (TCP listeners when --tls-cert is set) */
         char url[160];
