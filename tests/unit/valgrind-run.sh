@@ -1,17 +1,23 @@
 #!/bin/sh
-# Run one unit suite under valgrind: fail on any memory error, on any leak,
-# and on any file descriptor still open at exit beyond stdin/stdout/stderr
-# (valgrind 3.19 only reports fds, it does not fail on them, hence this
-# wrapper). CK_FORK=no keeps every test in one process so leaks are seen.
+# Run one unit suite under valgrind: fail on any memory error or leak in the suite's
+# process or in any child it forks (each process logs to its own file; a child's errors do
+# not reach the parent's exit status, so every log's ERROR SUMMARY is read), and on any
+# file descriptor still open at exit in the suite's own process beyond stdin/stdout/stderr
+# (valgrind 3.19 only reports fds, it does not fail on them, hence this wrapper).
+# CK_FORK=no keeps every test in one process so leaks are seen.
 set -u
 bin=$1
-log=$(mktemp "${TMPDIR:-/tmp}/luofleet-vg.XXXXXX")
-trap 'rm -f "$log"' EXIT
+dir=$(mktemp -d "${TMPDIR:-/tmp}/luofleet-vg.XXXXXX")
+trap 'rm -rf "$dir"' EXIT
 CK_FORK=no valgrind --error-exitcode=99 --leak-check=full \
         --show-leak-kinds=definite,indirect,possible \
         --errors-for-leak-kinds=definite,indirect,possible \
-        --track-fds=yes --log-file="$log" "$bin"
+        --track-fds=yes --log-file="$dir/vg.%p" "$bin" &
+pid=$!
+wait "$pid"
 rc=$?
+log=$dir/vg.$pid
+[ -f "$log" ] || { echo "valgrind-run: no log from valgrind (pid $pid)" >&2; exit 97; }
 # Count descriptors the program itself left open: valgrind lists each as
 # "Open file descriptor N: ..." followed by where it was opened; those it did
 # not open (its own --log-file, whatever the parent passed down) are marked
@@ -21,10 +27,22 @@ open=$(awk '/Open file descriptor [0-9]+:/ { if (fd != "") n++; fd = $0; next }
             fd != "" && /^==[0-9]+== *$/ { next }
             fd != "" { n++; fd = "" }
             END { if (fd != "") n++; print n + 0 }' "$log")
-if [ "$rc" -ne 0 ] || [ "$open" -gt 0 ]; then
+# Errors in forked children (their own logs).
+children=0
+for f in "$dir"/vg.*; do
+        [ "$f" = "$log" ] && continue
+        if grep -Eq 'ERROR SUMMARY: [1-9]' "$f"; then
+                children=$((children + 1))
+                echo "==== valgrind: a child of the suite ($(basename "$f")) ===="
+                cat "$f"
+        fi
+done
+if [ "$rc" -ne 0 ] || [ "$open" -gt 0 ] || [ "$children" -gt 0 ]; then
         cat "$log"
-        echo "valgrind-run: exit $rc, fds left open by the program: $open" >&2
+        echo "valgrind-run: exit $rc, fds left open by the program: $open," \
+             "children with errors: $children" >&2
         [ "$rc" -ne 0 ] && exit "$rc"
         exit 98
 fi
-echo "valgrind-run: clean (exit 0, no fds left open)"
+n=$(find "$dir" -name 'vg.*' | wc -l)
+echo "valgrind-run: clean (exit 0, no fds left open, no errors in $((n - 1)) children)"
