@@ -57,6 +57,11 @@ class FleetTest(unittest.TestCase):
         for c in f.controllers:
             for rc in c.returncodes:
                 self.assertIn(rc, (0, -9), "controller exit status %s:\n%s" % (rc, c.log()))
+        # Every agent stopped cleanly at SIGTERM: a sanitizer report, a leak or a crash
+        # anywhere in the fleet fails the test that ran it.
+        for a in f.agents:
+            for rc in a.returncodes:
+                self.assertEqual(rc, 0, "agent %s exit status %s:\n%s" % (a.name, rc, a.log()))
 
     def assert_done(self, f, doc, agents=None):
         agents = agents if agents is not None else f.agents
