@@ -117,7 +117,7 @@ static void privsep_lost(void *userdata, const char *why)
         log_error("The privileged helper (pid %d) %s (%s): stopping now; the next start "
                   "reconciles with the kernel",
                   (int)helper_pid, how, why);
-        _exit(EXIT_RUNTIME);
+        exit_now(EXIT_RUNTIME);
 }
 
 /*
@@ -164,12 +164,12 @@ static void sim_jump(void *userdata)
         sim_jump_stop_helper();
         if (cfg.sim_reboot == SIM_REBOOT_EXIT) {
                 log_notice("Simulated kexec: exiting for the supervisor to start the new boot");
-                _exit(0);
+                exit_now(0);
         }
         if (cfg.sim_downtime_ms == SIM_DOWNTIME_NEVER) {
                 log_notice("Simulated kexec with --sim-downtime=never: the machine does not come "
                            "back; exiting");
-                _exit(0);
+                exit_now(0);
         }
         for (char **p = cfg.argv; *p && n < ELEMENTSOF(argv) - CONFIG_MAX_LISTEN - 1; p++) {
                 if (p != cfg.argv && strcmp(*p, "--listen") == 0 && p[1]) {
@@ -222,6 +222,7 @@ static void sim_jump(void *userdata)
                            (unsigned long long)cfg.sim_downtime_ms);
         else
                 log_notice("Simulated kexec: re-executing the agent");
+        leak_check_now();
         execve("/proc/self/exe", argv, envp);
         log_error_errno(errno, "Failed to re-execute /proc/self/exe: %m; exiting instead");
         _exit(0);

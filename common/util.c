@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -15,6 +16,16 @@
 #include <unistd.h>
 
 #include <openssl/rand.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/lsan_interface.h>
+#define HAVE_LSAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#include <sanitizer/lsan_interface.h>
+#define HAVE_LSAN 1
+#endif
+#endif
 
 #include "luofleet/macro.h"
 #include "luofleet/util.h"
@@ -353,4 +364,23 @@ int unix_sockaddr(const char *path, struct sockaddr_un *ret, int *ret_dir_fd)
         }
         *ret_dir_fd = fd;
         return 0;
+}
+
+void leak_check_now(void)
+{
+#ifdef HAVE_LSAN
+        /* LeakSanitizer stops the world through ptrace, which a process that is not
+         * dumpable (after a change of uid or of its capabilities) or is confined
+         * (the privilege-separated processes) may not do to itself: the check would end
+         * in a "fatal error" instead of a verdict. Those are checked where they run
+         * unconfined (tests as a non-root user, --privsep=no). */
+        if (prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) == 1)
+                __lsan_do_leak_check();
+#endif
+}
+
+_Noreturn void exit_now(int status)
+{
+        leak_check_now();
+        _exit(status);
 }

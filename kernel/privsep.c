@@ -733,7 +733,7 @@ static _Noreturn void helper_exit(int status)
                 if (helper_sockets[i] && lstat(helper_sockets[i], &st) == 0 && S_ISSOCK(st.st_mode))
                         (void)unlink(helper_sockets[i]);
         }
-        _exit(status);
+        exit_now(status);
 }
 
 /* The "loop" role: queries and the backend's watch fd. */

@@ -71,6 +71,18 @@ void hex_encode(const uint8_t *in, size_t len, char *out);
 int mkdir_p(const char *path, mode_t mode);
 
 /*
+ * _exit(status) after the leak check exit() would have run in an ASan build
+ * (LeakSanitizer runs at exit(), never at _exit() or execve(): a leak in a
+ * process that leaves that way was never reported). With a leak the check
+ * ends the process itself (exit code 23, report to ASAN_OPTIONS' log_path).
+ * Elsewhere exactly _exit(status).
+ */
+_Noreturn void exit_now(int status);
+
+/* The same check before an execve() (no-op outside ASan builds). */
+void leak_check_now(void);
+
+/*
  * The address of the Unix socket at path (absolute). A path too long for
  * sun_path is named through its directory: "/proc/self/fd/N/name", with
  * the directory's descriptor N in *ret_dir_fd (close it after bind() or
