@@ -1147,9 +1147,19 @@ void server_unbind(void)
                 bound_close();
 }
 
+/*
+ * The listeners are written by server_start() in the main thread while the
+ * worker thread already runs (MHD's threads may even answer a request before
+ * server_start() returns): read them only once it published them.
+ */
+static bool listeners_published(struct server *s)
+{
+        return atomic_load_explicit(&s->listening, memory_order_acquire);
+}
+
 int server_listen_fd(struct server *s, unsigned i)
 {
-        if (i >= s->n_listeners || !s->listeners[i]->daemon)
+        if (!listeners_published(s) || i >= s->n_listeners || !s->listeners[i]->daemon)
                 return -ENOENT;
         return s->listeners[i]->fd;
 }
@@ -1316,6 +1326,9 @@ int server_start(struct server *s)
                 /* MHD owns the socket now and closes it at stop. */
                 lis->fd_given = true;
         }
+        /* The listeners are complete: other threads (the worker's simulated kexec) may
+         * read them from now on (server_listen_spec, server_listen_fd). */
+        atomic_store_explicit(&s->listening, true, memory_order_release);
         /* Only now that every daemon runs: the tests (and scripts) wait for these lines. */
         for (unsigned i = 0; i < s->n_listeners; i++)
                 printf("luofleet-agent: listening on %s\n", s->listeners[i]->url);
@@ -1376,7 +1389,7 @@ int server_listen_spec(struct server *s, unsigned i, char *buf, size_t size)
         struct server_listener *lis;
         int n;
 
-        if (i >= s->n_listeners)
+        if (!listeners_published(s) || i >= s->n_listeners)
                 return -ENOENT;
         lis = s->listeners[i];
         if (lis->addr.is_unix)

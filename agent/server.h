@@ -34,8 +34,9 @@ struct server {
         unsigned n_listeners;
         uint64_t started_mono;
         bool stopped;
-        atomic_bool closing;  /* server_stop: the accept policy refuses new connections */
-        atomic_uint deferred; /* suspended or resumed requests not completed yet */
+        atomic_bool listening; /* server_start: listeners[] complete, readable by any thread */
+        atomic_bool closing;   /* server_stop: the accept policy refuses new connections */
+        atomic_uint deferred;  /* suspended or resumed requests not completed yet */
 };
 
 /*

@@ -2174,11 +2174,15 @@ static int broker_sessions_json(struct backend *b, uint64_t since, char **ret_js
                             (json_int_t)n[LFS_PHASE_RETRIEVED], "finished",
                             (json_int_t)n[LFS_PHASE_FINISHED], "workloads",
                             (json_int_t)json_array_size(workloads));
-        doc = json_pack("{s:i, s:s, s:s, s:o, s:o, s:o, s:O, s:o, s:I, s:I}", "version",
+        /* A copy of last_round, not a reference: the document is written out after the
+         * unlock while a prepare round may drop the broker's reference. (jansson counts
+         * references atomically, but inside the uninstrumented library ThreadSanitizer
+         * cannot see it and reports a race; a private copy shares nothing.) */
+        doc = json_pack("{s:i, s:s, s:s, s:o, s:o, s:o, s:o, s:o, s:I, s:I}", "version",
                         BROKER_DOC_VERSION, "broker_id", k->id, "interface", sessions_interface(k),
                         "sessions", sessions, "workloads", workloads, "summary", summary,
-                        "last_round", k->last_round ? k->last_round : json_null(), "events", events,
-                        "events_dropped", (json_int_t)k->dropped, "next_seq",
+                        "last_round", k->last_round ? json_deep_copy(k->last_round) : json_null(),
+                        "events", events, "events_dropped", (json_int_t)k->dropped, "next_seq",
                         (json_int_t)k->next_seq);
         if (doc && k->from_update)
                 json_object_set_new(
