@@ -69,7 +69,7 @@ static void check_envelope(const struct lfs_msg *m, size_t len, int flags, size_
                 if (m->seq != 0 || m->result != 0 || m->token == 0 ||
                     m->token >= _LFS_EVENT_KIND_MAX || m->session[0])
                         abort();
-                if (m->token != LFS_EVENT_PREPARE && m->arg2 != 0)
+                if (m->token != LFS_EVENT_PREPARE && m->token != LFS_EVENT_REBOOT && m->arg2 != 0)
                         abort();
                 break;
         case LFS_INFO:
