@@ -11,6 +11,7 @@
 #include "agent.h"
 #include "http.h"
 #include "journal.h"
+#include "luofleet/macro.h"
 #include "luofleet/util.h"
 #include "router.h"
 
@@ -34,14 +35,44 @@ static bool kind_matches(const char *filter, const char *kind)
         return false;
 }
 
+/* Every kind a record may have (api/openapi.yaml, HistoryRecord.kind), and audit. */
+static const char *const record_kinds[] = { "transition", "operation", "staging", "reboot",
+                                            "start",      "snapshot",  "hook",    "lease",
+                                            "session",    "audit" };
+#define RECORD_KINDS_LIST                                                                          \
+        "transition, operation, staging, reboot, start, snapshot, hook, lease, session, audit"
+
 static bool kind_filter_valid(const char *f)
 {
-        if (!*f || strlen(f) > 256)
+        size_t n = strlen(f);
+
+        /* No empty names: no comma first, last or twice in a row. */
+        if (n == 0 || n > 256 || f[0] == ',' || f[n - 1] == ',' || strstr(f, ",,"))
                 return false;
         for (const char *p = f; *p; p++)
                 if (!((*p >= 'a' && *p <= 'z') || *p == '-' || *p == ','))
                         return false;
         return true;
+}
+
+/* The first name of the (valid) filter f that is no record kind, in buf; NULL if none. */
+static const char *kind_filter_unknown(const char *f, char *buf, size_t size)
+{
+        while (*f) {
+                size_t n = strcspn(f, ",");
+                bool known = false;
+                for (size_t i = 0; i < ELEMENTSOF(record_kinds); i++)
+                        if (strlen(record_kinds[i]) == n && strncmp(record_kinds[i], f, n) == 0)
+                                known = true;
+                if (!known) {
+                        snprintf(buf, size, "%.*s", (int)MIN(n, (size_t)64), f);
+                        return buf;
+                }
+                f += n;
+                if (*f == ',')
+                        f++;
+        }
+        return NULL;
 }
 
 /*
@@ -115,7 +146,13 @@ int h_history_get(struct http_req *req, struct http_reply *rep)
                                           HISTORY_MAX_LIMIT);
         if (kind && !kind_filter_valid(kind))
                 return http_reply_problem(rep, 400, "invalid-query",
-                                          "kind must be a comma-separated list of record kinds");
+                                          "kind must be a comma-separated list of record "
+                                          "kinds: " RECORD_KINDS_LIST);
+        char unknown[65];
+        if (kind && kind_filter_unknown(kind, unknown, sizeof(unknown)))
+                return http_reply_problem(
+                        rep, 400, "invalid-query",
+                        "kind: %s is no record kind; the kinds: " RECORD_KINDS_LIST, unknown);
 
         if (kind && kind_matches(kind, "audit")) {
                 /*

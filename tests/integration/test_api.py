@@ -611,9 +611,21 @@ class HistoryTest(AgentTestCase):
         c = a.client()  # forwarded by the proxy (--validate-request false), answers checked
         for q in ("limit=0", "limit=1001", "limit=-1", "limit=abc", "limit=", "since=-1",
                   "since=x", "since=99999999999999999999", "kind=", "kind=Transition",
-                  "kind=a;b", "since=1&since=2", "limit=1&limit=2", "kind=a&kind=b"):
+                  "kind=a;b", "since=1&since=2", "limit=1&limit=2", "kind=a&kind=b",
+                  "kind=reboots", "kind=transition,nope", "kind=,", "kind=transition,"):
             with self.subTest(query=q):
                 self.assertProblem(c.get("/v1/history?" + q), 400, "invalid-query")
+        # A typo is named, with the kinds there are (it answered 200 with no records).
+        r = c.get("/v1/history?kind=operation,reboots")
+        self.assertProblem(r, 400, "invalid-query")
+        self.assertEqual(r.json["detail"],
+                         "kind: reboots is no record kind; the kinds: transition, operation, "
+                         "staging, reboot, start, snapshot, hook, lease, session, audit")
+        # Every kind of the contract is accepted.
+        for kind in ("transition", "operation", "staging", "reboot", "start", "snapshot", "hook",
+                     "lease", "session", "audit"):
+            with self.subTest(kind=kind):
+                self.assertEqual(c.get("/v1/history?kind=" + kind).status, 200)
 
 
 class HealthTest(AgentTestCase):
