@@ -153,9 +153,26 @@ static int stage_open(struct backend *b, const char *field, const char *path, co
         else
                 fd = stage_open_fd(b, path);
         if (fd == -STAGEPATH_NOT_ALLOWED) {
+                /* Name the directories and the flag: the operator's next step. */
+                char dirs[512] = "";
+                size_t len = 0;
+                json_t *list = json_array();
+                for (unsigned i = 0; i < n_allowed_dirs; i++) {
+                        int k = snprintf(dirs + len, sizeof(dirs) - len, "%s%s", i ? ", " : "",
+                                         allowed_dirs[i]);
+                        if (k < 0 || (size_t)k >= sizeof(dirs) - len) {
+                                dirs[len] = 0;
+                                break;
+                        }
+                        len += (size_t)k;
+                        json_array_append_new(list, json_string(allowed_dirs[i]));
+                }
                 fail(res, 422, "path-not-allowed",
-                     "%s: %s is not inside an allowed staging directory", field, path);
-                res->extra = json_pack("{s:s}", "field", field);
+                     "%s: %s is not inside an allowed staging directory (symlinks resolved); "
+                     "allowed: %s (the agent's --staging-dir)",
+                     field, path, dirs[0] ? dirs : "none");
+                res->extra = json_pack("{s:s, s:o}", "field", field, "allowed_dirs",
+                                       list ? list : json_array());
                 return -1;
         }
         if (fd == -STAGEPATH_NOT_REGULAR) {

@@ -438,6 +438,11 @@ class StagingPathTest(BadInputTestCase):
             f.write(data)
         return p, hashlib.sha256(data).hexdigest()
 
+    @staticmethod
+    def staging_dirs(a):
+        """The --staging-dir values of the agent's command line, in order."""
+        return [x.split("=", 1)[1] for x in a.command() if x.startswith("--staging-dir=")]
+
     def test_paths_must_be_inside_an_allowed_directory(self):
         a = self.agent("--staging-dir=" + self.allowed, *AS_ROOT)
         c = a.client()
@@ -474,6 +479,12 @@ class StagingPathTest(BadInputTestCase):
         r = c.put("/v1/kernel", json_body={"kernel": {"path": kpath, "sha256": ksha},
                                            "initrd": {"path": opath, "sha256": osha}})
         self.assertProblem(r, 422, "path-not-allowed", field="initrd")
+        # The problem names the allowed directories and the flag that sets them.
+        self.assertEqual(r.json["allowed_dirs"], self.staging_dirs(a))
+        self.assertEqual(r.json["detail"],
+                         "initrd: %s is not inside an allowed staging directory (symlinks "
+                         "resolved); allowed: %s (the agent's --staging-dir)"
+                         % (opath, ", ".join(self.staging_dirs(a))))
         # A NUL cannot even be said in JSON.
         r = a.direct().put("/v1/kernel", body=b'{"kernel":{"path":"%s\\u0000x","sha256":"%s"}}'
                            % (kpath.encode(), ksha.encode()), headers=JSON)
