@@ -15,8 +15,12 @@ build: deps
 	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
 	cmake --build build -j $(JOBS)
 
+# The demo's staging directory (README, "The agent in five minutes"): kernels are staged only
+# from allowed directories (--staging-dir).
 run: build
-	exec build/bin/luofleet-agent --backend=sim --state-dir=$(CURDIR)/run-state --listen=$(LISTEN)
+	mkdir -p $(CURDIR)/run-staging
+	exec build/bin/luofleet-agent --backend=sim --state-dir=$(CURDIR)/run-state --listen=$(LISTEN) \
+		--staging-dir=$(CURDIR)/run-staging
 
 test:
 	scripts/test
