@@ -8,7 +8,8 @@
 # (VM_APPEND): luofleet.mib=M (MiB per memfd, default 128), luofleet.rounds=R (preserve
 # rounds, default 7), luofleet.sessions=K (sessions of each kind carried for the retrieve
 # rounds, default 4: 2*K*M MiB cross the kexec), luofleet.pairs=P (blackout pairs, default 3),
-# luofleet.settle_ms=MS (luofleet-bench-sessions --settle-ms, default 500).
+# luofleet.settle_ms=MS (luofleet-bench-sessions --settle-ms, default 500), luofleet.pin
+# (below).
 # Boot 1: the agent; luofleet-bench-sessions preserve-rounds (R x raw PRESERVE_FD and
 #   lfs_preserve, in turn); hold (K raw and K broker sessions, kept by a process that
 #   confirms the prepare and the reboot); prepare and reboot through the agent.
@@ -31,6 +32,10 @@ ROUNDS=$(arg luofleet.rounds 7)
 SESSIONS=$(arg luofleet.sessions 4)
 PAIRS=$(arg luofleet.pairs 3)
 SETTLE=$(arg luofleet.settle_ms 500)
+# luofleet.pin=same|apart (diagnosis): for the preserve and retrieve rounds, the agent (every
+# thread of it and of its helper) on vCPU 0 with the benchmark (same), or on vCPU 1 while the
+# benchmark runs on vCPU 0 (apart); default none (the scheduler decides)
+PIN=$(arg luofleet.pin none)
 SAMPLES=$((2 * PAIRS))
 
 # kind J: the kind of blackout sample J (1..SAMPLES): odd pairs raw first, even pairs agent
@@ -64,6 +69,25 @@ helper_gone() {
                 _i=$((_i + 1))
         done
 }
+# pin_agent: the agent's and its helper's threads where luofleet.pin says; the benchmark's CPU
+# list in BSCPU
+pin_agent() {
+        BSCPU=""
+        case "$PIN" in
+        same) _c=0 BSCPU=0 ;;
+        apart) _c=1 BSCPU=0 ;;
+        *) return 0 ;;
+        esac
+        for _p in "$AGENT_PID" "$(helper_pid)"; do
+                taskset -a -p -c "$_c" "$_p" >/dev/null || fail "taskset $_p"
+        done
+        log "agent and helper on vCPU $_c, the benchmark on vCPU $BSCPU"
+}
+# bs ARGS...: the benchmark, pinned as luofleet.pin says
+bs() {
+        if [ -n "$BSCPU" ]; then taskset -c "$BSCPU" "$BS" "$@"; else "$BS" "$@"; fi
+}
+
 # agent_reboot ID NEXT_BOOT: stage, prepare (the registered workloads confirm), reboot
 agent_reboot() {
         stage_kernel "$1:stage" "$(next_cmdline "$2")"
@@ -140,7 +164,7 @@ report() {
         col() { awk -v k="$1" -v c="$2" '$2 == k { printf "%s%s", s, $c; s = "," }' "$D/blackouts"; }
         braw=$(col raw 3)
         bagt=$(col agent 3)
-        console "BENCH mib=$MIB rounds=$ROUNDS sessions=$SESSIONS pairs=$PAIRS" \
+        console "BENCH mib=$MIB rounds=$ROUNDS sessions=$SESSIONS pairs=$PAIRS pin=$PIN" \
                 "preserve_raw_ms=$(val "$p" raw_ms) preserve_broker_ms=$(val "$p" broker_ms)" \
                 "preserve_raw_median_ms=$(val "$p" raw_median_ms)" \
                 "preserve_broker_median_ms=$(val "$p" broker_median_ms)" \
@@ -162,10 +186,11 @@ case "$BOOT" in
                 "$PAIRS blackout pairs, settle $SETTLE ms"
         start_agent --backend=auto --state-dir="$D/state-0" --sessions-socket="$SOCK" \
                 --reboot-delay=100ms
-        $BS --socket="$SOCK" --mib="$MIB" --rounds="$ROUNDS" --settle-ms="$SETTLE" \
+        pin_agent
+        bs --socket="$SOCK" --mib="$MIB" --rounds="$ROUNDS" --settle-ms="$SETTLE" \
                 preserve-rounds >"$D/preserve.out" 2>&1 || { cat "$D/preserve.out"; fail "preserve-rounds"; }
         cat "$D/preserve.out"
-        $BS --socket="$SOCK" --name=bench-hold --mib="$MIB" --sessions="$SESSIONS" \
+        bs --socket="$SOCK" --name=bench-hold --mib="$MIB" --sessions="$SESSIONS" \
                 --state="$D/hold.state" hold >/tmp/hold.log 2>&1 &
         HOLD=$!
         wait_line /tmp/hold.log "^holding " "$HOLD" "hold"
@@ -175,7 +200,8 @@ case "$BOOT" in
         ;;
 2)
         start_agent --backend=auto --state-dir="$D/state-0" --sessions-socket="$SOCK"
-        $BS --socket="$SOCK" --state="$D/hold.state" --settle-ms="$SETTLE" \
+        pin_agent
+        bs --socket="$SOCK" --state="$D/hold.state" --settle-ms="$SETTLE" \
                 retrieve-rounds >"$D/retrieve.out" 2>&1 || { cat "$D/retrieve.out"; fail "retrieve-rounds"; }
         cat "$D/retrieve.out"
         ok "every raw and broker session came back bit-exact"
