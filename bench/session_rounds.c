@@ -63,37 +63,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "luofleet/backend.h"
 #include "luofleet/session.h"
+#include "memfd-pattern.h"
 
-/* ---- the mainline live-update ABI (kernel-abi.md §B): _IO(0xBA, nr) = 0xBA00 + nr -------- */
+/* The mainline live-update ABI (kernel-abi.md §B): the agent's own definitions. */
 #define LUO_DEV "/dev/liveupdate"
-#define LUO_CREATE_SESSION 0xBA00
-#define LUO_RETRIEVE_SESSION 0xBA01
-#define LUO_PRESERVE_FD 0xBA40
-#define LUO_RETRIEVE_FD 0xBA41
-#define LUO_FINISH 0xBA42
-#define LUO_NAME_LEN 64
-
-struct luo_session_arg { /* CREATE_SESSION, RETRIEVE_SESSION */
-        uint32_t size;
-        int32_t fd; /* out: the session's descriptor */
-        char name[LUO_NAME_LEN];
-};
-
-struct luo_fd_arg { /* PRESERVE_FD (fd in), RETRIEVE_FD (fd out) */
-        uint32_t size;
-        int32_t fd;
-        uint64_t token;
-};
-
-struct luo_finish_arg { /* FINISH */
-        uint32_t size;
-        uint32_t reserved;
-};
-
-_Static_assert(sizeof(struct luo_session_arg) == 72, "session arg is 72 bytes");
-_Static_assert(sizeof(struct luo_fd_arg) == 16, "fd arg is 16 bytes");
-_Static_assert(sizeof(struct luo_finish_arg) == 8, "finish arg is 8 bytes");
 
 #define MIB (UINT64_C(1) << 20)
 #define MIB_MAX 65536u   /* 64 GiB per memfd */
@@ -202,36 +177,13 @@ static double ns_to_ms(uint64_t ns)
         return (double)ns / 1e6;
 }
 
-/* ---- the pattern: xorshift64 words from a splitmix64 seed, FNV-1a over 64-bit words -------- */
-
-#define FNV_OFFSET 0xcbf29ce484222325
-#define FNV_PRIME 0x100000001b3
-
-static uint64_t pattern_start(uint64_t seed)
-{
-        uint64_t z = seed + 0x9e3779b97f4a7c15;
-
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111eb;
-        z ^= z >> 31;
-        return z ? z : 1;
-}
-
-static uint64_t pattern_next(uint64_t *x)
-{
-        *x ^= *x << 13;
-        *x ^= *x >> 7;
-        *x ^= *x << 17;
-        return *x;
-}
-
 /*
  * A memfd of mib MiB filled with the pattern of seed: every page written
  * (faulted in) before anything is timed. Its checksum in *ret_sum.
  */
 static int memfd_filled(uint64_t mib, uint64_t seed, int *ret_fd, uint64_t *ret_sum)
 {
-        uint64_t size = mib * MIB, x = pattern_start(seed), h = FNV_OFFSET;
+        uint64_t size = mib * MIB;
         uint64_t *w;
         int fd, r;
 
@@ -243,13 +195,9 @@ static int memfd_filled(uint64_t mib, uint64_t seed, int *ret_fd, uint64_t *ret_
         w = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         if (w == MAP_FAILED)
                 goto fail;
-        for (size_t i = 0; i < size / 8; i++) {
-                w[i] = pattern_next(&x);
-                h = (h ^ w[i]) * FNV_PRIME;
-        }
+        *ret_sum = fill(w, size / 8, seed);
         munmap(w, size);
         *ret_fd = fd;
-        *ret_sum = h;
         return 0;
 fail:
         r = -errno;
@@ -260,8 +208,8 @@ fail:
 /* The file's size and every word against the pattern of seed, and its checksum: 0 when exact. */
 static int memfd_check(int fd, uint64_t mib, uint64_t seed, uint64_t want_sum, const char *what)
 {
-        uint64_t size = mib * MIB, x = pattern_start(seed), h = FNV_OFFSET;
-        size_t bad = 0, first = 0;
+        uint64_t size = mib * MIB, h;
+        size_t bad, first = 0;
         const uint64_t *w;
         struct stat st;
 
@@ -275,11 +223,7 @@ static int memfd_check(int fd, uint64_t mib, uint64_t seed, uint64_t want_sum, c
         w = mmap(NULL, size, PROT_READ, MAP_SHARED, fd, 0);
         if (w == MAP_FAILED)
                 return fail("mmap", -errno, NULL);
-        for (size_t i = 0; i < size / 8; i++) {
-                if (w[i] != pattern_next(&x) && bad++ == 0)
-                        first = i;
-                h = (h ^ w[i]) * FNV_PRIME;
-        }
+        bad = verify(w, size / 8, seed, &h, &first);
         munmap((void *)w, size);
         if (bad || h != want_sum) {
                 fprintf(stderr,
@@ -321,7 +265,7 @@ static int dev_open(uint64_t busy_ms)
  */
 static int raw_session(unsigned long request, const char *name, uint64_t busy_ms, int *ret_fd)
 {
-        struct luo_session_arg a = { .size = sizeof(a), .fd = -1 };
+        struct luo_ioc_session a = { .size = sizeof(a), .fd = -1 };
         size_t n = strlen(name);
         int dev, r = 0;
 
@@ -342,16 +286,16 @@ static int raw_session(unsigned long request, const char *name, uint64_t busy_ms
 
 static int raw_preserve(int session, int fd, uint64_t token)
 {
-        struct luo_fd_arg a = { .size = sizeof(a), .fd = fd, .token = token };
+        struct luo_ioc_session_fd a = { .size = sizeof(a), .fd = fd, .token = token };
 
-        return ioctl(session, LUO_PRESERVE_FD, &a) < 0 ? -errno : 0;
+        return ioctl(session, LUO_IOC_SESSION_PRESERVE_FD, &a) < 0 ? -errno : 0;
 }
 
 static int raw_retrieve_fd(int session, uint64_t token, int *ret_fd)
 {
-        struct luo_fd_arg a = { .size = sizeof(a), .fd = -1, .token = token };
+        struct luo_ioc_session_fd a = { .size = sizeof(a), .fd = -1, .token = token };
 
-        if (ioctl(session, LUO_RETRIEVE_FD, &a) < 0)
+        if (ioctl(session, LUO_IOC_SESSION_RETRIEVE_FD, &a) < 0)
                 return -errno;
         *ret_fd = a.fd;
         return 0;
@@ -359,9 +303,9 @@ static int raw_retrieve_fd(int session, uint64_t token, int *ret_fd)
 
 static int raw_finish(int session)
 {
-        struct luo_finish_arg a = { .size = sizeof(a) };
+        struct luo_ioc_session_finish a = { .size = sizeof(a) };
 
-        return ioctl(session, LUO_FINISH, &a) < 0 ? -errno : 0;
+        return ioctl(session, LUO_IOC_SESSION_FINISH, &a) < 0 ? -errno : 0;
 }
 
 /* ---- samples and their summary ------------------------------------------------------------ */
@@ -470,7 +414,7 @@ static int broker_connect(const struct opts *o, unsigned flags, struct lfs_clien
 /* One raw sample of round r: the PRESERVE_FD ioctl alone, timed. */
 static int preserve_raw(const struct opts *o, unsigned r, uint64_t *ret_ns)
 {
-        char name[LUO_NAME_LEN];
+        char name[LUO_SESSION_NAME_MAX];
         uint64_t sum, t;
         int fd, s, e;
 
@@ -478,7 +422,7 @@ static int preserve_raw(const struct opts *o, unsigned r, uint64_t *ret_ns)
         e = memfd_filled(o->mib, SEED_PRESERVE_RAW + r, &fd, &sum);
         if (e < 0)
                 return fail("memfd", e, NULL);
-        e = raw_session(LUO_CREATE_SESSION, name, o->busy_ms, &s);
+        e = raw_session(LUO_IOC_CREATE_SESSION, name, o->busy_ms, &s);
         if (e < 0) {
                 close(fd);
                 return fail("CREATE_SESSION", e, NULL);
@@ -580,29 +524,6 @@ out:
 
 /* ---- hold --------------------------------------------------------------------------------- */
 
-/* Write text to path durably: a temporary file, fsync, rename. */
-static int write_text(const char *path, const char *text)
-{
-        char tmp[4096];
-        size_t len = strlen(text);
-        int fd, r = 0;
-
-        if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
-                return -ENAMETOOLONG;
-        fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        if (fd < 0)
-                return -errno;
-        if (write(fd, text, len) != (ssize_t)len || fsync(fd) < 0)
-                r = errno ? -errno : -EIO;
-        if (close(fd) < 0 && r == 0)
-                r = -errno;
-        if (r == 0 && rename(tmp, path) < 0)
-                r = -errno;
-        if (r < 0)
-                unlink(tmp);
-        return r;
-}
-
 /* Appends to a bounded buffer; false once it would not fit. */
 static bool append(char *buf, size_t size, size_t *len, const char *fmt, ...)
         __attribute__((format(printf, 4, 5)));
@@ -692,7 +613,7 @@ static int do_hold(const struct opts *o)
         (void)append(text, sizeof(text), &len, "mib=%" PRIu64 "\nsessions=%" PRIu64 "\n", o->mib,
                      o->sessions);
         for (i = 0; i < o->sessions; i++) {
-                char rname[LUO_NAME_LEN], bname[LFS_NAME_MAX + 1];
+                char rname[LUO_SESSION_NAME_MAX], bname[LFS_NAME_MAX + 1];
                 uint64_t rseed = SEED_HOLD_RAW + i, bseed = SEED_HOLD_BROKER + i, rsum, bsum;
                 uint64_t rt, bt;
                 int fd;
@@ -704,7 +625,7 @@ static int do_hold(const struct opts *o)
                         fail("memfd", e, NULL);
                         goto out;
                 }
-                e = raw_session(LUO_CREATE_SESSION, rname, o->busy_ms, &sessions[n_raw]);
+                e = raw_session(LUO_IOC_CREATE_SESSION, rname, o->busy_ms, &sessions[n_raw]);
                 if (e < 0) {
                         close(fd);
                         fail("CREATE_SESSION", e, NULL);
@@ -819,7 +740,7 @@ static int retrieve_raw(const struct opts *o, uint64_t mib, const struct held *h
         uint64_t t;
         int s, fd = -1, e, status;
 
-        e = raw_session(LUO_RETRIEVE_SESSION, h->name, o->busy_ms, &s);
+        e = raw_session(LUO_IOC_RETRIEVE_SESSION, h->name, o->busy_ms, &s);
         if (e < 0)
                 return fail("RETRIEVE_SESSION", e, NULL);
         sleep_ms(o->settle_ms);
