@@ -39,8 +39,18 @@ static bool kind_matches(const char *filter, const char *kind)
 static const char *const record_kinds[] = { "transition", "operation", "staging", "reboot",
                                             "start",      "snapshot",  "hook",    "lease",
                                             "session",    "audit" };
-#define RECORD_KINDS_LIST                                                                          \
-        "transition, operation, staging, reboot, start, snapshot, hook, lease, session, audit"
+
+/* The kinds, for a message: "transition, operation, ...". */
+static const char *record_kinds_list(char *buf, size_t size)
+{
+        size_t len = 0;
+
+        buf[0] = 0;
+        for (size_t i = 0; i < ELEMENTSOF(record_kinds) && len < size; i++)
+                len += (size_t)snprintf(buf + len, size - len, "%s%s", i ? ", " : "",
+                                        record_kinds[i]);
+        return buf;
+}
 
 static bool kind_filter_valid(const char *f)
 {
@@ -144,15 +154,16 @@ int h_history_get(struct http_req *req, struct http_reply *rep)
                 return http_reply_problem(rep, 400, "invalid-query",
                                           "limit must be an integer between 1 and %d",
                                           HISTORY_MAX_LIMIT);
+        char unknown[65], kinds[160];
         if (kind && !kind_filter_valid(kind))
                 return http_reply_problem(rep, 400, "invalid-query",
                                           "kind must be a comma-separated list of record "
-                                          "kinds: " RECORD_KINDS_LIST);
-        char unknown[65];
+                                          "kinds: %s",
+                                          record_kinds_list(kinds, sizeof(kinds)));
         if (kind && kind_filter_unknown(kind, unknown, sizeof(unknown)))
-                return http_reply_problem(
-                        rep, 400, "invalid-query",
-                        "kind: %s is no record kind; the kinds: " RECORD_KINDS_LIST, unknown);
+                return http_reply_problem(rep, 400, "invalid-query",
+                                          "kind: %s is no record kind; the kinds: %s", unknown,
+                                          record_kinds_list(kinds, sizeof(kinds)));
 
         if (kind && kind_matches(kind, "audit")) {
                 /*
