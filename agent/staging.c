@@ -13,12 +13,23 @@
  * directory) and the privileged helper opens: OPEN_STAGING re-applies every
  * check there and passes the descriptor back (docs/privsep.md); with
  * --privsep=no this process opens.
+ *
+ * The load itself: with --privsep=no, kexec_file_load() on the descriptors
+ * this process checked. Through the helper, KEXEC_LOAD sends the paths, the
+ * digests checked here, the command line and the request's signature, and
+ * the helper opens, hashes and verifies again on its own (a compromised
+ * network process must not be able to load anything else): what this
+ * process checked only gives the caller its precise answer first. The
+ * signature is not part of the operation's request (agent.h), so the ones
+ * staging_check_signature() verified are remembered here, by what they sign
+ * (a few, under sig_lock: it runs on MHD's threads, the load on the worker).
  */
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +55,15 @@
 
 static char *const *allowed_dirs;
 static unsigned n_allowed_dirs;
+
+/* The signatures verified lately, by SHA-256 of their key id and signed message. */
+#define SIG_REMEMBER 8
+static struct {
+        uint8_t what[32];
+        char b64[SIGN_B64_LEN + 1];
+} sigs[SIG_REMEMBER];
+static unsigned sigs_next;
+static pthread_mutex_t sig_lock = PTHREAD_MUTEX_INITIALIZER;
 
 void staging_set_allowed_dirs(char *const *dirs, unsigned n)
 {
@@ -111,6 +131,61 @@ static int sha256_fd(int fd, char out[65], uint64_t *ret_size)
 out:
         EVP_MD_CTX_free(ctx);
         return r;
+}
+
+/* What a signature by key_id over rq's digests and command line signs, hashed; -errno. */
+static int sig_what(const char *key_id, const char *kernel_sha256, const char *initrd_sha256,
+                    const char *cmdline, uint8_t what[32])
+{
+        char msg[4352];
+        unsigned len = 0;
+        EVP_MD_CTX *ctx;
+        int n, ok;
+
+        n = sign_message(kernel_sha256, initrd_sha256, cmdline, msg, sizeof(msg));
+        if (n < 0)
+                return n;
+        ctx = EVP_MD_CTX_new();
+        if (!ctx)
+                return -ENOMEM;
+        ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) == 1 &&
+             EVP_DigestUpdate(ctx, key_id, strlen(key_id) + 1) == 1 &&
+             EVP_DigestUpdate(ctx, msg, (size_t)n) == 1 && EVP_DigestFinal_ex(ctx, what, &len) == 1;
+        EVP_MD_CTX_free(ctx);
+        return ok && len == 32 ? 0 : -EIO;
+}
+
+static void sig_remember(const char *key_id, const struct op_request *rq, const char *b64)
+{
+        uint8_t what[32];
+
+        if (strlen(b64) != SIGN_B64_LEN ||
+            sig_what(key_id, rq->kernel_sha256, rq->initrd_sha256, rq->cmdline, what) < 0)
+                return;
+        pthread_mutex_lock(&sig_lock);
+        memcpy(sigs[sigs_next].what, what, sizeof(what));
+        memcpy(sigs[sigs_next].b64, b64, SIGN_B64_LEN + 1);
+        sigs_next = (sigs_next + 1) % SIG_REMEMBER;
+        pthread_mutex_unlock(&sig_lock);
+}
+
+/* The remembered signature of rq (signed by rq->signed_by) into b64; false when none. */
+static bool sig_recall(const struct op_request *rq, char b64[static SIGN_B64_LEN + 1])
+{
+        uint8_t what[32];
+        bool found = false;
+
+        if (!rq->signed_by[0] ||
+            sig_what(rq->signed_by, rq->kernel_sha256, rq->initrd_sha256, rq->cmdline, what) < 0)
+                return false;
+        pthread_mutex_lock(&sig_lock);
+        for (unsigned i = 0; i < SIG_REMEMBER && !found; i++)
+                if (sigs[i].b64[0] && memcmp(sigs[i].what, what, sizeof(what)) == 0) {
+                        memcpy(b64, sigs[i].b64, SIGN_B64_LEN + 1);
+                        found = true;
+                }
+        pthread_mutex_unlock(&sig_lock);
+        return found;
 }
 
 static void fail(struct stage_result *res, int status, const char *code, const char *fmt, ...)
@@ -269,14 +344,58 @@ void staging_previous_from_booted(json_t *staged, json_t *booted)
         }
 }
 
+/* The problem of a KEXEC_LOAD the privileged helper refused itself (docs/privsep.md). */
+static bool helper_refusal(int r, const struct op_request *rq, struct stage_result *res)
+{
+        switch (-r) {
+        case STAGEPATH_NOT_ALLOWED:
+                fail(res, 422, "path-not-allowed",
+                     "the privileged helper refused the images: not inside its staging "
+                     "directories (symlinks resolved)");
+                break;
+        case STAGEPATH_NOT_REGULAR:
+                fail(res, 422, "not-a-regular-file",
+                     "the privileged helper refused the images: not a regular file");
+                break;
+        case EBADMSG:
+                fail(res, 422, "digest-mismatch",
+                     "the privileged helper found another SHA-256 than the one checked here: the "
+                     "file changed while it was staged");
+                break;
+        case EKEYREJECTED:
+                fail(res, 422, rq->signed_by[0] ? "signature-invalid" : "signature-required",
+                     "the privileged helper refused the images: %s",
+                     rq->signed_by[0] ? "the signature does not verify with its trusted keys"
+                                      : "this agent loads only signed kernels");
+                break;
+        default:
+                return false;
+        }
+        res->err = -r;
+        res->extra = json_pack("{s:s}", "field", -r == EKEYREJECTED ? "signature" : "kernel");
+        return true;
+}
+
+/* The kernel command line: printable ASCII (the helper loads nothing else). */
+static bool cmdline_ok(const char *cmdline, struct stage_result *res)
+{
+        if (privsep_helper_cmdline_check(cmdline, NULL, 0) >= 0)
+                return true;
+        fail(res, 400, "invalid-field", "cmdline must be printable ASCII (no control characters)");
+        res->extra = json_pack("{s:s}", "field", "cmdline");
+        return false;
+}
+
 int staging_run(struct backend *b, const struct op_request *rq, struct stage_result *res)
 {
         _cleanup_close_ int kfd = -1, ifd = -1;
         json_t *kfile = NULL, *ifile = NULL;
-        char when[RFC3339_MAX];
+        char when[RFC3339_MAX], sig[SIGN_B64_LEN + 1];
         int r;
 
         *res = (struct stage_result){ 0 };
+        if (!cmdline_ok(rq->cmdline, res))
+                return 0;
         kfd = stage_open(b, "kernel", rq->kernel_path, rq->kernel_sha256, res, &kfile);
         if (kfd < 0)
                 return 0;
@@ -287,7 +406,30 @@ int staging_run(struct backend *b, const struct op_request *rq, struct stage_res
                         return 0;
                 }
         }
-        r = b->ops->kexec_load(b, kfd, ifd, rq->cmdline);
+        if (privsep_is_proxy(b)) {
+                /* The helper opens by path and checks again; these descriptors were for us. */
+                bool signed_ = sig_recall(rq, sig);
+                r = privsep_proxy_kexec_load(
+                        b,
+                        &(struct privsep_kexec_args){
+                                .kernel_path = rq->kernel_path,
+                                .kernel_sha256 =
+                                        json_string_value(json_object_get(kfile, "sha256")),
+                                .initrd_path = ifile ? rq->initrd_path : NULL,
+                                .initrd_sha256 =
+                                        ifile ? json_string_value(json_object_get(ifile, "sha256"))
+                                              : NULL,
+                                .cmdline = rq->cmdline,
+                                .key_id = signed_ ? rq->signed_by : NULL,
+                                .signature = signed_ ? sig : NULL,
+                        });
+                if (r < 0 && helper_refusal(r, rq, res)) {
+                        json_decref(kfile);
+                        json_decref(ifile);
+                        return 0;
+                }
+        } else
+                r = b->ops->kexec_load(b, kfd, ifd, rq->cmdline);
         if (r < 0) {
                 struct problem_errno_map m = problem_from_errno(r);
                 char eb[16];
@@ -355,6 +497,7 @@ int staging_check_signature(const struct agent_config *cfg, json_t *sig, struct 
         switch (r) {
         case 0:
                 snprintf(rq->signed_by, sizeof(rq->signed_by), "%s", key_id);
+                sig_remember(key_id, rq, b64); /* for the privileged helper's own check */
                 return 1;
         case -ENOKEY:
                 snprintf(detail, detail_size, "no trusted Ed25519 public key named %s",

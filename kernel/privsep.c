@@ -11,6 +11,12 @@
  *     one mutex per channel, so a stalled SET_EVENT (a simulator fault
  *     delay) never holds up a query or the watcher.
  *
+ * The helper does not trust the network side's judgement either: it
+ * enforces the policy itself (KEXEC_LOAD: the images opened by path inside
+ * its own copy of the staging directories, hashed, compared with the
+ * digests, the signature verified; REBOOT only while prepared), refusing
+ * with a stable errno and a log line (privsep.h, docs/privsep.md).
+ *
  * The helper answers a malformed request with -EPROTO and never acts on it
  * (its fds are closed unread): SEQPACKET keeps message boundaries, so one
  * bad datagram cannot desynchronise the stream, and the answer lets the
@@ -48,19 +54,25 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+
 #include "backend-private.h"
 #include "luofleet/backend.h"
 #include "luofleet/log.h"
 #include "luofleet/macro.h"
 #include "luofleet/privsep.h"
 #include "luofleet/scm.h"
+#include "luofleet/sign.h"
 #include "luofleet/stagepath.h"
 #include "luofleet/util.h"
 
 #define ERRNO_MAX 4095
 
 /* No padding anywhere: every byte is a field, so "unused fields are zero" covers them all. */
-_Static_assert(sizeof(struct privsep_req) == 2080, "privsep_req layout");
+_Static_assert(sizeof(struct privsep_load) == 8504, "privsep_load layout");
+_Static_assert(sizeof(struct privsep_req) == 2080 + 8504, "privsep_req layout");
+_Static_assert(sizeof(((struct privsep_load *)0)->key_id) > SIGN_KEY_ID_MAX, "key ids fit");
+_Static_assert(sizeof(((struct privsep_load *)0)->signature) > SIGN_B64_LEN, "signatures fit");
 _Static_assert(sizeof(struct privsep_reply) == 744, "privsep_reply layout");
 
 static const char *const type_names[_PRIVSEP_TYPE_MAX] = {
@@ -128,10 +140,9 @@ static int req_chan(uint16_t type)
 
 int privsep_req_fds(uint16_t type, uint32_t arg)
 {
+        (void)arg; /* KEXEC_LOAD carries paths: the helper opens the images itself */
         if (req_chan(type) < 0)
                 return -1;
-        if (type == PRIVSEP_KEXEC_LOAD)
-                return arg == 1 ? 2 : 1;
         return 0;
 }
 
@@ -160,6 +171,69 @@ static bool note_ok(const char *text, uint32_t len)
                 if (text[i] < 0x20 || text[i] > 0x7e)
                         return false;
         return true;
+}
+
+/* A string terminated within its field and followed by zeros only: its length, or -1. */
+static ssize_t field_len(const char *s, size_t size)
+{
+        const char *nul = memchr(s, 0, size);
+
+        if (!nul || !all_zero(nul, size - (size_t)(nul - s)))
+                return -1;
+        return nul - s;
+}
+
+/* A SHA-256 digest as KEXEC_LOAD carries it: exactly 64 lower-case hex digits, then zeros. */
+static bool digest_ok(const char *s, size_t size)
+{
+        if (field_len(s, size) != 64)
+                return false;
+        for (size_t i = 0; i < 64; i++)
+                if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+                        return false;
+        return true;
+}
+
+/* An image's path: terminated, zero tail, absolute (the helper applies the rest). */
+static bool path_ok(const char *s, size_t size)
+{
+        return field_len(s, size) > 0 && s[0] == '/';
+}
+
+/* Standard base64 of 64 bytes: 88 characters of the alphabet (the last two '='). */
+static bool b64_sig_ok(const char *s, size_t size)
+{
+        if (field_len(s, size) != SIGN_B64_LEN)
+                return false;
+        for (size_t i = 0; i < SIGN_B64_LEN; i++) {
+                char c = s[i];
+                if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                      c == '+' || c == '/' || c == '='))
+                        return false;
+        }
+        return true;
+}
+
+/* KEXEC_LOAD's load block: the form of every field (the policy is the helper's). */
+static bool load_ok(const struct privsep_req *q)
+{
+        const struct privsep_load *l = &q->load;
+
+        if (!path_ok(l->kernel_path, sizeof(l->kernel_path)) ||
+            !digest_ok(l->kernel_sha256, sizeof(l->kernel_sha256)))
+                return false;
+        if (q->arg == 1) {
+                if (!path_ok(l->initrd_path, sizeof(l->initrd_path)) ||
+                    !digest_ok(l->initrd_sha256, sizeof(l->initrd_sha256)))
+                        return false;
+        } else if (!all_zero(l->initrd_path, sizeof(l->initrd_path)) ||
+                   !all_zero(l->initrd_sha256, sizeof(l->initrd_sha256)))
+                return false;
+        if (l->key_id[0] == 0)
+                return all_zero(l->key_id, sizeof(l->key_id)) &&
+                       all_zero(l->signature, sizeof(l->signature));
+        return field_len(l->key_id, sizeof(l->key_id)) > 0 && sign_key_id_valid(l->key_id) &&
+               b64_sig_ok(l->signature, sizeof(l->signature));
 }
 
 /* The longest confirmation timeout SET_EVENT_EX carries: a day. */
@@ -217,9 +291,11 @@ int privsep_req_decode(const void *buf, size_t len, int flags, size_t n_fds, enu
 
         if (q.type == PRIVSEP_KEXEC_LOAD) {
                 /* Exactly cmdline_len bytes without a NUL, the NUL, then zeros. */
-                if (!text_ok(q.cmdline, q.cmdline_len))
+                if (!text_ok(q.cmdline, q.cmdline_len) || !load_ok(&q))
                         return -EPROTO;
-        } else if (q.type == PRIVSEP_OPEN_STAGING) {
+        } else if (!all_zero(&q.load, sizeof(q.load)))
+                return -EPROTO;
+        else if (q.type == PRIVSEP_OPEN_STAGING) {
                 /* A path: the same, and not empty (the helper checks the rest). */
                 if (q.cmdline_len == 0 || !text_ok(q.cmdline, q.cmdline_len))
                         return -EPROTO;
@@ -500,18 +576,342 @@ int privsep_helper_file_request(const struct privsep_files *files, const struct 
         return r;
 }
 
-/* A kernel or initrd image: a regular file open for reading. */
-static int helper_check_image_fd(int fd)
-{
-        struct stat st;
-        int fl;
+/* ---- the helper's policy (privsep.h, docs/privsep.md "What the helper checks itself") ---- */
 
-        if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode))
-                return -EBADF;
-        fl = fcntl(fd, F_GETFL);
-        if (fl < 0 || (fl & O_ACCMODE) == O_WRONLY)
-                return -EBADF;
+/*
+ * Run fn with root's file system identity first, then, on EACCES, the run
+ * user's (like the file requests), and give the calling thread back the
+ * identity it had: the command thread's is the simulator's run user or, for
+ * the real backends, root's (luo-sessions opens /dev/liveupdate at every
+ * session). fn returns a descriptor (closed again if the identity cannot be
+ * restored; the caller then ends the helper) or -errno.
+ */
+static int helper_as_root(const struct privsep_files *files, int (*fn)(const void *),
+                          const void *arg, bool returns_fd)
+{
+        uid_t uid;
+        gid_t gid;
+        int r, k;
+
+        if (!files->fs_root)
+                return fn(arg);
+        uid = (uid_t)setfsuid((uid_t)-1);
+        gid = (gid_t)setfsgid((gid_t)-1);
+        r = helper_fs_identity(0, 0);
+        if (r >= 0) {
+                r = fn(arg);
+                if (r == -EACCES) {
+                        k = helper_fs_identity(files->user_uid, files->user_gid);
+                        r = k < 0 ? k : fn(arg);
+                }
+        }
+        k = helper_fs_identity(uid, gid);
+        if (k < 0) {
+                if (r >= 0 && returns_fd)
+                        close(r);
+                return k;
+        }
+        return r;
+}
+
+int privsep_helper_cmdline_check(const char *cmdline, char *why, size_t why_size)
+{
+        size_t n = cmdline ? strnlen(cmdline, PRIVSEP_CMDLINE_MAX) : 0;
+
+        if (n >= PRIVSEP_CMDLINE_MAX) {
+                backend_msgf(why, why_size, "the command line is longer than %d bytes",
+                             PRIVSEP_CMDLINE_MAX - 1);
+                return -EINVAL;
+        }
+        /*
+         * Printable ASCII: what a kernel command line is made of. A control
+         * character (a newline, an escape) would only serve to confuse whoever
+         * reads it back in a log, /proc/cmdline or the journal.
+         */
+        for (size_t i = 0; i < n; i++)
+                if ((unsigned char)cmdline[i] < 0x20 || (unsigned char)cmdline[i] > 0x7e) {
+                        backend_msgf(why, why_size,
+                                     "the command line has a byte 0x%02x at offset %zu: only "
+                                     "printable ASCII is loaded",
+                                     (unsigned char)cmdline[i], i);
+                        return -EINVAL;
+                }
         return 0;
+}
+
+struct verify_args {
+        const char *dir, *key_id, *sig, *msg;
+        size_t len;
+};
+
+static int helper_verify(const void *userdata)
+{
+        const struct verify_args *v = userdata;
+        return sign_verify(v->dir, v->key_id, v->sig, v->msg, v->len);
+}
+
+int privsep_helper_signature_check(const struct privsep_files *files, const struct privsep_req *q,
+                                   char *why, size_t why_size)
+{
+        const struct privsep_load *l = &q->load;
+        char msg[PRIVSEP_CMDLINE_MAX + 512];
+        struct verify_args v;
+        int n, r;
+
+        if (!files || !files->trusted_keys_dir) {
+                if (files && files->require_signature) {
+                        backend_msgf(why, why_size,
+                                     "signatures are required but no trusted key is configured "
+                                     "(--trusted-keys)");
+                        return -EKEYREJECTED;
+                }
+                return 0; /* nothing to verify with: the network side refused a signed request */
+        }
+        if (!l->key_id[0]) {
+                if (!files->require_signature)
+                        return 0;
+                backend_msgf(why, why_size,
+                             "the kernel is not signed and this agent loads only signed kernels "
+                             "(--require-signature)");
+                return -EKEYREJECTED;
+        }
+        n = sign_message(l->kernel_sha256, q->arg == 1 ? l->initrd_sha256 : NULL, q->cmdline, msg,
+                         sizeof(msg));
+        if (n < 0) {
+                backend_msgf(why, why_size, "the request cannot be put in canonical form");
+                return -EKEYREJECTED;
+        }
+        v = (struct verify_args){ .dir = files->trusted_keys_dir,
+                                  .key_id = l->key_id,
+                                  .sig = l->signature,
+                                  .msg = msg,
+                                  .len = (size_t)n };
+        r = helper_as_root(files, helper_verify, &v, false);
+        if (r == 0)
+                return 0;
+        if (r == -ENOKEY)
+                backend_msgf(why, why_size, "no trusted Ed25519 public key named %s", l->key_id);
+        else if (r == -EBADMSG)
+                backend_msgf(why, why_size,
+                             "the signature does not verify with key %s over the kernel and "
+                             "initrd digests and the command line",
+                             l->key_id);
+        else
+                backend_msgf(why, why_size, "cannot check the signature with key %s: %s", l->key_id,
+                             strerror(-r));
+        return -EKEYREJECTED;
+}
+
+int privsep_helper_reboot_check(struct backend *b, char *why, size_t why_size)
+{
+        enum luo_state s = LUO_STATE_UNDEFINED;
+        int r = b->ops->get_state(b, &s);
+
+        if (r < 0) {
+                backend_msgf(why, why_size, "cannot read the kernel's state: %s", strerror(-r));
+                return r;
+        }
+        /*
+         * Prepared: the update's own reboot. Frozen: the same reboot tried again
+         * after the kexec failed past the freeze (v3 and the simulator stay
+         * frozen then; luo-sessions never reads frozen outside the call). From
+         * anywhere else the kernel would do a plain kexec that nobody prepared.
+         */
+        if (s == LUO_STATE_PREPARED || s == LUO_STATE_FROZEN)
+                return 0;
+        backend_msgf(why, why_size,
+                     "the kernel is %s, not prepared: a reboot now would be a kexec no update "
+                     "prepared",
+                     luo_state_to_string(s) ? luo_state_to_string(s) : "in an unknown state");
+        return -EPERM;
+}
+
+struct stage_args {
+        const char *path;
+        const struct privsep_files *files;
+};
+
+static int helper_stage_open(const void *userdata)
+{
+        const struct stage_args *a = userdata;
+        return stagepath_open(a->path, a->files->staging_dirs, a->files->n_staging_dirs);
+}
+
+/* SHA-256 of the whole file at fd into hex; with out_fd >= 0 a copy of every byte hashed. */
+static int helper_hash(int fd, int out_fd, char hex[static 65])
+{
+        EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+        _cleanup_free_ uint8_t *buf = malloc(65536);
+        uint8_t md[32];
+        unsigned md_len = 0;
+        uint64_t total = 0;
+        int r = 0;
+
+        if (!ctx || !buf) {
+                EVP_MD_CTX_free(ctx);
+                return -ENOMEM;
+        }
+        if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
+                r = -EIO;
+                goto out;
+        }
+        for (;;) {
+                ssize_t n = pread(fd, buf, 65536, (off_t)total);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n < 0) {
+                        r = negative_errno();
+                        goto out;
+                }
+                if (n == 0)
+                        break;
+                total += (uint64_t)n;
+                if (total > PRIVSEP_IMAGE_MAX) {
+                        r = -EFBIG;
+                        goto out;
+                }
+                if (EVP_DigestUpdate(ctx, buf, (size_t)n) != 1) {
+                        r = -EIO;
+                        goto out;
+                }
+                if (out_fd >= 0) {
+                        r = write_all(out_fd, buf, (size_t)n);
+                        if (r < 0)
+                                goto out;
+                }
+        }
+        if (EVP_DigestFinal_ex(ctx, md, &md_len) != 1 || md_len != 32) {
+                r = -EIO;
+                goto out;
+        }
+        hex_encode(md, 32, hex);
+out:
+        EVP_MD_CTX_free(ctx);
+        return r;
+}
+
+/*
+ * A sealed memfd holding a copy of fd's bytes (hashed into hex on the way),
+ * reopened read-only: kexec_file_load() refuses a file someone may still
+ * write (ETXTBSY), and the memfd_create() descriptor is a writer.
+ */
+static int helper_sealed_copy(int fd, const char *name, char hex[static 65])
+{
+        _cleanup_close_ int mfd = -1;
+        char proc[64];
+        int r, ro;
+
+        mfd = memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (mfd < 0)
+                return negative_errno();
+        r = helper_hash(fd, mfd, hex);
+        if (r < 0)
+                return r;
+        if (fcntl(mfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) < 0)
+                return negative_errno();
+        snprintf(proc, sizeof(proc), "/proc/self/fd/%d", mfd);
+        ro = open(proc, O_RDONLY | O_CLOEXEC);
+        /* No /proc: the sealed memfd itself (the kernel may say ETXTBSY: a failure, not a hole). */
+        return ro >= 0 ? ro : TAKE_FD(mfd);
+}
+
+int privsep_helper_kexec_open(const struct privsep_files *files, const struct privsep_req *q,
+                              unsigned which, char *why, size_t why_size)
+{
+        const struct privsep_load *l = &q->load;
+        const char *field = which ? "initrd" : "kernel";
+        const char *path = which ? l->initrd_path : l->kernel_path;
+        const char *want = which ? l->initrd_sha256 : l->kernel_sha256;
+        _cleanup_close_ int fd = -1;
+        struct stage_args a = { .path = path, .files = files };
+        struct stat st;
+        char got[65];
+        bool copy;
+        int r;
+
+        if (memchr(path, 0, PRIVSEP_PATH_MAX) == NULL || memchr(want, 0, 72) == NULL) {
+                backend_msgf(why, why_size, "the %s's path or digest is not terminated", field);
+                return -EPROTO;
+        }
+        if (!files || files->n_staging_dirs == 0) {
+                backend_msgf(why, why_size, "the %s %s: no staging directory is configured", field,
+                             path);
+                return -EXDEV;
+        }
+        fd = helper_as_root(files, helper_stage_open, &a, true);
+        if (fd == -STAGEPATH_NOT_ALLOWED) {
+                backend_msgf(why, why_size,
+                             "the %s %s is not inside a staging directory (symlinks resolved) or "
+                             "not a valid path",
+                             field, path);
+                return fd;
+        }
+        if (fd == -STAGEPATH_NOT_REGULAR) {
+                backend_msgf(why, why_size, "the %s %s is not a regular file", field, path);
+                return fd;
+        }
+        if (fd < 0) {
+                backend_msgf(why, why_size, "cannot open the %s %s: %s", field, path,
+                             strerror(-fd));
+                return fd;
+        }
+        if (fstat(fd, &st) < 0) {
+                r = negative_errno();
+                backend_msgf(why, why_size, "cannot stat the %s %s: %s", field, path, strerror(-r));
+                return r;
+        }
+        /*
+         * Only root can change a file root owns that neither group nor others
+         * may write: the kernel reads what was hashed. Anyone else's (the run
+         * user's downloads in STATE_DIR/kernels: the network process could
+         * rewrite them between this check and the kernel's read) is loaded
+         * from a sealed copy of exactly the bytes hashed.
+         */
+        copy = st.st_uid != 0 || (st.st_mode & (S_IWGRP | S_IWOTH));
+        if (copy) {
+                r = helper_sealed_copy(fd, which ? "luofleet-initrd" : "luofleet-kernel", got);
+                if (r >= 0) {
+                        close(fd);
+                        fd = r;
+                }
+        } else
+                r = helper_hash(fd, -1, got);
+        if (r < 0) {
+                backend_msgf(why, why_size, "cannot read the %s %s: %s", field, path, strerror(-r));
+                return r;
+        }
+        if (strcmp(got, want) != 0) {
+                backend_msgf(why, why_size, "the %s %s has SHA-256 %s, not %s", field, path, got,
+                             want);
+                return -EBADMSG;
+        }
+        return TAKE_FD(fd);
+}
+
+/* KEXEC_LOAD: the command line, the signature, each image opened, hashed and compared. */
+static int helper_kexec_load(struct helper *h, const struct privsep_req *q, char *why,
+                             size_t why_size)
+{
+        _cleanup_close_ int kfd = -1, ifd = -1;
+        int r;
+
+        r = privsep_helper_cmdline_check(q->cmdline, why, why_size);
+        if (r < 0)
+                return r;
+        /* The signature first: it is cheap, and it vouches for the digests compared next. */
+        r = privsep_helper_signature_check(h->files, q, why, why_size);
+        if (r < 0)
+                return r;
+        kfd = privsep_helper_kexec_open(h->files, q, 0, why, why_size);
+        if (kfd < 0)
+                return kfd;
+        if (q->arg == 1) {
+                ifd = privsep_helper_kexec_open(h->files, q, 1, why, why_size);
+                if (ifd < 0)
+                        return ifd;
+        }
+        why[0] = 0; /* from here on, the kernel's answer: not a refusal of ours */
+        return h->b->ops->kexec_load(h->b, kfd, ifd, q->cmdline);
 }
 
 /* The broker's document in a sealed memfd (the reply's descriptor). */
@@ -551,13 +951,14 @@ static void helper_event_opts(const struct privsep_req *q, struct backend_event_
         memcpy(o->note, q->cmdline, MIN((size_t)q->cmdline_len, sizeof(o->note) - 1));
 }
 
-static void helper_execute(struct helper *h, const struct privsep_req *q, const int *fds,
-                           struct privsep_reply *p, int *ret_fd)
+static void helper_execute(struct helper *h, const struct privsep_req *q, struct privsep_reply *p,
+                           int *ret_fd)
 {
         struct backend_event_opts opts;
         struct backend *b = h->b;
         struct backend_info info;
         enum luo_state s = LUO_STATE_UNDEFINED, s2 = LUO_STATE_UNDEFINED;
+        char why[PRIVSEP_MSG_MAX] = ""; /* a refusal of the helper's own: the reason */
         bool loaded = false;
         int r;
 
@@ -591,17 +992,15 @@ static void helper_execute(struct helper *h, const struct privsep_req *q, const 
                 r = b->ops->set_event(b, (enum luo_event)q->arg);
                 break;
         case PRIVSEP_KEXEC_LOAD:
-                r = helper_check_image_fd(fds[0]);
-                if (r >= 0 && q->arg == 1)
-                        r = helper_check_image_fd(fds[1]);
-                if (r >= 0)
-                        r = b->ops->kexec_load(b, fds[0], q->arg == 1 ? fds[1] : -1, q->cmdline);
+                r = helper_kexec_load(h, q, why, sizeof(why));
                 break;
         case PRIVSEP_KEXEC_UNLOAD:
                 r = b->ops->kexec_unload(b);
                 break;
         case PRIVSEP_REBOOT:
-                r = b->ops->reboot(b);
+                r = privsep_helper_reboot_check(b, why, sizeof(why));
+                if (r >= 0)
+                        r = b->ops->reboot(b);
                 if (r >= 0)
                         atomic_store(&h->rebooted, true);
                 break;
@@ -624,8 +1023,12 @@ static void helper_execute(struct helper *h, const struct privsep_req *q, const 
                 break;
         case PRIVSEP_REBOOT_EX:
                 helper_event_opts(q, &opts);
-                r = b->ops->reboot_ex ? b->ops->reboot_ex(b, &opts, p->msg, sizeof(p->msg))
-                                      : -EOPNOTSUPP;
+                r = privsep_helper_reboot_check(b, why, sizeof(why));
+                if (r < 0)
+                        copy_str(p->msg, sizeof(p->msg), why);
+                else
+                        r = b->ops->reboot_ex ? b->ops->reboot_ex(b, &opts, p->msg, sizeof(p->msg))
+                                              : -EOPNOTSUPP;
                 if (r >= 0)
                         atomic_store(&h->rebooted, true);
                 break;
@@ -639,6 +1042,12 @@ static void helper_execute(struct helper *h, const struct privsep_req *q, const 
                 r = 0;
         if (r < -ERRNO_MAX)
                 r = -EIO;
+        /* Audited: the operator hears of every request the helper itself refused, and why. */
+        if (r < 0 && why[0]) {
+                char eb[16];
+                log_warning("Privileged helper: refused %s (%s): %s", type_names[q->type],
+                            errno_name(r, eb), why);
+        }
         p->result = r;
         if ((unsigned)s >= _LUO_STATE_MAX || (unsigned)s2 >= _LUO_STATE_MAX)
                 p->state = p->state2 = LUO_STATE_UNDEFINED;
@@ -687,8 +1096,8 @@ static int helper_one(struct helper *h, enum privsep_chan chan, uint64_t *seq)
                 p.result = -EPROTO;
         } else {
                 reply_init(&p, q.type, q.seq);
-                helper_execute(h, &q, fds, &p, &out_fd);
-                close_fds(fds, n_fds);
+                close_fds(fds, n_fds); /* none: the decoder let no descriptor through */
+                helper_execute(h, &q, &p, &out_fd);
         }
         r = privsep_send(h->fds[chan], &p, sizeof(p), &out_fd, out_fd >= 0 ? 1 : 0, false);
         if (out_fd >= 0)
@@ -1226,6 +1635,14 @@ static _Noreturn void helper_main(const struct privsep_spawn_config *cfg,
         files.fs_root = cfg->drop;
         files.user_uid = cfg->drop_uid;
         files.user_gid = cfg->drop_gid;
+        /* What this helper enforces, whatever the network side asks (docs/privsep.md). */
+        log_info("Privileged helper: kernel images from %u staging director%s only; signatures %s",
+                 files.n_staging_dirs, files.n_staging_dirs == 1 ? "y" : "ies",
+                 files.require_signature && files.trusted_keys_dir ? "required and verified"
+                 : files.require_signature                         ? "required (no trusted keys: "
+                                                                     "nothing loads)"
+                 : files.trusted_keys_dir                          ? "verified when present"
+                                                                   : "not checked here");
         r = helper_serve(b, fds, true, &files, rendezvous_fd);
         if (r < 0)
                 log_error_errno(r, "Privileged helper: lost the network process: %m");
@@ -1323,9 +1740,9 @@ static int proxy_lost(struct proxy *p, const char *why)
         return -ENOTCONN;
 }
 
-static int proxy_call_ex(struct proxy *p, enum privsep_chan chan, uint16_t type, uint32_t arg,
-                         uint64_t arg2, const char *cmdline, const int *fds, size_t n_fds,
-                         struct privsep_reply *ret, int *ret_fd)
+static int proxy_call_load(struct proxy *p, enum privsep_chan chan, uint16_t type, uint32_t arg,
+                           uint64_t arg2, const char *cmdline, const struct privsep_load *load,
+                           const int *fds, size_t n_fds, struct privsep_reply *ret, int *ret_fd)
 {
         struct privsep_req q = { .magic = PRIVSEP_MAGIC, .version = PRIVSEP_VERSION, .type = type };
         struct privsep_reply rep;
@@ -1347,6 +1764,8 @@ static int proxy_call_ex(struct proxy *p, enum privsep_chan chan, uint16_t type,
                 q.cmdline_len = (uint32_t)len;
                 memcpy(q.cmdline, cmdline, len);
         }
+        if (load)
+                q.load = *load;
         pthread_mutex_lock(&p->lock[chan]);
         q.seq = ++p->seq[chan];
         r = privsep_send(p->fds[chan], &q, sizeof(q), fds, n_fds, false);
@@ -1380,6 +1799,13 @@ out:
         if (why)
                 return proxy_lost(p, why);
         return ret->result;
+}
+
+static int proxy_call_ex(struct proxy *p, enum privsep_chan chan, uint16_t type, uint32_t arg,
+                         uint64_t arg2, const char *cmdline, const int *fds, size_t n_fds,
+                         struct privsep_reply *ret, int *ret_fd)
+{
+        return proxy_call_load(p, chan, type, arg, arg2, cmdline, NULL, fds, n_fds, ret, ret_fd);
 }
 
 static int proxy_call(struct proxy *p, enum privsep_chan chan, uint16_t type, uint32_t arg,
@@ -1464,15 +1890,84 @@ static int proxy_set_event(struct backend *b, enum luo_event ev)
                           NULL, 0, &rep, NULL);
 }
 
+/* The helper takes no descriptor: it opens the images itself (privsep_proxy_kexec_load). */
 static int proxy_kexec_load(struct backend *b, int kernel_fd, int initrd_fd, const char *cmdline)
 {
-        struct privsep_reply rep;
-        int fds[2] = { kernel_fd, initrd_fd };
+        (void)b;
+        (void)kernel_fd;
+        (void)initrd_fd;
+        (void)cmdline;
+        return -EOPNOTSUPP;
+}
 
-        if (kernel_fd < 0)
-                return -EBADF;
-        return proxy_call(to_proxy(b), PRIVSEP_CHAN_CMD, PRIVSEP_KEXEC_LOAD, initrd_fd >= 0,
-                          cmdline ? cmdline : "", fds, initrd_fd >= 0 ? 2 : 1, &rep, NULL);
+/* A path into its field: absolute, shorter than the field. */
+static int load_path(char *dst, size_t size, const char *path)
+{
+        size_t n = path ? strlen(path) : 0;
+
+        if (n == 0 || path[0] != '/')
+                return -EINVAL;
+        if (n >= size)
+                return -ENAMETOOLONG;
+        memcpy(dst, path, n);
+        return 0;
+}
+
+/* A digest into its field, lower-cased: 64 hex digits in any case. */
+static int load_digest(char *dst, const char *hex)
+{
+        if (!hex || strlen(hex) != 64)
+                return -EINVAL;
+        for (size_t i = 0; i < 64; i++) {
+                char c = hex[i];
+                if (c >= 'A' && c <= 'F')
+                        c = (char)(c - 'A' + 'a');
+                if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+                        return -EINVAL;
+                dst[i] = c;
+        }
+        return 0;
+}
+
+int privsep_proxy_kexec_load(struct backend *b, const struct privsep_kexec_args *a)
+{
+        _cleanup_free_ struct privsep_load *l = NULL;
+        struct privsep_reply rep;
+        const char *cmdline;
+        bool initrd, sig;
+        int r;
+
+        if (!privsep_is_proxy(b) || !a)
+                return -EINVAL;
+        cmdline = a->cmdline ? a->cmdline : "";
+        initrd = a->initrd_path && a->initrd_path[0];
+        sig = a->key_id && a->key_id[0];
+        /* What the helper would refuse as malformed is refused here, with the same answer. */
+        if (strlen(cmdline) >= PRIVSEP_CMDLINE_MAX ||
+            privsep_helper_cmdline_check(cmdline, NULL, 0) < 0)
+                return -EINVAL;
+        l = calloc(1, sizeof(*l));
+        if (!l)
+                return -ENOMEM;
+        r = load_path(l->kernel_path, sizeof(l->kernel_path), a->kernel_path);
+        if (r >= 0)
+                r = load_digest(l->kernel_sha256, a->kernel_sha256);
+        if (r >= 0 && initrd) {
+                r = load_path(l->initrd_path, sizeof(l->initrd_path), a->initrd_path);
+                if (r >= 0)
+                        r = load_digest(l->initrd_sha256, a->initrd_sha256);
+        }
+        if (r >= 0 && sig) {
+                if (!sign_key_id_valid(a->key_id) || !a->signature ||
+                    strlen(a->signature) != SIGN_B64_LEN)
+                        return -EINVAL;
+                memcpy(l->key_id, a->key_id, strlen(a->key_id));
+                memcpy(l->signature, a->signature, SIGN_B64_LEN);
+        }
+        if (r < 0)
+                return r;
+        return proxy_call_load(to_proxy(b), PRIVSEP_CHAN_CMD, PRIVSEP_KEXEC_LOAD, initrd, 0,
+                               cmdline, l, NULL, 0, &rep, NULL);
 }
 
 static int proxy_open(struct backend *b, uint16_t type, uint32_t arg, const char *path)
@@ -1856,6 +2351,16 @@ int privsep_attach(const char *rendezvous, const struct privsep_hooks *hooks, st
                 return -ETIMEDOUT;
         }
         n = privsep_recv(fd, &m, sizeof(m), &flags, fds, &n_fds, false);
+        if (n == (ssize_t)sizeof(m) && m.magic == PRIVSEP_MAGIC && m.version != PRIVSEP_VERSION) {
+                close_fds(fds, n_fds);
+                /* An older (or newer) helper: its messages are not ours, nor its checks. */
+                backend_msgf(msg, msg_size,
+                             "the helper at %s (pid %d) speaks protocol version %u, this agent "
+                             "%u: stop it (its workloads' sessions end with it) or start the "
+                             "agent it belongs to",
+                             rendezvous, (int)cred.pid, (unsigned)m.version, PRIVSEP_VERSION);
+                return -EPROTO;
+        }
         if (n != (ssize_t)sizeof(m) || (flags & (MSG_TRUNC | MSG_CTRUNC)) ||
             n_fds != _PRIVSEP_CHAN_MAX || m.magic != PRIVSEP_MAGIC ||
             m.version != PRIVSEP_VERSION || m.pid != (int32_t)cred.pid) {

@@ -8,9 +8,11 @@
  * struct backend_ops. The agent above never knows which one it talks to.
  *
  * Channels (one socketpair each, index into the fds arrays below):
- *   PRIVSEP_CHAN_CMD    the blocking operations (set_event, kexec_load with
- *                       its fds, kexec_unload, reboot) and the helper's
- *                       HELLO; one request at a time (the worker);
+ *   PRIVSEP_CHAN_CMD    the blocking operations (set_event, kexec_load by
+ *                       path: the helper opens, hashes and verifies the
+ *                       images itself, kexec_unload, reboot: only while
+ *                       prepared) and the helper's HELLO; one request at a
+ *                       time (the worker);
  *   PRIVSEP_CHAN_QUERY  the quick reads (get_state, kexec_loaded, get_info,
  *                       self_check) and the opens (OPEN_CONFIG, OPEN_STAGING,
  *                       which answer with a descriptor) from any thread,
@@ -34,13 +36,18 @@
 #include "luofleet/broker.h"
 
 #define PRIVSEP_MAGIC 0x5350464cu /* "LFPS" little-endian */
-#define PRIVSEP_VERSION 1
+/* 2: KEXEC_LOAD carries paths, digests and the signature (struct privsep_load), no fds. */
+#define PRIVSEP_VERSION 2
 /* x86's COMMAND_LINE_SIZE, NUL included: what the kernel takes at most. */
 #define PRIVSEP_CMDLINE_MAX 2048
 #define PRIVSEP_MSG_MAX 512
 #define PRIVSEP_NAME_MAX 16
-/* kexec_load carries one or two fds; room for more so extras are seen and closed. */
+/* No request carries fds any more; room for some so that extras are seen and closed. */
 #define PRIVSEP_MAX_FDS 4
+/* A staged image's path, NUL included (stagepath_valid(): shorter than 4096 bytes). */
+#define PRIVSEP_PATH_MAX 4096
+/* The largest image the helper hashes (staging.h's STAGING_MAX_FILE). */
+#define PRIVSEP_IMAGE_MAX (1024ull * 1024 * 1024)
 
 enum privsep_chan {
         PRIVSEP_CHAN_CMD,
@@ -56,7 +63,8 @@ enum privsep_type {
         PRIVSEP_GET_INFO,      /* QUERY */
         PRIVSEP_SELF_CHECK,    /* QUERY */
         PRIVSEP_SET_EVENT,     /* CMD: arg = PREPARE, CANCEL or FINISH */
-        PRIVSEP_KEXEC_LOAD,    /* CMD: arg = 0 (kernel fd) or 1 (kernel, initrd fds) */
+        PRIVSEP_KEXEC_LOAD,    /* CMD: arg = 0 (kernel) or 1 (kernel and initrd); load = the
+                                  paths, digests and signature; the helper opens and checks */
         PRIVSEP_KEXEC_UNLOAD,  /* CMD */
         PRIVSEP_REBOOT,        /* CMD */
         PRIVSEP_STATE_CHANGED, /* helper -> net, EVENT: a doorbell with the state */
@@ -99,7 +107,25 @@ enum privsep_config_file {
 
 const char *privsep_type_to_string(enum privsep_type t);
 
-/* network -> helper. Every unused field is zero; the size is exact. */
+/*
+ * KEXEC_LOAD's images: the helper opens each by path itself, confined to its
+ * own copy of the --staging-dir directories (stagepath_open()), hashes what
+ * it opened and compares, and checks the signature over the digests and the
+ * command line when it trusts keys (privsep_files). Every string is
+ * terminated within its field and followed by zeros only; unused ones are
+ * all zeros.
+ */
+struct privsep_load {
+        char kernel_path[PRIVSEP_PATH_MAX]; /* absolute, non-empty */
+        char initrd_path[PRIVSEP_PATH_MAX]; /* arg 1: absolute; arg 0: empty */
+        char kernel_sha256[72];             /* 64 lower-case hex digits */
+        char initrd_sha256[72];             /* the same with an initrd, else empty */
+        char key_id[72];    /* the signature's key (sign_key_id_valid()), "" = unsigned */
+        char signature[96]; /* with a key_id: the 88 base64 characters of the Ed25519
+                               signature over sign_message(), else empty */
+};
+
+/* network -> helper. Every unused field is zero; the size is exact, the same for every type. */
 struct privsep_req {
         uint32_t magic;
         uint16_t version;
@@ -109,6 +135,7 @@ struct privsep_req {
         uint32_t cmdline_len; /* KEXEC_LOAD: strlen(cmdline); OPEN_STAGING: strlen(path) */
         uint64_t arg2;        /* SET_EVENT_EX: timeout and flags; SESSIONS: since */
         char cmdline[PRIVSEP_CMDLINE_MAX]; /* KEXEC_LOAD's command line, OPEN_STAGING's path */
+        struct privsep_load load;          /* KEXEC_LOAD only */
 };
 
 /* helper -> network. */
@@ -141,8 +168,12 @@ int privsep_reply_fds(uint16_t type, int32_t result);
  * recvmsg()'s msg_flags), with n_fds descriptors. Checks the size, magic,
  * version, the type (a request type valid on channel chan), the sequence
  * number (want_seq), the argument's range, the fd count, that unused fields
- * are zero and the command line's length and terminator. Returns 0 with the
- * request in *ret, or -EPROTO. Pure: closes nothing, calls nothing.
+ * are zero, the command line's length and terminator, and KEXEC_LOAD's
+ * load block (paths terminated, absolute, the initrd's there exactly with
+ * arg 1; digests 64 lower-case hex digits; a key id and a signature of the
+ * right form together or neither). Returns 0 with the request in *ret, or
+ * -EPROTO. Pure: closes nothing, calls nothing. What it does not judge is
+ * policy, the helper's (privsep_helper_kexec_policy()).
  */
 int privsep_req_decode(const void *buf, size_t len, int flags, size_t n_fds, enum privsep_chan chan,
                        uint64_t want_seq, struct privsep_req *ret);
@@ -177,8 +208,17 @@ int privsep_send(int fd, const void *buf, size_t len, const int *fds, size_t n_f
  */
 struct privsep_files {
         const char *config[_PRIVSEP_CONFIG_MAX]; /* NULL: not configured (ENOENT) */
-        char *const *staging_dirs;
+        char *const *staging_dirs;               /* OPEN_STAGING's and KEXEC_LOAD's confinement */
         unsigned n_staging_dirs;
+        /*
+         * KEXEC_LOAD's signature policy (--trusted-keys, --require-signature):
+         * with a keys directory a signed request's signature is verified here
+         * (sign_verify()); with require_signature an unsigned one is refused.
+         * Without a keys directory, a signature is the network side's business
+         * (it refuses one it cannot check) and is not looked at.
+         */
+        const char *trusted_keys_dir;
+        bool require_signature;
         const char *sockets[PRIVSEP_MAX_SOCKETS]; /* Unix listeners by --listen index, or NULL */
         /*
          * Opening as root: try with file system identity 0 first, then (on
@@ -208,6 +248,35 @@ int privsep_helper_serve(struct backend *b, const int fds[_PRIVSEP_CHAN_MAX],
  * (the opens), 0 (the unlink) or -errno.
  */
 int privsep_helper_file_request(const struct privsep_files *files, const struct privsep_req *q);
+
+/*
+ * The helper's policy, message by message (docs/privsep.md, "What the
+ * helper checks itself"). Each returns 0 or a stable -errno, and writes the
+ * reason for the log into why (the helper logs it; a refusal never reaches
+ * the kernel):
+ *   the command line: printable ASCII only (-EINVAL);
+ *   KEXEC_LOAD's images (privsep_helper_kexec_open()): outside the staging
+ *   directories or not a valid path -EXDEV, not a regular file -ENODEV,
+ *   open()'s errno, larger than PRIVSEP_IMAGE_MAX -EFBIG, a SHA-256 other
+ *   than the one sent -EBADMSG; its signature: unsigned while required, or
+ *   not verifying with a trusted key -EKEYREJECTED;
+ *   REBOOT and REBOOT_EX: only while the kernel is prepared (or frozen: a
+ *   reboot that failed after the freeze), else -EPERM.
+ */
+int privsep_helper_cmdline_check(const char *cmdline, char *why, size_t why_size);
+int privsep_helper_signature_check(const struct privsep_files *files, const struct privsep_req *q,
+                                   char *why, size_t why_size);
+int privsep_helper_reboot_check(struct backend *b, char *why, size_t why_size);
+/*
+ * Open KEXEC_LOAD's kernel (which 0) or initrd (1) by path, confined like
+ * OPEN_STAGING, hash it and compare with the digest sent. Returns the
+ * descriptor to load: the file itself when only root can write it, else a
+ * sealed memfd copy of exactly what was hashed (the run user, which the
+ * network process is, could otherwise change the file between the check and
+ * the kernel's read). -errno with why filled otherwise.
+ */
+int privsep_helper_kexec_open(const struct privsep_files *files, const struct privsep_req *q,
+                              unsigned which, char *why, size_t why_size);
 
 /* Send a failed HELLO (backend_open's result and sentence) on the command channel. */
 int privsep_helper_hello_error(int cmd_fd, int error, const char *msg);
@@ -246,6 +315,22 @@ int privsep_proxy_new(int fds[_PRIVSEP_CHAN_MAX], pid_t helper, const struct pri
 int privsep_proxy_open_config(struct backend *b, enum privsep_config_file which);
 int privsep_proxy_open_staging(struct backend *b, const char *path);
 int privsep_proxy_unlink_socket(struct backend *b, unsigned index);
+
+/*
+ * KEXEC_LOAD through the helper, which opens the images itself: the paths,
+ * the digests the staging checked (64 hex digits, any case), the command
+ * line and, when the request was signed, its key id and base64 signature
+ * (NULL or "": unsigned). Checks locally what the helper would refuse as
+ * malformed (-EINVAL, -ENAMETOOLONG). The proxy's ops->kexec_load, which
+ * takes descriptors, answers -EOPNOTSUPP: the helper takes no descriptor.
+ */
+struct privsep_kexec_args {
+        const char *kernel_path, *kernel_sha256;
+        const char *initrd_path, *initrd_sha256; /* NULL or "": none */
+        const char *cmdline;                     /* NULL: "" */
+        const char *key_id, *signature;          /* NULL or "": unsigned */
+};
+int privsep_proxy_kexec_load(struct backend *b, const struct privsep_kexec_args *a);
 
 /* Is b a privsep proxy? Attached to a helper that outlived an earlier agent (privsep_attach)? */
 bool privsep_is_proxy(const struct backend *b);

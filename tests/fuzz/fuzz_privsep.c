@@ -13,9 +13,13 @@
  * OPEN_CONFIG index below _PRIVSEP_CONFIG_MAX, an UNLINK_SOCKET index below
  * PRIVSEP_MAX_SOCKETS), a command line (KEXEC_LOAD) or path (OPEN_STAGING,
  * never empty) that is exactly cmdline_len bytes without a NUL followed by
- * zeros (or all zeros), and decoding is deterministic; a reply accepted has
- * a result in -4095..0, states in range, terminated strings, and a
- * descriptor exactly when it is a successful open.
+ * zeros (or all zeros), KEXEC_LOAD's load block well-formed (absolute,
+ * terminated paths, the initrd's exactly with arg 1; 64 lower-case hex
+ * digits; a valid key id with an 88-character base64 signature, or
+ * neither) and every other type's load block all zeros, and decoding is
+ * deterministic; a reply accepted has a result in -4095..0, states in range,
+ * terminated strings, and a descriptor exactly when it is a successful open
+ * (or a SESSIONS document).
  */
 #include <errno.h>
 #include <stdint.h>
@@ -25,8 +29,65 @@
 
 #include "luofleet/luo_state.h"
 #include "luofleet/privsep.h"
+#include "luofleet/sign.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static bool zero(const void *p, size_t n)
+{
+        const unsigned char *c = p;
+
+        for (size_t i = 0; i < n; i++)
+                if (c[i])
+                        return false;
+        return true;
+}
+
+/* Terminated, zeros after: the length. */
+static size_t field(const char *s, size_t size)
+{
+        size_t n = strnlen(s, size);
+
+        if (n == size || !zero(s + n, size - n))
+                abort();
+        return n;
+}
+
+static void check_digest(const char *s, size_t size)
+{
+        if (field(s, size) != 64)
+                abort();
+        for (size_t i = 0; i < 64; i++)
+                if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+                        abort();
+}
+
+static void check_load(const struct privsep_req *q)
+{
+        const struct privsep_load *l = &q->load;
+
+        if (q->type != PRIVSEP_KEXEC_LOAD) {
+                if (!zero(l, sizeof(*l)))
+                        abort();
+                return;
+        }
+        if (field(l->kernel_path, sizeof(l->kernel_path)) == 0 || l->kernel_path[0] != '/')
+                abort();
+        check_digest(l->kernel_sha256, sizeof(l->kernel_sha256));
+        if (q->arg == 1) {
+                if (field(l->initrd_path, sizeof(l->initrd_path)) == 0 || l->initrd_path[0] != '/')
+                        abort();
+                check_digest(l->initrd_sha256, sizeof(l->initrd_sha256));
+        } else if (!zero(l->initrd_path, sizeof(l->initrd_path)) ||
+                   !zero(l->initrd_sha256, sizeof(l->initrd_sha256)))
+                abort();
+        if (field(l->key_id, sizeof(l->key_id)) == 0) {
+                if (!zero(l->signature, sizeof(l->signature)))
+                        abort();
+        } else if (!sign_key_id_valid(l->key_id) ||
+                   field(l->signature, sizeof(l->signature)) != SIGN_B64_LEN)
+                abort();
+}
 
 static void check_request(const struct privsep_req *q, size_t len, int flags, size_t n_fds,
                           enum privsep_chan chan, uint64_t seq)
@@ -72,10 +133,28 @@ static void check_request(const struct privsep_req *q, size_t len, int flags, si
                 if (chan != PRIVSEP_CHAN_QUERY || q->arg >= PRIVSEP_MAX_SOCKETS)
                         abort();
                 break;
+        case PRIVSEP_SET_EVENT_EX:
+                if (chan != PRIVSEP_CHAN_CMD ||
+                    (q->arg != LUO_EVENT_PREPARE && q->arg != LUO_EVENT_CANCEL &&
+                     q->arg != LUO_EVENT_FINISH) ||
+                    q->cmdline_len > PRIVSEP_NOTE_MAX)
+                        abort();
+                break;
+        case PRIVSEP_REBOOT_EX:
+                if (chan != PRIVSEP_CHAN_CMD || q->arg != 0 || q->cmdline_len > PRIVSEP_NOTE_MAX)
+                        abort();
+                break;
+        case PRIVSEP_SESSIONS:
+                if (chan != PRIVSEP_CHAN_QUERY || q->arg != 0)
+                        abort();
+                break;
         default:
                 abort(); /* HELLO, STATE_CHANGED, unknown: never a request */
         }
-        if (q->type == PRIVSEP_KEXEC_LOAD || q->type == PRIVSEP_OPEN_STAGING) {
+        if (q->arg2 != 0 && q->type != PRIVSEP_SET_EVENT_EX && q->type != PRIVSEP_SESSIONS)
+                abort();
+        if (q->type == PRIVSEP_KEXEC_LOAD || q->type == PRIVSEP_OPEN_STAGING ||
+            q->type == PRIVSEP_SET_EVENT_EX || q->type == PRIVSEP_REBOOT_EX) {
                 if (q->cmdline_len >= PRIVSEP_CMDLINE_MAX ||
                     strnlen(q->cmdline, PRIVSEP_CMDLINE_MAX) != q->cmdline_len)
                         abort();
@@ -84,6 +163,7 @@ static void check_request(const struct privsep_req *q, size_t len, int flags, si
         for (size_t i = q->cmdline_len; i < PRIVSEP_CMDLINE_MAX; i++)
                 if (q->cmdline[i])
                         abort();
+        check_load(q);
 }
 
 static void check_terminated(const char *s, size_t size)
@@ -153,8 +233,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                         if (len != sizeof(p) || p.type != t || p.seq != seq ||
                             (int)n_fds != privsep_reply_fds(t, p.result))
                                 abort();
-                        if (n_fds == 1 && (p.result != 0 ||
-                                           (t != PRIVSEP_OPEN_CONFIG && t != PRIVSEP_OPEN_STAGING)))
+                        if (n_fds == 1 &&
+                            (p.result != 0 || (t != PRIVSEP_OPEN_CONFIG &&
+                                               t != PRIVSEP_OPEN_STAGING && t != PRIVSEP_SESSIONS)))
                                 abort();
                         check_reply(&p);
                 }

@@ -6,9 +6,14 @@
  * reaches the kernel; the proxy talks to it like the agent does.
  *
  * Covered: the round trip of every op; every malformed request (magic,
- * version, size, type, channel, seq, argument range, missing and extra fds,
- * unterminated or dirty command lines) answered with -EPROTO and not acted
- * on, its fds closed; the reply decoder; a helper that is gone (the lost
+ * version, size, type, channel, seq, argument range, fds where none belong,
+ * unterminated or dirty command lines, KEXEC_LOAD's load block: paths,
+ * digests, key id and signature) answered with -EPROTO and not acted on,
+ * its fds closed; the helper's own policy (KEXEC_LOAD opens by path inside
+ * the staging directories, compares the digests, verifies the signature
+ * when keys are trusted and requires one when told; REBOOT only from
+ * prepared or frozen; printable command lines), each refusal before the
+ * kernel sees anything; the reply decoder; a helper that is gone (the lost
  * hook, once); a failed HELLO; the stop; a stalled SET_EVENT that does not
  * hold up queries; the helper as a forked process (privsep_spawn()). Each
  * test gets a fresh state directory under $LUOFLEET_TEST_TMP and must leave
@@ -30,9 +35,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
 #include "luofleet/backend.h"
 #include "luofleet/macro.h"
 #include "luofleet/privsep.h"
+#include "luofleet/sign.h"
 #include "luofleet/stagepath.h"
 #include "luofleet/util.h"
 #include "testutil.h"
@@ -274,6 +283,46 @@ static int temp_file(const char *name, const char *content)
         return fd;
 }
 
+/* SHA-256 of content, lower-case hex. */
+static void sha_hex(const char *content, char out[65])
+{
+        uint8_t md[32];
+        unsigned len = 0;
+
+        ck_assert_int_eq(EVP_Digest(content, strlen(content), md, &len, EVP_sha256(), NULL), 1);
+        ck_assert_uint_eq(len, 32);
+        hex_encode(md, 32, out);
+}
+
+/* The rig's helper may stage from tmpdir (and nothing else). */
+static char *tmp_dirs[1];
+static struct privsep_files tmp_files;
+
+static const struct privsep_files *staging_in_tmpdir(void)
+{
+        tmp_dirs[0] = tmpdir;
+        tmp_files = (struct privsep_files){ .staging_dirs = tmp_dirs, .n_staging_dirs = 1 };
+        return &tmp_files;
+}
+
+/* KEXEC_LOAD through the proxy: kernel (and initrd) under tmpdir by name, with digests. */
+static int load(struct backend *b, const char *kname, const char *ksha, const char *iname,
+                const char *isha, const char *cmdline)
+{
+        char kpath[PATH_MAX + 64], ipath[PATH_MAX + 64];
+
+        snprintf(kpath, sizeof(kpath), "%s/%s", tmpdir, kname);
+        if (iname)
+                snprintf(ipath, sizeof(ipath), "%s/%s", tmpdir, iname);
+        return privsep_proxy_kexec_load(b, &(struct privsep_kexec_args){
+                                                   .kernel_path = kpath,
+                                                   .kernel_sha256 = ksha,
+                                                   .initrd_path = iname ? ipath : NULL,
+                                                   .initrd_sha256 = isha,
+                                                   .cmdline = cmdline,
+                                           });
+}
+
 /* Wait until the watch fd fires (up to 2 s), then read the state through it. */
 static enum luo_state watched(struct backend *b)
 {
@@ -293,9 +342,11 @@ START_TEST(test_roundtrip)
         struct backend *b;
         struct backend_info pi, si;
         enum luo_state a = (enum luo_state)99, s = (enum luo_state)99;
-        int kfd, ifd, pfd[2];
+        char ksha[65], isha[65], path[PATH_MAX + 64];
+        int kfd, ifd;
         bool l;
 
+        rig_files = staging_in_tmpdir();
         rig_start(&g, NULL, true, NULL);
         b = g.proxy;
         ck_assert_str_eq(b->ops->name, "sim");
@@ -327,33 +378,65 @@ START_TEST(test_roundtrip)
         ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_CANCEL), 0);
         ck_assert_int_eq(watched(b), LUO_STATE_NORMAL);
 
-        /* kexec_load with one fd, with two; the caller keeps its fds. */
+        /* KEXEC_LOAD by path, the kernel alone, with an initrd; the helper opens them. */
         kfd = temp_file("vmlinuz", "kernel image");
         ifd = temp_file("initrd", "initrd image");
-        ck_assert_int_eq(b->ops->kexec_load(b, kfd, -1, NULL), 0);
+        sha_hex("kernel image", ksha);
+        sha_hex("initrd image", isha);
+        ck_assert_int_eq(load(b, "vmlinuz", ksha, NULL, NULL, NULL), 0);
         ck_assert(kloaded(b));
         ck_assert_int_eq(b->ops->kexec_unload(b), 0);
         ck_assert(!kloaded(b));
-        ck_assert_int_eq(b->ops->kexec_load(b, kfd, ifd, "console=ttyS0 quiet"), 0);
+        for (int i = 0; i < 64; i++) /* the digests' case does not matter on this side */
+                ksha[i] = (char)(ksha[i] >= 'a' ? ksha[i] - 'a' + 'A' : ksha[i]);
+        ck_assert_int_eq(load(b, "vmlinuz", ksha, "initrd", isha, "console=ttyS0 quiet"), 0);
         ck_assert(kloaded(b));
-        ck_assert_int_ge(fcntl(kfd, F_GETFD), 0);
-        ck_assert_int_ge(fcntl(ifd, F_GETFD), 0);
-        /* Local checks: no kernel fd, a command line longer than the kernel takes. */
+        sha_hex("kernel image", ksha);
+        /* Descriptors do not travel any more: the proxy's kexec_load refuses them. */
         before = calls(&g);
-        ck_assert_int_eq(b->ops->kexec_load(b, -1, -1, ""), -EBADF);
+        ck_assert_int_eq(b->ops->kexec_load(b, kfd, -1, ""), -EOPNOTSUPP);
+        /* Local checks: a command line longer than the kernel takes, or not printable; bad
+         * digests and paths. */
         char *longline = malloc(PRIVSEP_CMDLINE_MAX + 1);
         ck_assert_ptr_nonnull(longline);
         memset(longline, 'x', PRIVSEP_CMDLINE_MAX);
         longline[PRIVSEP_CMDLINE_MAX] = 0;
-        ck_assert_int_eq(b->ops->kexec_load(b, kfd, -1, longline), -EINVAL);
+        ck_assert_int_eq(load(b, "vmlinuz", ksha, NULL, NULL, longline), -EINVAL);
         free(longline);
+        ck_assert_int_eq(load(b, "vmlinuz", ksha, NULL, NULL, "quiet\ninit=/bin/sh"), -EINVAL);
+        ck_assert_int_eq(load(b, "vmlinuz", ksha, NULL, NULL, "caf\xc3\xa9"), -EINVAL);
+        ck_assert_int_eq(load(b, "vmlinuz", "abc", NULL, NULL, NULL), -EINVAL);
+        ck_assert_int_eq(load(b, "vmlinuz", ksha, "initrd", "", NULL), -EINVAL);
+        ck_assert_int_eq(
+                privsep_proxy_kexec_load(b, &(struct privsep_kexec_args){ .kernel_path = "vmlinuz",
+                                                                          .kernel_sha256 = ksha }),
+                -EINVAL);
+        ck_assert_int_eq(
+                privsep_proxy_kexec_load(b, &(struct privsep_kexec_args){ .kernel_path = "/k",
+                                                                          .kernel_sha256 = ksha,
+                                                                          .key_id = "release" }),
+                -EINVAL); /* a key id without a signature */
+        ck_assert_int_eq(privsep_proxy_kexec_load(&g.kernel->base, &(struct privsep_kexec_args){}),
+                         -EINVAL);
         ck_assert_int_eq(calls(&g), before);
-        /* The helper takes regular files only: a pipe is refused, the kernel never sees it. */
-        ck_assert_int_eq(pipe2(pfd, O_CLOEXEC), 0);
-        ck_assert_int_eq(b->ops->kexec_load(b, pfd[0], -1, ""), -EBADF);
+        /* The helper's own refusals: nothing reaches the kernel. */
+        ck_assert_int_eq(load(b, "vmlinuz", isha, NULL, NULL, NULL), -EBADMSG);
+        ck_assert_int_eq(load(b, "vmlinuz", ksha, "initrd", ksha, NULL), -EBADMSG);
+        ck_assert_int_eq(load(b, "missing", ksha, NULL, NULL, NULL), -ENOENT);
+        ck_assert_int_eq(load(b, "../etc", ksha, NULL, NULL, NULL), -STAGEPATH_NOT_ALLOWED);
+        ck_assert_int_eq(privsep_proxy_kexec_load(
+                                 b, &(struct privsep_kexec_args){ .kernel_path = "/etc/passwd",
+                                                                  .kernel_sha256 = ksha }),
+                         -STAGEPATH_NOT_ALLOWED);
+        snprintf(path, sizeof(path), "%s/fifo", tmpdir);
+        ck_assert_int_eq(mkfifo(path, 0600), 0);
+        ck_assert_int_eq(load(b, "fifo", ksha, NULL, NULL, NULL), -STAGEPATH_NOT_REGULAR);
         ck_assert_int_eq(calls(&g), before);
-        close(pfd[0]);
-        close(pfd[1]);
+
+        /* REBOOT from normal: refused by the helper (it read the state), never carried out. */
+        ck_assert_int_eq(b->ops->reboot(b), -EPERM);
+        ck_assert_int_eq(pstate(b), LUO_STATE_NORMAL);
+        ck_assert_int_eq(calls(&g), before + 2); /* its GET_STATE and ours; no reboot */
 
         /* The simulated kexec: prepared, reboot -> frozen, reboot pending. */
         ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_PREPARE), 0);
@@ -421,6 +504,17 @@ static struct privsep_req good_req(uint16_t type, uint64_t seq)
         return q;
 }
 
+/* A well-formed KEXEC_LOAD of tmpdir/k ("kernel", temp_file's) with its digest. */
+static struct privsep_req kexec_req(uint64_t seq)
+{
+        struct privsep_req q = good_req(PRIVSEP_KEXEC_LOAD, seq);
+
+        ck_assert_int_lt(snprintf(q.load.kernel_path, sizeof(q.load.kernel_path), "%s/k", tmpdir),
+                         (int)sizeof(q.load.kernel_path));
+        sha_hex("kernel", q.load.kernel_sha256);
+        return q;
+}
+
 /* Send raw bytes (+ fds) on a channel, read the answer: its result. */
 static int raw(struct rig *g, enum privsep_chan chan, const void *buf, size_t len, const int *fds,
                size_t n_fds, uint64_t want_seq)
@@ -450,6 +544,7 @@ START_TEST(test_malformed_requests_rejected)
         struct privsep_req q;
         unsigned char big[sizeof(struct privsep_req) + 1];
 
+        rig_files = staging_in_tmpdir();
         rig_start(&g, NULL, false, NULL);
         ck_assert_int_eq(privsep_recv(g.mine[PRIVSEP_CHAN_CMD], &hello, sizeof(hello), &flags, rfds,
                                       &n_rfds, false),
@@ -531,18 +626,15 @@ START_TEST(test_malformed_requests_rejected)
         q = good_req(PRIVSEP_GET_STATE, qseq + 1);
         q.arg = 1;
         BAD_QUERY(q, NULL, 0);
-        q = good_req(PRIVSEP_KEXEC_LOAD, cseq + 1);
+        q = kexec_req(cseq + 1);
         q.arg = 2;
-        BAD_CMD(q, ((int[]){ k, i2 }), 2);
-        /* fds: missing, extra, where none belong, more than the buffer holds */
-        q = good_req(PRIVSEP_KEXEC_LOAD, cseq + 1);
         BAD_CMD(q, NULL, 0);
-        q = good_req(PRIVSEP_KEXEC_LOAD, cseq + 1);
-        BAD_CMD(q, ((int[]){ k, i2 }), 2);
-        q = good_req(PRIVSEP_KEXEC_LOAD, cseq + 1);
-        q.arg = 1;
+        /* fds: none belongs anywhere (KEXEC_LOAD's images are opened by the helper) */
+        q = kexec_req(cseq + 1);
         BAD_CMD(q, &k, 1);
-        q = good_req(PRIVSEP_KEXEC_LOAD, cseq + 1);
+        q = kexec_req(cseq + 1);
+        BAD_CMD(q, ((int[]){ k, i2 }), 2);
+        q = kexec_req(cseq + 1);
         q.arg = 1;
         BAD_CMD(q, ((int[]){ k, i2, k }), 3);
         q = good_req(PRIVSEP_REBOOT, cseq + 1);
@@ -551,7 +643,7 @@ START_TEST(test_malformed_requests_rejected)
         BAD_QUERY(q, ((int[]){ k, i2 }), 2);
         for (int i = 0; i < 5; i++)
                 five[i] = k;
-        q = good_req(PRIVSEP_KEXEC_LOAD, cseq + 1);
+        q = kexec_req(cseq + 1);
         {
                 /* Five fds: past the receive buffer, so MSG_CTRUNC (the kernel closes the rest). */
                 union {
@@ -579,30 +671,93 @@ START_TEST(test_malformed_requests_rejected)
                 ck_assert_uint_eq(rep.seq, ++cseq);
         }
         /* command lines: unterminated, embedded NUL, too long, dirty tail, where none belongs */
-        q = good_req(PRIVSEP_KEXEC_LOAD, cseq + 1);
+        q = kexec_req(cseq + 1);
         memset(q.cmdline, 'a', sizeof(q.cmdline));
         q.cmdline_len = PRIVSEP_CMDLINE_MAX - 1;
-        BAD_CMD(q, &k, 1);
-        q = good_req(PRIVSEP_KEXEC_LOAD, cseq + 1);
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
         memset(q.cmdline, 'a', sizeof(q.cmdline));
         q.cmdline_len = PRIVSEP_CMDLINE_MAX;
-        BAD_CMD(q, &k, 1);
-        q = good_req(PRIVSEP_KEXEC_LOAD, cseq + 1);
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
         memcpy(q.cmdline, "ab\0de", 5);
         q.cmdline_len = 5;
-        BAD_CMD(q, &k, 1);
-        q = good_req(PRIVSEP_KEXEC_LOAD, cseq + 1);
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
         memcpy(q.cmdline, "quiet", 5);
         q.cmdline_len = 3; /* "qui" then no NUL */
-        BAD_CMD(q, &k, 1);
-        q = good_req(PRIVSEP_KEXEC_LOAD, cseq + 1);
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
         memcpy(q.cmdline, "quiet", 5);
         q.cmdline_len = 5;
         q.cmdline[100] = 'x'; /* garbage after the terminator */
-        BAD_CMD(q, &k, 1);
-        q = good_req(PRIVSEP_KEXEC_LOAD, cseq + 1);
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
         q.cmdline_len = 0xffffffffu;
-        BAD_CMD(q, &k, 1);
+        BAD_CMD(q, NULL, 0);
+        /* KEXEC_LOAD's load block: paths, digests, the signature's form */
+        q = kexec_req(cseq + 1);
+        memset(q.load.kernel_path, 0, sizeof(q.load.kernel_path)); /* no kernel */
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
+        memcpy(q.load.kernel_path, "boot/vmlinuz", 13); /* relative */
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
+        memset(q.load.kernel_path, '/', sizeof(q.load.kernel_path)); /* unterminated */
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
+        q.load.kernel_path[sizeof(q.load.kernel_path) - 1] = 'x'; /* dirty tail */
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
+        q.load.kernel_sha256[0] = 'A'; /* upper case: the proxy lower-cases */
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
+        q.load.kernel_sha256[63] = 0; /* 63 digits */
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
+        q.load.kernel_sha256[10] = 'g';
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
+        q.load.kernel_sha256[70] = '1'; /* past the terminator */
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
+        memcpy(q.load.initrd_path, "/boot/initrd", 12); /* an initrd with arg 0 */
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
+        memcpy(q.load.initrd_sha256, q.load.kernel_sha256, 64);
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
+        q.arg = 1; /* arg 1 without an initrd */
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
+        q.arg = 1;
+        memcpy(q.load.initrd_path, "/boot/initrd", 12); /* without its digest */
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
+        memcpy(q.load.key_id, "release", 7); /* a key without a signature */
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
+        memset(q.load.signature, 'A', SIGN_B64_LEN); /* a signature without a key */
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
+        memcpy(q.load.key_id, "../x", 4);
+        memset(q.load.signature, 'A', SIGN_B64_LEN);
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
+        memcpy(q.load.key_id, "release", 7);
+        memset(q.load.signature, 'A', SIGN_B64_LEN - 1); /* one short */
+        BAD_CMD(q, NULL, 0);
+        q = kexec_req(cseq + 1);
+        memcpy(q.load.key_id, "release", 7);
+        memset(q.load.signature, 'A', SIGN_B64_LEN);
+        q.load.signature[5] = '!'; /* not base64 */
+        BAD_CMD(q, NULL, 0);
+        q = good_req(PRIVSEP_REBOOT, cseq + 1);
+        q.load.kernel_path[0] = '/'; /* a load block where none belongs */
+        BAD_CMD(q, NULL, 0);
+        q = good_req(PRIVSEP_GET_STATE, qseq + 1);
+        q.load.signature[95] = 1;
+        BAD_QUERY(q, NULL, 0);
         q = good_req(PRIVSEP_REBOOT, cseq + 1);
         q.cmdline_len = 1;
         BAD_CMD(q, NULL, 0);
@@ -649,10 +804,10 @@ START_TEST(test_malformed_requests_rejected)
         ck_assert_int_eq(atomic_load(&g.kernel->calls), base_calls);
 
         /* The channels stay in step: well-formed requests work after all that. */
-        q = good_req(PRIVSEP_KEXEC_LOAD, cseq + 1);
+        q = kexec_req(cseq + 1);
         memcpy(q.cmdline, "quiet", 5);
         q.cmdline_len = 5;
-        ck_assert_int_eq(raw(&g, PRIVSEP_CHAN_CMD, &q, sizeof(q), &k, 1, ++cseq), 0);
+        ck_assert_int_eq(raw(&g, PRIVSEP_CHAN_CMD, &q, sizeof(q), NULL, 0, ++cseq), 0);
         q = good_req(PRIVSEP_KEXEC_LOADED, qseq + 1);
         ck_assert_int_eq(raw(&g, PRIVSEP_CHAN_QUERY, &q, sizeof(q), NULL, 0, ++qseq), 0);
         ck_assert_int_eq(calls(&g), base_calls + 2);
@@ -685,8 +840,19 @@ START_TEST(test_decoders)
         ck_assert_int_eq(privsep_req_decode(&q, sizeof(q), 0, 0, PRIVSEP_CHAN_EVENT, 7, &out),
                          -EPROTO);
         ck_assert_int_eq(privsep_req_decode(NULL, 0, 0, 0, PRIVSEP_CHAN_CMD, 7, &out), -EPROTO);
-        ck_assert_int_eq(privsep_req_fds(PRIVSEP_KEXEC_LOAD, 0), 1);
-        ck_assert_int_eq(privsep_req_fds(PRIVSEP_KEXEC_LOAD, 1), 2);
+        ck_assert_int_eq(privsep_req_fds(PRIVSEP_KEXEC_LOAD, 0), 0);
+        ck_assert_int_eq(privsep_req_fds(PRIVSEP_KEXEC_LOAD, 1), 0);
+        q = kexec_req(7);
+        ck_assert_int_eq(privsep_req_decode(&q, sizeof(q), 0, 0, PRIVSEP_CHAN_CMD, 7, &out), 0);
+        ck_assert_int_eq(memcmp(&q, &out, sizeof(q)), 0);
+        ck_assert_int_eq(privsep_req_decode(&q, sizeof(q), 0, 1, PRIVSEP_CHAN_CMD, 7, &out),
+                         -EPROTO);
+        memcpy(q.load.key_id, "release-2.0_x", 13);
+        memset(q.load.signature, 'A', SIGN_B64_LEN - 2);
+        memcpy(q.load.signature + SIGN_B64_LEN - 2, "==", 2);
+        ck_assert_int_eq(privsep_req_decode(&q, sizeof(q), 0, 0, PRIVSEP_CHAN_CMD, 7, &out), 0);
+        q = good_req(PRIVSEP_SET_EVENT, 7);
+        q.arg = LUO_EVENT_CANCEL;
         ck_assert_int_eq(privsep_req_fds(PRIVSEP_REBOOT, 0), 0);
         ck_assert_int_eq(privsep_req_fds(PRIVSEP_HELLO, 0), -1);
         ck_assert_str_eq(privsep_type_to_string(PRIVSEP_KEXEC_LOAD), "KEXEC_LOAD");
@@ -1003,6 +1169,188 @@ START_TEST(test_helper_refuses_outside_staging)
 }
 END_TEST
 
+/* ---- the helper's own policy -------------------------------------------------- */
+
+/* A fresh Ed25519 key pair: DIR/<name>.key (private), DIR/<name>.pem (public). */
+static void make_key(const char *dir, const char *name)
+{
+        EVP_PKEY *k = EVP_PKEY_Q_keygen(NULL, NULL, "ED25519");
+        char path[PATH_MAX + 64];
+        FILE *f;
+
+        ck_assert_ptr_nonnull(k);
+        snprintf(path, sizeof(path), "%s/%s.key", dir, name);
+        f = fopen(path, "w");
+        ck_assert_ptr_nonnull(f);
+        ck_assert_int_eq(PEM_write_PrivateKey(f, k, NULL, NULL, 0, NULL, NULL), 1);
+        fclose(f);
+        snprintf(path, sizeof(path), "%s/%s.pem", dir, name);
+        f = fopen(path, "w");
+        ck_assert_ptr_nonnull(f);
+        ck_assert_int_eq(PEM_write_PUBKEY(f, k), 1);
+        fclose(f);
+        EVP_PKEY_free(k);
+}
+
+/* Sign what a KEXEC_LOAD of ksha (isha) with cmdline says, with DIR/<name>.key. */
+static void sign_load(const char *dir, const char *name, const char *ksha, const char *isha,
+                      const char *cmdline, char b64[SIGN_B64_LEN + 1])
+{
+        char path[PATH_MAX + 64], msg[4352];
+        int n = sign_message(ksha, isha, cmdline, msg, sizeof(msg));
+
+        ck_assert_int_gt(n, 0);
+        snprintf(path, sizeof(path), "%s/%s.key", dir, name);
+        ck_assert_int_eq(sign_create(path, msg, (size_t)n, b64), 0);
+}
+
+START_TEST(test_helper_policy)
+{
+        char keys[PATH_MAX], other[PATH_MAX], ksha[65], isha[65], sig[SIGN_B64_LEN + 1],
+                bad[SIGN_B64_LEN + 1], why[PRIVSEP_MSG_MAX], kpath[PATH_MAX + 16],
+                ipath[PATH_MAX + 16];
+        struct privsep_files files;
+        struct privsep_req q;
+        struct rig g;
+        struct backend *b;
+        int fd, before;
+
+        /* The command line: printable ASCII, nothing else. */
+        ck_assert_int_eq(privsep_helper_cmdline_check("", why, sizeof(why)), 0);
+        ck_assert_int_eq(
+                privsep_helper_cmdline_check("console=ttyS0 ro init=/sbin/init", why, sizeof(why)),
+                0);
+        ck_assert_int_eq(privsep_helper_cmdline_check("ro\tquiet", why, sizeof(why)), -EINVAL);
+        ck_assert_ptr_nonnull(strstr(why, "0x09 at offset 2"));
+        ck_assert_int_eq(privsep_helper_cmdline_check("ro\x7f", NULL, 0), -EINVAL);
+        ck_assert_int_eq(privsep_helper_cmdline_check("\xff", NULL, 0), -EINVAL);
+
+        /* Keys: "release" trusted, "rogue" not (its public half is elsewhere). */
+        tmp_path(keys, sizeof(keys), "keys");
+        tmp_path(other, sizeof(other), "other");
+        ck_assert_int_eq(mkdir(keys, 0700), 0);
+        ck_assert_int_eq(mkdir(other, 0700), 0);
+        make_key(keys, "release");
+        make_key(other, "rogue");
+        ck_assert_int_lt(snprintf(kpath, sizeof(kpath), "%s/vmlinuz", tmpdir), (int)sizeof(kpath));
+        ck_assert_int_lt(snprintf(ipath, sizeof(ipath), "%s/initrd", tmpdir), (int)sizeof(ipath));
+        write_file(kpath, "kernel image");
+        write_file(ipath, "initrd image");
+        sha_hex("kernel image", ksha);
+        sha_hex("initrd image", isha);
+        sign_load(keys, "release", ksha, isha, "ro quiet", sig);
+
+        /* The signature check on its own, every policy. */
+        files = *staging_in_tmpdir();
+        q = good_req(PRIVSEP_KEXEC_LOAD, 1);
+        q.arg = 1;
+        memcpy(q.load.kernel_sha256, ksha, 64);
+        memcpy(q.load.initrd_sha256, isha, 64);
+        memcpy(q.cmdline, "ro quiet", 8);
+        q.cmdline_len = 8;
+        ck_assert_int_eq(privsep_helper_signature_check(&files, &q, why, sizeof(why)), 0);
+        files.require_signature = true; /* required, but no keys: nothing loads */
+        ck_assert_int_eq(privsep_helper_signature_check(&files, &q, why, sizeof(why)),
+                         -EKEYREJECTED);
+        ck_assert_ptr_nonnull(strstr(why, "--trusted-keys"));
+        files.trusted_keys_dir = keys;
+        ck_assert_int_eq(privsep_helper_signature_check(&files, &q, why, sizeof(why)),
+                         -EKEYREJECTED);
+        ck_assert_ptr_nonnull(strstr(why, "not signed"));
+        memcpy(q.load.key_id, "release", 7);
+        memcpy(q.load.signature, sig, SIGN_B64_LEN);
+        ck_assert_int_eq(privsep_helper_signature_check(&files, &q, why, sizeof(why)), 0);
+        q.cmdline[2] = '_'; /* "ro_quiet": not what was signed */
+        ck_assert_int_eq(privsep_helper_signature_check(&files, &q, why, sizeof(why)),
+                         -EKEYREJECTED);
+        ck_assert_ptr_nonnull(strstr(why, "does not verify with key release"));
+        q.cmdline[2] = ' ';
+        q.arg = 0; /* the same without the initrd: not what was signed either */
+        ck_assert_int_eq(privsep_helper_signature_check(&files, &q, why, sizeof(why)),
+                         -EKEYREJECTED);
+        q.arg = 1;
+        sign_load(other, "rogue", ksha, isha, "ro quiet", bad);
+        memcpy(q.load.key_id, "rogue\0\0", 8);
+        memcpy(q.load.signature, bad, SIGN_B64_LEN);
+        ck_assert_int_eq(privsep_helper_signature_check(&files, &q, why, sizeof(why)),
+                         -EKEYREJECTED);
+        ck_assert_ptr_nonnull(strstr(why, "no trusted Ed25519 public key named rogue"));
+        files.require_signature = false; /* a signature is still checked when there are keys */
+        ck_assert_int_eq(privsep_helper_signature_check(&files, &q, why, sizeof(why)),
+                         -EKEYREJECTED);
+        files.trusted_keys_dir = NULL; /* no keys, not required: not looked at here */
+        ck_assert_int_eq(privsep_helper_signature_check(&files, &q, why, sizeof(why)), 0);
+
+        /* The images, opened by the helper: the digest compared; anyone's file is a sealed copy. */
+        files = *staging_in_tmpdir();
+        q = good_req(PRIVSEP_KEXEC_LOAD, 1);
+        memcpy(q.load.kernel_path, kpath, strlen(kpath));
+        memcpy(q.load.kernel_sha256, ksha, 64);
+        ck_assert_int_eq(chmod(kpath, 0620), 0); /* group-writable: copied whoever owns it */
+        fd = privsep_helper_kexec_open(&files, &q, 0, why, sizeof(why));
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(fcntl(fd, F_GET_SEALS) & F_SEAL_WRITE, F_SEAL_WRITE);
+        ck_assert_int_eq(fcntl(fd, F_GETFL) & O_ACCMODE, O_RDONLY);
+        assert_fd_reads(fd, "kernel image");
+        write_file(kpath, "kernel image"); /* 0620 kept: rewritten by its owner... */
+        ck_assert_int_eq(chmod(kpath, 0600), 0);
+        fd = privsep_helper_kexec_open(&files, &q, 0, why, sizeof(why));
+        ck_assert_int_ge(fd, 0);
+        /* Root's own file, nobody else may write it: loaded as it is. */
+        ck_assert_int_eq(fcntl(fd, F_GET_SEALS) < 0 || geteuid() != 0, 1);
+        assert_fd_reads(fd, "kernel image");
+        write_file(kpath, "kernel imagE"); /* ...changed: refused */
+        ck_assert_int_eq(privsep_helper_kexec_open(&files, &q, 0, why, sizeof(why)), -EBADMSG);
+        ck_assert_ptr_nonnull(strstr(why, ksha));
+        files.n_staging_dirs = 0;
+        ck_assert_int_eq(privsep_helper_kexec_open(&files, &q, 0, why, sizeof(why)),
+                         -STAGEPATH_NOT_ALLOWED);
+        ck_assert_int_eq(privsep_helper_kexec_open(NULL, &q, 0, why, sizeof(why)),
+                         -STAGEPATH_NOT_ALLOWED);
+        write_file(kpath, "kernel image");
+
+        /* Through a helper that trusts "release" and requires signatures. */
+        files = *staging_in_tmpdir();
+        files.trusted_keys_dir = keys;
+        files.require_signature = true;
+        rig_files = &files;
+        rig_start(&g, NULL, true, NULL);
+        b = g.proxy;
+        before = calls(&g);
+        ck_assert_int_eq(load(b, "vmlinuz", ksha, "initrd", isha, "ro quiet"), -EKEYREJECTED);
+        ck_assert_int_eq(
+                privsep_proxy_kexec_load(
+                        b, &(struct privsep_kexec_args){ .kernel_path = kpath,
+                                                         .kernel_sha256 = ksha,
+                                                         .initrd_path = ipath,
+                                                         .initrd_sha256 = isha,
+                                                         .cmdline = "ro quiet init=/bin/sh",
+                                                         .key_id = "release",
+                                                         .signature = sig }),
+                -EKEYREJECTED);
+        ck_assert_int_eq(calls(&g), before);
+        ck_assert(!kloaded(b));
+        ck_assert_int_eq(
+                privsep_proxy_kexec_load(b, &(struct privsep_kexec_args){ .kernel_path = kpath,
+                                                                          .kernel_sha256 = ksha,
+                                                                          .initrd_path = ipath,
+                                                                          .initrd_sha256 = isha,
+                                                                          .cmdline = "ro quiet",
+                                                                          .key_id = "release",
+                                                                          .signature = sig }),
+                0);
+        ck_assert(kloaded(b));
+        /* Loaded and signed, but normal: no reboot; prepared: the reboot goes through. */
+        ck_assert_int_eq(b->ops->reboot(b), -EPERM);
+        ck_assert_int_eq(pstate(b), LUO_STATE_NORMAL);
+        ck_assert_int_eq(b->ops->set_event(b, LUO_EVENT_PREPARE), 0);
+        ck_assert_int_eq(privsep_helper_reboot_check(&g.kernel->base, why, sizeof(why)), 0);
+        ck_assert_int_eq(b->ops->reboot(b), 0);
+        ck_assert_int_eq(pstate(b), LUO_STATE_FROZEN);
+        rig_stop(&g);
+}
+END_TEST
+
 /* ---- the helper gone, a failed HELLO, the stop ------------------------------ */
 
 static atomic_int lost_calls;
@@ -1173,6 +1521,7 @@ static Suite *privsep_suite(void)
         tcase_add_test(tc, test_decoders);
         tcase_add_test(tc, test_open_files);
         tcase_add_test(tc, test_helper_refuses_outside_staging);
+        tcase_add_test(tc, test_helper_policy);
         tcase_add_test(tc, test_helper_gone);
         tcase_add_test(tc, test_event_channel_closed_is_a_loss);
         tcase_add_test(tc, test_hello_error);
