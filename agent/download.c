@@ -5,13 +5,20 @@
  * answering reads and long-polls meanwhile).
  *
  * What the transfer may do is fixed here, not left to libcurl's defaults or
- * the environment: protocols https and file (http only with --allow-http),
- * the same for redirects minus file (at most 5), certificate and host name
+ * the environment: protocol https (http only with --allow-http), the same
+ * for redirects (at most 5), certificate and host name
  * verification always on (--ca-bundle or the system store), no proxy (the
  * environment's http_proxy/https_proxy are ignored: an agent's downloads go
  * where the URL says), a size cap checked against the announced length and
  * against the bytes received, a connect timeout, a total timeout per attempt
  * and a low-speed limit that catches a stalled server well before it.
+ *
+ * file:/// URLs never reach libcurl: the path (download_file_url_path())
+ * is opened the way a staged path is (stagepath_open() in the staging
+ * directories: no symlink swapped in on the way, no hard link of somebody
+ * else's file) and copied here. Otherwise an operator could have the
+ * network process read any file its user can, and the digest-mismatch
+ * answer (and its replay) would hand out that file's size and SHA-256.
  *
  * Bytes are hashed as they are written; a mismatch fails the download.
  * A stopping agent abandons the transfer (503 shutting-down; the progress
@@ -23,12 +30,14 @@
  * Owns nothing beyond a call; libcurl's global init once (pthread_once).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -38,11 +47,13 @@
 
 #include "download.h"
 #include "luofleet/macro.h"
+#include "luofleet/stagepath.h"
 #include "luofleet/util.h"
 
 #define DOWNLOAD_MAX_REDIRS 5
 #define BACKOFF_FIRST_MS 250
 #define BACKOFF_MAX_MS 8000
+#define FILE_PROGRESS_BYTES (1024 * 1024) /* a file:// copy reports progress this often */
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_result = CURLE_FAILED_INIT;
@@ -61,6 +72,42 @@ bool download_url_allowed(const char *url, bool allow_http)
         if (strncasecmp(url, "file:///", 8) == 0 && url[8])
                 return true;
         return allow_http && strncasecmp(url, "http://", 7) == 0 && url[7];
+}
+
+static int hex_value(char c)
+{
+        if (c >= '0' && c <= '9')
+                return c - '0';
+        if (c >= 'a' && c <= 'f')
+                return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F')
+                return c - 'A' + 10;
+        return -1;
+}
+
+int download_file_url_path(const char *url, char *path, size_t size)
+{
+        size_t n = 0;
+
+        if (!url || !path || size == 0 || strncasecmp(url, "file:///", 8) != 0)
+                return -EINVAL;
+        for (const char *p = url + 7; *p; p++) {
+                unsigned char c = (unsigned char)*p;
+                if (c == '?' || c == '#')
+                        return -EINVAL;
+                if (c == '%') {
+                        int hi = hex_value(p[1]), lo = hi >= 0 ? hex_value(p[2]) : -1;
+                        if (lo < 0 || (hi == 0 && lo == 0))
+                                return -EINVAL;
+                        c = (unsigned char)(hi * 16 + lo);
+                        p += 2;
+                }
+                if (n + 1 >= size)
+                        return -ENAMETOOLONG;
+                path[n++] = (char)c;
+        }
+        path[n] = 0;
+        return stagepath_valid(path) ? 0 : -EINVAL;
 }
 
 struct xfer {
@@ -159,7 +206,7 @@ static void sleep_backoff(unsigned attempt)
 static int setup(CURL *c, const struct download_opts *o, const char *url, struct xfer *x,
                  char *errbuf)
 {
-        const char *protos = o->allow_http ? "https,http,file" : "https,file";
+        const char *protos = o->allow_http ? "https,http" : "https"; /* file: file_download() */
         const char *redir = o->allow_http ? "https,http" : "https";
         long low_speed_time;
 
@@ -209,6 +256,148 @@ static void failf(struct download_error *err, int status, const char *code, cons
         va_end(ap);
 }
 
+/* The file a file:/// URL names, opened as a staged path is; -EPROTO with err filled. */
+static int file_open(const struct download_opts *o, const char *url, struct download_error *err)
+{
+        char path[4096];
+        struct stat before, st;
+        int fd;
+
+        if (download_file_url_path(url, path, sizeof(path)) < 0) {
+                failf(err, 422, "path-not-allowed",
+                      "%s does not name an absolute path without '.', '..' or empty components",
+                      url);
+                return -EPROTO;
+        }
+        if (o->file_dirs)
+                fd = stagepath_open(path, o->file_dirs, o->n_file_dirs);
+        else if (stat(path, &before) < 0)
+                fd = negative_errno();
+        else if (!S_ISREG(before.st_mode))
+                fd = -STAGEPATH_NOT_REGULAR; /* a FIFO would block, some devices act */
+        else {
+                fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+                if (fd < 0)
+                        fd = negative_errno();
+                else if (fstat(fd, &st) < 0 || st.st_ino != before.st_ino ||
+                         st.st_dev != before.st_dev) {
+                        close(fd);
+                        fd = -STAGEPATH_NOT_REGULAR;
+                }
+        }
+        if (fd >= 0)
+                return fd;
+        if (fd == -STAGEPATH_NOT_ALLOWED)
+                failf(err, 422, "path-not-allowed",
+                      "%s is not inside an allowed staging directory (symlinks resolved)", path);
+        else if (fd == -STAGEPATH_NOT_REGULAR)
+                failf(err, 422, "not-a-regular-file", "%s is not a regular file", path);
+        else {
+                char eb[16];
+                snprintf(err->curl_error, sizeof(err->curl_error), "cannot open %.200s: %s", path,
+                         errno_name(fd, eb));
+                failf(err, 502, "download-failed", "%s (after 1 attempt)", err->curl_error);
+        }
+        return -EPROTO;
+}
+
+/* A file:/// URL: the file copied into fd, hashed, capped and reported like a transfer. */
+static int file_download(const struct download_opts *o, const char *url, int fd,
+                         const char *want_sha256, download_progress_fn progress, void *userdata,
+                         struct download_error *err, uint64_t *ret_size)
+{
+        _cleanup_close_ int src = -1;
+        uint8_t buf[65536], md[32];
+        uint64_t total = 0, size = 0, reported = 0;
+        unsigned md_len = 0;
+        EVP_MD_CTX *ctx = NULL;
+        struct stat st;
+        char got[65];
+        int r = 0;
+
+        err->attempts = 1;
+        src = file_open(o, url, err);
+        if (src < 0)
+                return src;
+        if (fstat(src, &st) == 0 && st.st_size > 0)
+                size = (uint64_t)st.st_size;
+        if (size > o->max_bytes) {
+                failf(err, 422, "download-too-large",
+                      "the file is larger than the limit of %llu bytes",
+                      (unsigned long long)o->max_bytes);
+                return -EPROTO;
+        }
+        if (ftruncate(fd, 0) < 0 || lseek(fd, 0, SEEK_SET) < 0)
+                return negative_errno();
+        ctx = EVP_MD_CTX_new();
+        if (!ctx)
+                return -ENOMEM;
+        if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1) {
+                r = -EIO;
+                goto out;
+        }
+        for (;;) {
+                if (progress && (total == 0 || total - reported >= FILE_PROGRESS_BYTES)) {
+                        reported = total;
+                        if (!progress(userdata, total, size)) {
+                                failf(err, 503, "shutting-down",
+                                      "the agent is shutting down: download abandoned");
+                                r = -EPROTO;
+                                goto out;
+                        }
+                }
+                ssize_t n = read(src, buf, sizeof(buf));
+                if (n < 0) {
+                        char eb[16];
+                        if (errno == EINTR)
+                                continue;
+                        snprintf(err->curl_error, sizeof(err->curl_error), "cannot read %.200s: %s",
+                                 url, errno_name(negative_errno(), eb));
+                        failf(err, 502, "download-failed", "%s (after 1 attempt)", err->curl_error);
+                        r = -EPROTO;
+                        goto out;
+                }
+                if (n == 0)
+                        break;
+                if (total + (uint64_t)n > o->max_bytes) {
+                        failf(err, 422, "download-too-large",
+                              "the file is larger than the limit of %llu bytes",
+                              (unsigned long long)o->max_bytes);
+                        r = -EPROTO;
+                        goto out;
+                }
+                if (EVP_DigestUpdate(ctx, buf, (size_t)n) != 1) {
+                        r = -EIO;
+                        goto out;
+                }
+                r = write_all(fd, buf, (size_t)n);
+                if (r < 0)
+                        goto out;
+                total += (uint64_t)n;
+        }
+        if (EVP_DigestFinal_ex(ctx, md, &md_len) != 1 || md_len != 32) {
+                r = -EIO;
+                goto out;
+        }
+        hex_encode(md, 32, got);
+        if (strcasecmp(got, want_sha256) != 0) {
+                memcpy(err->actual_sha256, got, sizeof(got));
+                failf(err, 422, "digest-mismatch",
+                      "the SHA-256 of the %llu bytes downloaded does not match",
+                      (unsigned long long)total);
+                r = -EPROTO;
+                goto out;
+        }
+        if (fsync(fd) < 0) {
+                r = negative_errno();
+                goto out;
+        }
+        *ret_size = total;
+out:
+        EVP_MD_CTX_free(ctx);
+        return r;
+}
+
 int download_to_fd(const struct download_opts *o, const char *url, int fd, const char *want_sha256,
                    download_progress_fn progress, void *userdata, struct download_error *err,
                    uint64_t *ret_size)
@@ -231,6 +420,8 @@ int download_to_fd(const struct download_opts *o, const char *url, int fd, const
                 failf(err, 400, "url-not-allowed", "the URL's scheme is not allowed");
                 return -EPROTO;
         }
+        if (strncasecmp(url, "file:", 5) == 0)
+                return file_download(o, url, fd, want_sha256, progress, userdata, err, ret_size);
         x.md = EVP_MD_CTX_new();
         c = curl_easy_init();
         if (!x.md || !c) {

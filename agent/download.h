@@ -5,6 +5,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 struct download_opts {
@@ -14,6 +15,14 @@ struct download_opts {
         uint64_t connect_ms;
         uint64_t timeout_ms; /* whole transfer, per attempt */
         unsigned retries;    /* attempts after the first */
+        /*
+         * The directories a file:/// URL may name (stagepath.h's rules; the
+         * file is opened with stagepath_open(), never by libcurl). NULL: the
+         * caller confined the path already (h_actions.c does, with the
+         * agent's --staging-dir) and the file is opened by name here.
+         */
+        char *const *file_dirs;
+        unsigned n_file_dirs;
 };
 
 /*
@@ -25,7 +34,8 @@ typedef bool (*download_progress_fn)(void *userdata, uint64_t done, uint64_t tot
 
 struct download_error {
         int status;       /* HTTP status for the problem */
-        const char *code; /* download-failed, download-too-large, digest-mismatch, shutting-down */
+        const char *code; /* download-failed, download-too-large, digest-mismatch, shutting-down;
+                             file:// also path-not-allowed, not-a-regular-file */
         char detail[384];
         long http_status;       /* the server's last status, 0 = none */
         char curl_error[256];   /* libcurl's message, "" = none */
@@ -35,6 +45,14 @@ struct download_error {
 
 /* https and file always; http only when allowed. Case-insensitive scheme. */
 bool download_url_allowed(const char *url, bool allow_http);
+
+/*
+ * The path a file:/// URL names: what follows "file://", percent-decoded
+ * (no %00, no '?' or '#': a query or fragment would make the name
+ * ambiguous), then stagepath_valid() (absolute, no '.', '..' or empty
+ * components, no control characters). 0, -EINVAL or -ENAMETOOLONG.
+ */
+int download_file_url_path(const char *url, char *path, size_t size);
 
 /*
  * Download url into fd (truncated first, and again before each retry),

@@ -12,12 +12,15 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
+#include <unistd.h>
 
 #include "agent.h"
 #include "body.h"
 #include "download.h"
 #include "http.h"
 #include "luofleet/sign.h"
+#include "luofleet/stagepath.h"
 #include "lease.h"
 #include "ops.h"
 #include "router.h"
@@ -214,6 +217,55 @@ static int field_problem(struct http_reply *rep, int status, const char *code, c
 }
 
 /*
+ * A file:/// URL is read by this process (download.c): only inside the
+ * staging directories, the way a path is (stagepath_open()), or an operator
+ * would learn the size and SHA-256 of any file the run user can read from
+ * the digest-mismatch answer. Refused here with the answer a path outside
+ * is given (422 path-not-allowed, the same detail and allowed_dirs), before an
+ * operation exists; a file that is missing or unreadable is the download's
+ * to report. 1 ok, 0 answered.
+ */
+static int file_url_allowed(const struct agent_config *cfg, const char *key, const char *url,
+                            struct http_reply *rep)
+{
+        char *const *dirs = cfg ? cfg->staging_dirs : NULL;
+        unsigned n = cfg ? cfg->n_staging_dirs : 0;
+        char path[4096], names[512] = "";
+        size_t len = 0;
+        json_t *list;
+        int fd;
+
+        if (download_file_url_path(url, path, sizeof(path)) < 0)
+                return field_problem(rep, 400, "invalid-field", key,
+                                     "%s.url: a file:/// URL must name an absolute path without "
+                                     "'.', '..' or empty components, '?' or '#'",
+                                     key);
+        fd = stagepath_open(path, dirs, n);
+        if (fd != -STAGEPATH_NOT_ALLOWED) {
+                if (fd >= 0)
+                        close(fd);
+                return 1;
+        }
+        list = json_array();
+        for (unsigned i = 0; i < n; i++) {
+                int k = snprintf(names + len, sizeof(names) - len, "%s%s", i ? ", " : "", dirs[i]);
+                if (k < 0 || (size_t)k >= sizeof(names) - len) {
+                        names[len] = 0;
+                        break;
+                }
+                len += (size_t)k;
+                json_array_append_new(list, json_string(dirs[i]));
+        }
+        http_reply_problem(rep, 422, "path-not-allowed",
+                           "%s: %s is not inside an allowed staging directory (symlinks "
+                           "resolved); allowed: %s (the agent's --staging-dir)",
+                           key, url, names[0] ? names : "none");
+        json_object_set_new(rep->json, "field", json_string(key));
+        json_object_set_new(rep->json, "allowed_dirs", list ? list : json_array());
+        return 0;
+}
+
+/*
  * {"path": ABS, "sha256": HEX} or {"url": URL, "sha256": HEX} (download.c);
  * the initrd takes the kernel's form. 1 ok, 0 answered.
  */
@@ -263,6 +315,8 @@ static int parse_file(json_t *body, const char *key, bool required, struct http_
                                              cfg && cfg->allow_http
                                                      ? " and http://"
                                                      : " (http:// needs --allow-http)");
+                if (strncasecmp(url, "file:", 5) == 0 && !file_url_allowed(cfg, key, url, rep))
+                        return 0;
         } else {
                 if (!body_string(f, "path", 1, 4095, path, 4096, &present, rep))
                         return 0;
