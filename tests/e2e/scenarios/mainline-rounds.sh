@@ -122,7 +122,9 @@ start_sample() {
 
 # end_sample J (in boot J+2): the data back; into $D/blackouts: J, the kind, the blackout, and
 # this kernel's uptime at /init and when the data was back (ms), to split the blackout into
-# the jump (reboot call or event -> this kernel's clock starts), the kernel's boot and user space
+# the jump (reboot call or event -> this kernel's clock starts), the kernel's boot and user space;
+# then user space's own parts as the program that gets the data back saw them (ms): waiting
+# for the broker (its start-up in this boot; 0 for raw), the session, the fd, reading it back
 end_sample() {
         _s=$D/s$1
         if [ "$(kind "$1")" = raw ]; then
@@ -130,13 +132,17 @@ end_sample() {
                 cat "$_s/raw.out"
                 BLK=$(val "$_s/raw.out" blackout_host_ms)
                 UP=$(val "$_s/raw.out" uptime_at_verified_ms)
+                PARTS="0 $(val "$_s/raw.out" retrieve_session_ms) $(val "$_s/raw.out" retrieve_ms)"
+                PARTS="$PARTS $(sed -n 's/.*, verify \([0-9.]*\) ms$/\1/p' "$_s/raw.out")"
         else
                 # The workload starts with the machine, as a VMM would: it waits for the
                 # broker's socket, not for the agent's HTTP side.
+                log "sample $1: the workload starts"
                 $WL --socket="$SOCK" --name="vm$1" --session=ram --mib="$MIB" --seed="$1" \
                         --reboot-time="$_s/reboot" --wait=60 restore >"$_s/restore.out" 2>&1 &
                 _w=$!
                 start_agent --backend=auto --state-dir="$D/state-$1" --sessions-socket="$SOCK"
+                log "sample $1: the agent is up"
                 wait "$_w" || { cat "$_s/restore.out"; fail "restore"; }
                 # the uptime when the workload wrote reboot.back (its blackout's end): now, less
                 # the host-clock time between that file and one written now
@@ -146,6 +152,10 @@ end_sample() {
                 cat "$_s/restore.out"
                 grep -q "checksum ok" "$_s/restore.out" || fail "not bit-exact"
                 BLK=$(sed -n 's/^blackout-to-data-ms-by-mtime=//p' "$_s/restore.out")
+                PARTS=""
+                for _k in connect-ms retrieve-session-ms retrieve-ms verify-ms; do
+                        PARTS="$PARTS $(sed -n "s/^$_k=//p" "$_s/restore.out")"
+                done
                 req POST /v1/finish "{\"operation_id\":\"mr$1:finish\"}" -t 30
                 expect_status 200 "finish"
                 stop_agent
@@ -153,7 +163,10 @@ end_sample() {
         fi
         { [ -n "$BLK" ] && [ -n "$UP" ]; } || fail "no blackout figure for sample $1"
         _i=$(echo "$INIT_UPTIME" | awk '{ printf "%d", $1 * 1000 }')
-        echo "$1 $(kind "$1") $BLK $_i $UP" >>"$D/blackouts"
+        # shellcheck disable=SC2086 # four numbers
+        set -- "$1" $PARTS
+        [ $# -eq 5 ] || fail "sample $1: user space's parts are not four numbers: '$PARTS'"
+        echo "$1 $(kind "$1") $BLK $_i $UP $2 $3 $4 $5" >>"$D/blackouts"
         ok "blackout sample $1 ($(kind "$1")): $BLK ms; uptime at /init $_i ms, at the data back $UP ms"
 }
 
@@ -175,7 +188,11 @@ report() {
                 "blackout_raw_ms=$braw blackout_agent_ms=$bagt" \
                 "blackout_raw_median_ms=$(median "$braw") blackout_agent_median_ms=$(median "$bagt")" \
                 "blackout_raw_init_ms=$(col raw 4) blackout_agent_init_ms=$(col agent 4)" \
-                "blackout_raw_up_ms=$(col raw 5) blackout_agent_up_ms=$(col agent 5)"
+                "blackout_raw_up_ms=$(col raw 5) blackout_agent_up_ms=$(col agent 5)" \
+                "user_raw_wait_ms=$(col raw 6) user_agent_wait_ms=$(col agent 6)" \
+                "user_raw_session_ms=$(col raw 7) user_agent_session_ms=$(col agent 7)" \
+                "user_raw_fd_ms=$(col raw 8) user_agent_fd_ms=$(col agent 8)" \
+                "user_raw_read_ms=$(col raw 9) user_agent_read_ms=$(col agent 9)"
 }
 
 case "$BOOT" in
