@@ -197,11 +197,14 @@ static const char spec_usage[] =
         "                                              replace the file's list), e.g.\n"
         "                                              \"mon-fri 02:00-05:00 Europe/Berlin\"\n"
         "  --auto-rollback                             auto_rollback: true\n"
+        "  --force                                     force: true (update hosts that run the\n"
+        "                                              target release already, too)\n"
         "  --id=ID                                     id\n"
         "\n"
         "plan: ask the controller for the plan (dry_run) and print the waves, the\n"
-        "skipped hosts and the expected duration. create: create the rollout and print\n"
-        "its id. --output=json prints the controller's Plan or Rollout document.\n";
+        "skipped hosts, the hosts already on the target release (left alone unless\n"
+        "--force) and the expected duration. create: create the rollout and print its\n"
+        "id. --output=json prints the controller's Plan or Rollout document.\n";
 
 enum {
         SP_KERNEL_URL = 0x200,
@@ -222,6 +225,7 @@ enum {
         SP_LEASE,
         SP_WINDOW,
         SP_AUTO_ROLLBACK,
+        SP_FORCE,
         SP_ID,
 };
 
@@ -382,6 +386,9 @@ static int spec_opt(int c, const char *arg, void *userdata)
         case SP_AUTO_ROLLBACK:
                 spec_set(a->flags, "auto_rollback", json_true());
                 return 0;
+        case SP_FORCE:
+                spec_set(a->flags, "force", json_true());
+                return 0;
         case SP_ID:
                 spec_set(a->flags, "id", json_string(arg));
                 return 0;
@@ -432,6 +439,7 @@ static int rollout_spec_cmd(struct cli *cli, bool plan, int argc, char **argv)
                 { "lease", required_argument, NULL, SP_LEASE },
                 { "window", required_argument, NULL, SP_WINDOW },
                 { "auto-rollback", no_argument, NULL, SP_AUTO_ROLLBACK },
+                { "force", no_argument, NULL, SP_FORCE },
                 { "id", required_argument, NULL, SP_ID },
                 {},
         };
@@ -530,6 +538,9 @@ static int rollout_spec_cmd(struct cli *cli, bool plan, int argc, char **argv)
                 json_array_foreach (json_object_get(doc, "skipped"), i, s)
                         printf("skipped: %s (%s)\n", json_str(s, "host") ?: "?",
                                json_str(s, "reason") ?: "?");
+                json_array_foreach (json_object_get(doc, "already_current"), i, s)
+                        printf("already current: %s (runs %s; --force updates it again)\n",
+                               json_str(s, "host") ?: "?", json_str(s, "kernel") ?: "?");
                 printf("%lld hosts in %zu waves, expected duration %s\n",
                        (long long)json_integer_value(json_object_get(doc, "hosts")),
                        json_array_size(json_object_get(doc, "waves")),
@@ -632,8 +643,9 @@ static int rollout_get(struct cli *cli, const char *id, json_t **ret)
 
 static void print_counters(const json_t *c)
 {
-        static const char *const keys[] = { "total", "pending", "in_progress", "unavailable",
-                                            "done",  "failed",  "cancelled",   "skipped" };
+        static const char *const keys[] = { "total",       "pending", "in_progress",
+                                            "unavailable", "done",    "failed",
+                                            "cancelled",   "skipped", "already_current" };
         printf("hosts:");
         for (size_t i = 0; i < ELEMENTSOF(keys); i++)
                 printf(" %s %lld%s", keys[i],

@@ -140,13 +140,14 @@ static json_t *rollout_json(const struct rollout *ro, bool full)
                                n.by_phase[PH_VERIFYING] + n.by_phase[PH_FINISHING];
         json_object_set_new(
                 o, "counters",
-                json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "total",
+                json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "total",
                           (json_int_t)ro->nhosts, "pending", (json_int_t)n.by_phase[PH_PENDING],
                           "in_progress", (json_int_t)in_progress, "unavailable",
                           (json_int_t)n.unavailable, "done", (json_int_t)n.by_phase[PH_DONE],
                           "failed", (json_int_t)n.by_phase[PH_FAILED], "cancelled",
                           (json_int_t)n.by_phase[PH_CANCELLED], "skipped",
-                          (json_int_t)n.by_phase[PH_SKIPPED]));
+                          (json_int_t)n.by_phase[PH_SKIPPED], "already_current",
+                          (json_int_t)n.by_phase[PH_CURRENT]));
         if (full) {
                 json_object_set_new(o, "plan", json_deep_copy(ro->rec.plan));
                 json_t *hosts = json_array();
@@ -645,6 +646,46 @@ static void make_id(struct controller *c, char buf[static STORE_ID_MAX])
         }
 }
 
+/*
+ * The plan's "already_current": [{"host", "kernel"}], the selected hosts that the controller
+ * last saw at rest on the target's release (engine_host_current): the rollout leaves them
+ * alone (phase already-current). Hosts not known to be current then are checked again when
+ * their wave starts. Called with c->lock held.
+ */
+static int plan_already_current(struct controller *c, const json_t *spec, json_t *plan)
+{
+        json_t *list = json_array(), *wv, *hn;
+        size_t i, j;
+
+        if (!list || json_object_set_new(plan, "already_current", list) < 0)
+                return -ENOMEM;
+        json_array_foreach (json_object_get(plan, "waves"), i, wv)
+                json_array_foreach (json_object_get(wv, "hosts"), j, hn) {
+                        struct host *h = engine_host_find(c, json_string_value(hn));
+                        if (!h || !h->rec.reachable || !engine_host_current(spec, h->rec.state))
+                                continue;
+                        if (json_array_append_new(
+                                    list, json_pack("{s:O, s:O}", "host", hn, "kernel",
+                                                    json_object_get(h->rec.state, "kernel"))) < 0)
+                                return -ENOMEM;
+                }
+        return 0;
+}
+
+/* The release a host of the plan's "already_current" runs, or NULL. */
+static const char *current_kernel(const json_t *plan, const char *host)
+{
+        const json_t *e;
+        size_t i;
+
+        json_array_foreach (json_object_get(plan, "already_current"), i, e) {
+                const char *n = json_string_value(json_object_get(e, "host"));
+                if (n && strcmp(n, host) == 0)
+                        return json_string_value(json_object_get(e, "kernel"));
+        }
+        return NULL;
+}
+
 int controller_rollout_create(struct controller *c, const json_t *spec, json_t **ret,
                               int *status_code, struct ctl_problem *p)
 {
@@ -666,6 +707,10 @@ int controller_rollout_create(struct controller *c, const json_t *spec, json_t *
                                                      "labels", c->hosts[i]->rec.labels));
         if (rollout_plan(norm, inv, &plan, p) < 0)
                 goto out;
+        if (plan_already_current(c, norm, plan) < 0) {
+                problem(p, 500, "internal-error", NULL, "out of memory");
+                goto out;
+        }
         if (dry_run) {
                 *ret = TAKE_PTR(plan);
                 *status_code = 200;
@@ -731,6 +776,13 @@ int controller_rollout_create(struct controller *c, const json_t *spec, json_t *
                         snprintf(rh->rec.name, sizeof(rh->rec.name), "%s", json_string_value(hn));
                         rh->rec.wave = json_is_integer(idx) ? (int)json_integer_value(idx) : (int)i;
                         snprintf(rh->rec.phase, sizeof(rh->rec.phase), "pending");
+                        const char *run = current_kernel(plan, rh->rec.name);
+                        if (run) {
+                                snprintf(rh->rec.phase, sizeof(rh->rec.phase), "%s",
+                                         phase_to_string(PH_CURRENT));
+                                snprintf(rh->rec.kernel, sizeof(rh->rec.kernel), "%s", run);
+                                rh->rec.finished_at = now;
+                        }
                         rh->rec.blackout_ms = -1;
                         rh->rec.last_index = -1;
                         rh->dirty = true;

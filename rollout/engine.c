@@ -37,7 +37,7 @@ static const char *const phase_names[_PH_MAX] = {
         [PH_PENDING] = "pending",     [PH_STAGING] = "staging", [PH_PREPARED] = "prepared",
         [PH_REBOOTING] = "rebooting", [PH_UPDATED] = "updated", [PH_VERIFYING] = "verifying",
         [PH_FINISHING] = "finishing", [PH_DONE] = "done",       [PH_FAILED] = "failed",
-        [PH_CANCELLED] = "cancelled", [PH_SKIPPED] = "skipped",
+        [PH_CANCELLED] = "cancelled", [PH_SKIPPED] = "skipped", [PH_CURRENT] = "already-current",
 };
 static const char *const step_names[_STEP_MAX] = {
         [STEP_NONE] = "",
@@ -96,7 +96,8 @@ enum rstatus rstatus_from_string(const char *s)
 
 bool phase_terminal(enum phase p)
 {
-        return p == PH_DONE || p == PH_FAILED || p == PH_CANCELLED || p == PH_SKIPPED;
+        return p == PH_DONE || p == PH_FAILED || p == PH_CANCELLED || p == PH_SKIPPED ||
+               p == PH_CURRENT;
 }
 
 bool phase_unavailable(enum phase p)
@@ -128,6 +129,16 @@ int64_t engine_now_mono_ms(struct controller *c)
 static const char *jstr(const json_t *o, const char *key)
 {
         return json_string_value(json_object_get(o, key));
+}
+
+bool engine_host_current(const json_t *spec, const json_t *state)
+{
+        const char *want = jstr(json_object_get(spec, "target"), "release");
+        const char *st = jstr(state, "state"), *run = jstr(state, "kernel");
+
+        if (json_is_true(json_object_get(spec, "force")) || !want || !*want || !st || !run)
+                return false;
+        return strcmp(st, "normal") == 0 && strcmp(run, want) == 0;
 }
 
 enum obs_verdict engine_observe(const struct store_rhost *h, enum step step, const json_t *state)
@@ -468,7 +479,7 @@ void engine_set_phase(struct controller *c, struct rhost *rh, enum phase p, cons
         int64_t now = engine_now_wall_ms(c);
         rh->phase = p;
         snprintf(rh->rec.phase, sizeof(rh->rec.phase), "%s", phase_to_string(p));
-        if (p != PH_PENDING && p != PH_SKIPPED && !rh->rec.started_at)
+        if (p != PH_PENDING && p != PH_SKIPPED && p != PH_CURRENT && !rh->rec.started_at)
                 rh->rec.started_at = now;
         if (phase_terminal(p))
                 rh->rec.finished_at = now;
@@ -1331,6 +1342,24 @@ static bool tick_two_phase_failure(struct controller *c, struct rollout *ro)
         return true;
 }
 
+/* The wave's pending hosts that run the target already: left alone, whatever the budget or
+ * the window (nothing is done to them). */
+static void mark_current(struct controller *c, struct rollout *ro, int wave)
+{
+        for (size_t i = 0; i < ro->nhosts; i++) {
+                struct rhost *rh = &ro->hosts[i];
+                if (rh->rec.wave != wave || rh->phase != PH_PENDING || !rh->host ||
+                    !rh->host->rec.reachable ||
+                    !engine_host_current(ro->rec.spec, rh->host->rec.state))
+                        continue;
+                const char *run = jstr(rh->host->rec.state, "kernel");
+                char detail[STORE_KERNEL_MAX + 32];
+                snprintf(rh->rec.kernel, sizeof(rh->rec.kernel), "%s", run);
+                snprintf(detail, sizeof(detail), "the host runs %s already", run);
+                engine_set_phase(c, rh, PH_CURRENT, detail);
+        }
+}
+
 static void start_wave(struct controller *c, struct rollout *ro, int wave)
 {
         ro->rec.current_wave = wave;
@@ -1417,6 +1446,7 @@ void engine_tick(struct controller *c, struct rollout *ro)
                 start_wave(c, ro, 0);
         }
         int wave = ro->rec.current_wave;
+        mark_current(c, ro, wave);
         engine_count(ro, wave, &w);
         unsigned wave_total = 0, wave_terminal = 0;
         for (int p = 0; p < _PH_MAX; p++) {
@@ -1437,7 +1467,9 @@ void engine_tick(struct controller *c, struct rollout *ro)
                 }
                 if (ro->status == RS_PAUSED)
                         return;
-                if (now_wall < ro->rec.wave_finished_at + ro->lim.soak_ms)
+                /* A wave that changed nothing (every host current already) needs no soak. */
+                if (w.by_phase[PH_CURRENT] < wave_total &&
+                    now_wall < ro->rec.wave_finished_at + ro->lim.soak_ms)
                         return;
                 if (!window_open(c, ro, &extra, detail, sizeof(detail))) {
                         engine_set_status(c, ro, RS_BLOCKED, "outside-window", detail, extra);
@@ -1445,6 +1477,7 @@ void engine_tick(struct controller *c, struct rollout *ro)
                 }
                 start_wave(c, ro, wave + 1);
                 wave++;
+                mark_current(c, ro, wave);
                 engine_count(ro, wave, &w);
         }
         if (ro->status == RS_PAUSED)

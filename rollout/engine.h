@@ -36,6 +36,7 @@ enum phase {
         PH_FAILED,
         PH_CANCELLED,
         PH_SKIPPED,
+        PH_CURRENT, /* "already-current": ran the target already, left alone */
         _PH_MAX,
 };
 
@@ -70,6 +71,15 @@ const char *rstatus_to_string(enum rstatus s);
 enum rstatus rstatus_from_string(const char *s);
 bool phase_terminal(enum phase p);
 bool phase_unavailable(enum phase p); /* rebooting, updated, verifying, finishing */
+
+/*
+ * Does a host whose last state document is state already run the target of the
+ * normalised spec: at rest ("normal") on the kernel release the target names? Never
+ * with "force": true, without a target release, or without a state. (The agent
+ * verifies a new boot by release, version and build id; it does not keep the image's
+ * digest, so the release decides.)
+ */
+bool engine_host_current(const json_t *spec, const json_t *state);
 bool rstatus_finished(enum rstatus s);
 
 struct rhost;

@@ -515,7 +515,7 @@ static int check_timeouts(const json_t *t, json_t *out, struct ctl_problem *p)
 static const char *const spec_members[] = { "id",      "target",        "selector",
                                             "hosts",   "strategy",      "timeouts",
                                             "windows", "lease_seconds", "auto_rollback",
-                                            "dry_run" };
+                                            "dry_run", "force" };
 
 static int normalize(const json_t *in, json_t *out, struct ctl_problem *p)
 {
@@ -560,6 +560,9 @@ static int normalize(const json_t *in, json_t *out, struct ctl_problem *p)
         json_t *dry = json_object_get(in, "dry_run");
         if (dry && !json_is_boolean(dry))
                 return invalid(p, "dry_run", "dry_run is a boolean");
+        json_t *force = json_object_get(in, "force");
+        if (force && !json_is_boolean(force))
+                return invalid(p, "force", "force is a boolean");
 
         if (json_object_set_new(out, "target", json_deep_copy(target)) < 0 ||
             json_object_set_new(out, "selector", sel ? json_deep_copy(sel) : json_object()) < 0 ||
@@ -581,6 +584,9 @@ static int normalize(const json_t *in, json_t *out, struct ctl_problem *p)
             json_object_set_new(out, "lease_seconds",
                                 json_integer(lease ? json_integer_value(lease) : 0)) < 0 ||
             json_object_set_new(out, "auto_rollback", json_boolean(ar && json_is_true(ar))) < 0)
+                return problem(p, 500, "internal-error", NULL, "out of memory");
+        /* Kept only when true: specs stored before it existed stay equal to their own. */
+        if (json_is_true(force) && json_object_set_new(out, "force", json_true()) < 0)
                 return problem(p, 500, "internal-error", NULL, "out of memory");
         v = json_object_get(in, "id");
         if (v && json_object_set_new(out, "id", json_deep_copy(v)) < 0)

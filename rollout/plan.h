@@ -24,9 +24,9 @@ enum rollout_mode {
  * Validate a RolloutSpec and return the normalised copy: every default filled
  * in, Durations as integers of milliseconds in members with an "_ms" suffix
  * ("soak_ms", "timeouts": {"stage_ms", ...}), Counts kept as given (int or
- * "N%"), "windows" validated (window.h), "dry_run" removed, "id" kept only
- * when given. Unknown members are refused (400 invalid-field, p->field names
- * the member). Returns 0, or -1 with p filled (status 400 or 422).
+ * "N%"), "windows" validated (window.h), "dry_run" removed, "force" kept only when true, "id" kept
+ * only when given. Unknown members are refused (400 invalid-field, p->field names the member).
+ * Returns 0, or -1 with p filled (status 400 or 422).
  *
  * Clarifications: a missing "target" or "target.kernel" is 400 missing-field;
  * everything else wrong is 400 invalid-field with p->field the dotted member

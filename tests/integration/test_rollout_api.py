@@ -556,7 +556,8 @@ class TestHttp(RolloutTestCase):
             self.assertIn(name, schemas)
         self.assertEqual(schemas["HostPhase"]["enum"],
                          ["pending", "staging", "prepared", "rebooting", "updated", "verifying",
-                          "finishing", "done", "failed", "cancelled", "skipped"])
+                          "finishing", "done", "failed", "cancelled", "skipped",
+                          "already-current"])
         p = subprocess.run([os.path.join(harness.REPO_ROOT, "scripts", "contract-lint"), SPEC],
                            capture_output=True, text=True, timeout=300)
         self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
@@ -731,6 +732,7 @@ class TestRollouts(RolloutTestCase):
         self.assertEqual([w["canary"] for w in plan["waves"]], [True, False])
         self.assertEqual([w["index"] for w in plan["waves"]], [0, 1])
         self.assertEqual(plan["skipped"], [])
+        self.assertEqual(plan["already_current"], [])
         self.assertGreater(plan["expected_duration_s"], 0)
         # Nothing stored.
         self.assertEqual(cl.get("/v1/rollouts").json, {"rollouts": []})
@@ -752,6 +754,72 @@ class TestRollouts(RolloutTestCase):
                 self.assertProblem(cl.post("/v1/rollouts", body), 400, code, field=field)
         self.assertProblem(cl.post("/v1/rollouts", {"target": t, "selector": {"zone": "none"}}),
                            422, "no-hosts")
+
+    def test_rerun_leaves_current_hosts_alone(self):
+        ctl, agents, names = self.fleet(3)
+        cl = ctl.client()
+        target = self.target("6.99.2-luo-test")
+        strategy = {"canary": 0, "batch": 3, "max_unavailable": 3}
+        # r1 updates a and b only.
+        r = cl.post("/v1/rollouts", {"id": "r1", "target": target, "hosts": ["a", "b"],
+                                     "strategy": strategy})
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual(self.wait_rollout(cl, "r1")["status"], "completed")
+        boots = {n: a.direct().state()["boot_id"] for n, a in zip(names, agents)}
+        # Until the controller has seen a and b back at rest on the release, they are not
+        # known to be current; its watch of them says so in a moment.
+        harness.wait_for(lambda: all(
+            h["state"] == "normal" and h["kernel"] == target["release"]
+            for h in cl.get("/v1/hosts").json["hosts"] if h["name"] in ("a", "b")) or None,
+            what="the controller to see a and b on " + target["release"])
+        # The plan over all three names a and b as current; c is the only one to update.
+        spec = {"target": target, "strategy": strategy}
+        r = cl.post("/v1/rollouts", dict(spec, dry_run=True))
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual(r.json["already_current"],
+                         [{"host": "a", "kernel": target["release"]},
+                          {"host": "b", "kernel": target["release"]}])
+        self.assertEqual(r.json["hosts"], 3)
+        # force must be a boolean.
+        self.assertProblem(cl.post("/v1/rollouts", dict(spec, force="yes")), 400,
+                           "invalid-field", field="force")
+        r = cl.post("/v1/rollouts", dict(spec, id="r2"))
+        self.assertEqual(r.status, 201, r)
+        self.assertNotIn("force", r.json["spec"])
+        ro = self.wait_rollout(cl, "r2")
+        self.assertEqual(ro["status"], "completed", json.dumps(ro, indent=1))
+        self.assertEqual(ro["counters"], {"total": 3, "pending": 0, "in_progress": 0,
+                                          "unavailable": 0, "done": 1, "failed": 0,
+                                          "cancelled": 0, "skipped": 0, "already_current": 2})
+        by_name = {h["name"]: h for h in ro["hosts"]}
+        for n in ("a", "b"):
+            h = by_name[n]
+            self.assertEqual((h["phase"], h["kernel"], h["attempts"], h["boot_id_after"],
+                              h["started_at"], h["error"]),
+                             ("already-current", target["release"], 0, None, None, None), h)
+        self.assertEqual(by_name["c"]["phase"], "done", by_name["c"])
+        # a and b were not touched: same boot, no operation of r2 in their journals.
+        for n, a in zip(names, agents):
+            st = a.direct().state()
+            self.assertEqual(st["kernel"], target["release"], n)
+            if n != "c":
+                self.assertEqual(st["boot_id"], boots[n], n)
+                self.assertEqual([x for x in a.direct().all_records()
+                                  if ":r2:" in json.dumps(x) or '"r2:' in json.dumps(x)], [], n)
+        # Everything current: r3 completes with nothing done...
+        r = cl.post("/v1/rollouts", dict(spec, id="r3"))
+        self.assertEqual(r.status, 201, r)
+        ro = self.wait_rollout(cl, "r3")
+        self.assertEqual((ro["status"], ro["counters"]["already_current"], ro["counters"]["done"]),
+                         ("completed", 3, 0), ro)
+        # ...and force updates a host again.
+        r = cl.post("/v1/rollouts", dict(spec, id="r4", hosts=["a"], force=True))
+        self.assertEqual(r.status, 201, r)
+        self.assertIs(r.json["spec"]["force"], True)
+        self.assertEqual(r.json["plan"]["already_current"], [])
+        ro = self.wait_rollout(cl, "r4")
+        self.assertEqual((ro["status"], ro["hosts"][0]["phase"]), ("completed", "done"), ro)
+        self.assertNotEqual(agents[0].direct().state()["boot_id"], boots["a"])
 
     def test_rolling_rollout_to_completion_and_events(self):
         ctl, agents, names = self.fleet(3)
@@ -781,7 +849,7 @@ class TestRollouts(RolloutTestCase):
         self.assertIsNotNone(ro["finished_at"])
         self.assertEqual(ro["counters"], {"total": 3, "pending": 0, "in_progress": 0,
                                           "unavailable": 0, "done": 3, "failed": 0,
-                                          "cancelled": 0, "skipped": 0})
+                                          "cancelled": 0, "skipped": 0, "already_current": 0})
         self.assertEqual(ro["waves"], 2)
         by_name = {h["name"]: h for h in ro["hosts"]}
         self.assertEqual(sorted(by_name), ["a", "b", "c"])

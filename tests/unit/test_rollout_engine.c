@@ -63,6 +63,32 @@ START_TEST(test_observe)
 }
 END_TEST
 
+START_TEST(test_host_current)
+{
+        json_t *spec = json_loads("{\"target\": {\"release\": \"6.9.1\"}}", 0, NULL),
+               *forced = json_loads("{\"target\": {\"release\": \"6.9.1\"}, \"force\": true}", 0,
+                                    NULL),
+               *norel = json_loads("{\"target\": {}}", 0, NULL),
+               *at_rest = json_loads("{\"state\": \"normal\", \"kernel\": \"6.9.1\"}", 0, NULL),
+               *older = json_loads("{\"state\": \"normal\", \"kernel\": \"6.9.0\"}", 0, NULL),
+               *busy = json_loads("{\"state\": \"updated\", \"kernel\": \"6.9.1\"}", 0, NULL);
+
+        ck_assert(engine_host_current(spec, at_rest));
+        ck_assert(!engine_host_current(spec, older));
+        /* Updated into it but not finished: the rollout finishes it. */
+        ck_assert(!engine_host_current(spec, busy));
+        ck_assert(!engine_host_current(forced, at_rest));
+        ck_assert(!engine_host_current(norel, at_rest));
+        ck_assert(!engine_host_current(spec, NULL));
+        json_decref(spec);
+        json_decref(forced);
+        json_decref(norel);
+        json_decref(at_rest);
+        json_decref(older);
+        json_decref(busy);
+}
+END_TEST
+
 START_TEST(test_classify)
 {
         json_t *inprog = json_pack("{s:s}", "code", "operation-in-progress");
@@ -674,6 +700,7 @@ static Suite *suite(void)
         TCase *pure = tcase_create("pure");
         tcase_add_test(pure, test_observe);
         tcase_add_test(pure, test_classify);
+        tcase_add_test(pure, test_host_current);
         tcase_add_test(pure, test_op_id_and_backoff);
         tcase_add_test(pure, test_reboot_retry);
         suite_add_tcase(s, pure);

@@ -76,6 +76,23 @@ START_TEST(test_normalize_defaults)
 }
 END_TEST
 
+START_TEST(test_normalize_force)
+{
+        struct ctl_problem p = { 0 };
+        json_t *out = norm("{\"target\": " TARGET ", \"force\": true}", &p);
+
+        ck_assert_ptr_nonnull(out);
+        ck_assert(json_is_true(json_object_get(out, "force")));
+        json_decref(out);
+        /* false is the default, and not kept: specs stored before "force" stay equal. */
+        out = norm("{\"target\": " TARGET ", \"force\": false}", &p);
+        ck_assert_ptr_nonnull(out);
+        ck_assert_ptr_null(json_object_get(out, "force"));
+        json_decref(out);
+        expect_problem("{\"target\": " TARGET ", \"force\": 1}", 400, "invalid-field", "force");
+}
+END_TEST
+
 START_TEST(test_normalize_full)
 {
         struct ctl_problem p = { 0 };
@@ -790,6 +807,7 @@ static Suite *plan_suite(void)
 
         tcase_set_timeout(tc, 60);
         tcase_add_test(tc, test_normalize_defaults);
+        tcase_add_test(tc, test_normalize_force);
         tcase_add_test(tc, test_normalize_full);
         tcase_add_test(tc, test_normalize_ms_forms);
         tcase_add_test(tc, test_normalize_invalid);
