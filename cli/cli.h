@@ -23,6 +23,7 @@ enum {
         EXIT_RO_PAUSED = 4,  /* rollout paused or blocked */
         EXIT_RO_ABORTED = 5, /* rollout aborted */
         EXIT_NO_CONNECT = 6, /* could not connect (no HTTP answer at all) */
+        EXIT_UNDER_WAY = 7,  /* converge: the host is rebooting into the target; run again */
 };
 
 enum output_format {
@@ -250,6 +251,16 @@ int cmd_action(struct cli *cli, const char *action, int argc, char **argv);
 int cmd_history(struct cli *cli, int argc, char **argv);
 int cmd_session(struct cli *cli, int argc, char **argv);
 int cmd_hosts(struct cli *cli, int argc, char **argv);
+int cmd_converge(struct cli *cli, int argc, char **argv);
+
+/* cmd_host.c, shared with cmd_converge.c: one file of a staging request ({"url"|"path",
+ * "sha256"}; the digest computed when loc is a readable local file; NULL after a usage
+ * message naming cmd); a JSON file (NULL after a message); following a host from the 202
+ * of a reboot through the kexec to its new boot (an exit code; the outcome printed). */
+json_t *cli_stage_file(const char *cmd, const char *what, const char *loc, const char *sha);
+json_t *cli_read_json_file(const char *path, const char *what);
+int cli_reboot_wait(struct cli *cli, const char *host, const char *base, json_t *accepted,
+                    uint64_t limit_ms);
 int cmd_rollout(struct cli *cli, int argc, char **argv);
 
 /*

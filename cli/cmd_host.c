@@ -391,8 +391,8 @@ static bool sha_valid(const char *s)
         return n == 64;
 }
 
-/* {"url"|"path", "sha256"} for one file; NULL after a usage message. */
-static json_t *stage_file(const char *what, const char *loc, const char *sha)
+/* {"url"|"path", "sha256"} for one file; NULL after a usage message (cli.h). */
+json_t *cli_stage_file(const char *cmd, const char *what, const char *loc, const char *sha)
 {
         char digest[65], abs[PATH_MAX];
         struct stat st;
@@ -401,15 +401,15 @@ static json_t *stage_file(const char *what, const char *loc, const char *sha)
         int r;
 
         if (*loc == 0) {
-                cli_usage_error("stage", "--%s is empty", what);
+                cli_usage_error(cmd, "--%s is empty", what);
                 return NULL;
         }
         if (sha && !sha_valid(sha)) {
-                cli_usage_error("stage", "--%s-sha256: expected 64 hex digits", what);
+                cli_usage_error(cmd, "--%s-sha256: expected 64 hex digits", what);
                 return NULL;
         }
         if (!sha && !local) {
-                cli_usage_error("stage",
+                cli_usage_error(cmd,
                                 "--%s-sha256 is needed: %s is %s, so its digest cannot be "
                                 "computed here",
                                 what, loc, url ? "a URL" : "not a readable file on this machine");
@@ -418,14 +418,14 @@ static json_t *stage_file(const char *what, const char *loc, const char *sha)
         if (!sha) {
                 r = file_sha256(loc, digest);
                 if (r < 0) {
-                        fprintf(stderr, "luofleetctl stage: %s: %s\n", loc, strerror(-r));
+                        fprintf(stderr, "luofleetctl %s: %s: %s\n", cmd, loc, strerror(-r));
                         return NULL;
                 }
                 sha = digest;
         }
         if (!url && *loc != '/') {
                 if (!local || !realpath(loc, abs)) {
-                        cli_usage_error("stage", "--%s: a PATH on the host must be absolute", what);
+                        cli_usage_error(cmd, "--%s: a PATH on the host must be absolute", what);
                         return NULL;
                 }
                 loc = abs;
@@ -433,7 +433,7 @@ static json_t *stage_file(const char *what, const char *loc, const char *sha)
         return json_pack("{s:s, s:s}", url ? "url" : "path", loc, "sha256", sha);
 }
 
-static json_t *read_json_file(const char *path, const char *what)
+json_t *cli_read_json_file(const char *path, const char *what)
 {
         json_error_t e;
         json_t *j = strcmp(path, "-") == 0 ? json_loadf(stdin, JSON_REJECT_DUPLICATES, &e)
@@ -519,12 +519,12 @@ int cmd_stage(struct cli *cli, int argc, char **argv)
                 return EXIT_USAGE;
         }
         body = json_object();
-        f = stage_file("kernel", a.kernel, a.kernel_sha);
+        f = cli_stage_file("stage", "kernel", a.kernel, a.kernel_sha);
         if (!body || !f)
                 goto usage;
         json_object_set_new(body, "kernel", f);
         if (a.initrd) {
-                f = stage_file("initrd", a.initrd, a.initrd_sha);
+                f = cli_stage_file("stage", "initrd", a.initrd, a.initrd_sha);
                 if (!f)
                         goto usage;
                 json_object_set_new(body, "initrd", f);
@@ -534,7 +534,7 @@ int cmd_stage(struct cli *cli, int argc, char **argv)
         if (a.release)
                 json_object_set_new(body, "release", json_string(a.release));
         if (a.signature) {
-                json_t *sig = read_json_file(a.signature, "signature file");
+                json_t *sig = cli_read_json_file(a.signature, "signature file");
                 if (!json_is_object(sig) || !json_is_string(json_object_get(sig, "key_id")) ||
                     !json_is_string(json_object_get(sig, "ed25519"))) {
                         if (sig)
@@ -628,8 +628,8 @@ static int action_opt(int c, const char *arg, void *userdata)
  * Follow one host from the 202 answer through the kexec to its new boot.
  * Returns an exit code and prints the outcome.
  */
-static int reboot_wait(struct cli *cli, const char *host, const char *base, json_t *accepted,
-                       uint64_t limit_ms)
+int cli_reboot_wait(struct cli *cli, const char *host, const char *base, json_t *accepted,
+                    uint64_t limit_ms)
 {
         const char *old_boot = json_str(accepted, "boot_id");
         json_int_t index = json_integer_value(json_object_get(accepted, "index"));
@@ -773,7 +773,7 @@ int cmd_action(struct cli *cli, const char *action, int argc, char **argv)
         for (int i = first; i < argc; i++) {
                 if (!accepted[i])
                         continue;
-                r = reboot_wait(cli, argv[i], bases[i], accepted[i], a.wait_timeout_ms);
+                r = cli_reboot_wait(cli, argv[i], bases[i], accepted[i], a.wait_timeout_ms);
                 outcome_add(&o, r);
                 json_decref(accepted[i]);
                 free(bases[i]);

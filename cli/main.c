@@ -28,6 +28,8 @@ static const char main_usage[] =
         "  reboot HOST... [--wait]           kexec into the staged kernel\n"
         "  finish HOST... [--force]          finish the update on the new kernel\n"
         "  rollback HOST...                  go back to the previous kernel\n"
+        "  converge HOST --kernel=URL|PATH   stage, prepare, reboot, finish: the next step\n"
+        "                                    to the target, re-runnable (exit 7: under way)\n"
         "  history HOST [--kind=K] [--limit=N]  the agent's journal\n"
         "  session list HOST                 the workloads' sessions (GET /v1/sessions)\n"
         "  session show HOST NAME [--owner=UID]  one session and its files\n"
@@ -67,7 +69,8 @@ static const char main_usage[] =
         "  3  the rollout failed\n"
         "  4  the rollout is paused or blocked\n"
         "  5  the rollout was aborted\n"
-        "  6  could not connect (no HTTP answer from any host asked)\n";
+        "  6  could not connect (no HTTP answer from any host asked)\n"
+        "  7  converge: the host is on its way to the target (rebooting): run it again\n";
 
 static int dispatch(struct cli *cli, int argc, char **argv)
 {
@@ -82,6 +85,8 @@ static int dispatch(struct cli *cli, int argc, char **argv)
         for (size_t i = 0; i < ELEMENTSOF(actions); i++)
                 if (strcmp(cmd, actions[i]) == 0)
                         return cmd_action(cli, actions[i], argc, argv);
+        if (strcmp(cmd, "converge") == 0)
+                return cmd_converge(cli, argc, argv);
         if (strcmp(cmd, "history") == 0)
                 return cmd_history(cli, argc, argv);
         if (strcmp(cmd, "session") == 0)

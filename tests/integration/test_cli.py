@@ -256,6 +256,84 @@ class HostCommandTest(CtlMixin, AgentTestCase):
         self.assertEqual(rc, 1)
         self.assertRegex(err, r"^luofleetctl: %s: 409 " % re.escape(h))
 
+    def test_converge(self):
+        a = self.agent()
+        h = self.hostarg(a)
+        rel = "6.99.5-conv"
+        path, sha = make_bzimage(self.tmp, "vmlinuz-conv", rel)
+        before = self.doc(a)
+        prefix = "converge:%s:%s" % (before["boot_id"][:8], sha[:12])
+        # Stage, prepare, reboot; then exit 7: under way (the release from the file's header).
+        rc, out, err = self.ctl("converge", h, "--kernel=" + path, "--lease=300", timeout=60)
+        self.assertEqual((rc, err), (7, ""), out)
+        self.assertEqual(out, "%s: staged %s (%s)\n%s: prepared\n%s: reboot into %s requested\n"
+                         "%s: under way: run converge again once the host is back\n"
+                         % (h, rel, sha[:12], h, h, rel, h))
+        ops = []
+        for r in a.direct().all_records():
+            if r.get("kind") == "operation" and r["operation"]["id"] not in ops:
+                ops.append(r["operation"]["id"])
+        self.assertEqual(ops, [prefix + ":stage", prefix + ":prepare", prefix + ":reboot"])
+        # The host comes back in its new boot: converge finishes it, then says converged.
+        wait_for(lambda: self.doc(a)["boot_id"] != before["boot_id"] or None, timeout=30,
+                 what="the simulated kexec")
+        wait_for(lambda: self.doc(a)["state"] == "updated" or None, what="state updated")
+        after = self.doc(a)
+        self.assertEqual(after["kernel"], rel)
+        out = self.ok("converge", h, "--kernel=" + path, timeout=60)
+        self.assertEqual(out, "%s: finished the update to %s\n%s: runs %s, state normal: "
+                         "converged\n" % (h, rel, h, rel))
+        d = self.doc(a)
+        self.assertEqual((d["state"], d["kernel"], d["operation"]["id"]),
+                         ("normal", rel, "converge:%s:%s:finish" % (after["boot_id"][:8], sha[:12])))
+        # Converged: a third run sends nothing.
+        out = self.ok("converge", h, "--kernel=" + path, "--release=" + rel)
+        self.assertEqual(out, "%s: runs %s, state normal: converged\n" % (h, rel))
+        self.assertEqual(self.doc(a)["index"], d["index"])
+
+    def test_converge_waits_and_refuses(self):
+        a = self.agent()
+        h = self.hostarg(a)
+        path, sha = make_bzimage(self.tmp, "vmlinuz-cw", "6.99.6-cw")
+        other, _ = make_bzimage(self.tmp, "vmlinuz-other", "6.99.7-other")
+        # Prepared for another kernel by someone else: left alone, exit 1.
+        self.ok("stage", h, "--kernel=" + other)
+        self.ok("prepare", h, "--operation-id=theirs")
+        rc, out, err = self.ctl("converge", h, "--kernel=" + path)
+        self.assertEqual((rc, out), (1, ""))
+        self.assertEqual(err, "luofleetctl: %s: prepared for another kernel (staged %s, operation "
+                         "theirs): cancel it first (luofleetctl cancel %s)\n"
+                         % (h, self.doc(a)["staged"]["kernel"]["sha256"][:12], h))
+        self.assertEqual(self.doc(a)["state"], "prepared")
+        self.ok("cancel", h)
+        # --wait: the whole way in one run.
+        rc, out, err = self.ctl("converge", h, "--kernel=" + path, "--wait", timeout=90)
+        self.assertEqual((rc, err), (0, ""), out)
+        lines = out.splitlines()
+        self.assertEqual(lines[:3], ["%s: staged 6.99.6-cw (%s)" % (h, sha[:12]),
+                                     "%s: prepared" % h,
+                                     "%s: reboot into 6.99.6-cw requested" % h])
+        self.assertRegex(lines[3], r"^%s: rebooted into 6\.99\.6-cw " % re.escape(h))
+        self.assertEqual(lines[4:], ["%s: finished the update to 6.99.6-cw" % h,
+                                     "%s: runs 6.99.6-cw, state normal: converged" % h])
+        d = self.doc(a)
+        self.assertEqual((d["state"], d["kernel"]), ("normal", "6.99.6-cw"))
+        # Usage errors: exit 2, nothing sent.
+        idx = d["index"]
+        for args, msg in [
+                ([h], "--kernel=URL|PATH is required"),
+                ([h, h, "--kernel=" + path], "one HOST at a time (2 given)"),
+                ([h, "--kernel=https://127.0.0.1:1/vmlinuz",
+                  "--kernel-sha256=" + "0" * 64], "--release is required with a URL"),
+                ([h, "--kernel=" + path, "--wait-timeout=5m"], "--wait-timeout without --wait"),
+                ([h, "--kernel=" + path, "--lease=x"], "--lease: expected seconds"),
+                ([h, "--kernel=" + os.path.join(self.tmp, "missing")], "missing")]:
+            with self.subTest(args=args):
+                rc, out, err = self.ctl("converge", *args)
+                self.assertEqual((rc, out), (2, ""), err)
+                self.assertIn(msg, err)
+        self.assertEqual(self.doc(a)["index"], idx)
+
     def test_reboot_json(self):
         a = self.agent()
         h = self.hostarg(a)
