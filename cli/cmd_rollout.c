@@ -179,6 +179,7 @@ int cmd_hosts(struct cli *cli, int argc, char **argv)
 
 static const char spec_usage[] =
         "Usage: luofleetctl rollout plan|create [-f FILE|-] [SPEC OPTIONS]\n"
+        "       luofleetctl rollout retry ID [SPEC OPTIONS]\n"
         "\n"
         "The rollout spec (rollout/controller.h, api/rollout.yaml) comes from FILE (JSON;\n"
         "'-' reads standard input) and/or these options; an option overrides the\n"
@@ -199,12 +200,17 @@ static const char spec_usage[] =
         "  --auto-rollback                             auto_rollback: true\n"
         "  --force                                     force: true (update hosts that run the\n"
         "                                              target release already, too)\n"
+        "  --only-failed-of=ID                         only_failed_of: the hosts rollout ID\n"
+        "                                              did not update (failed, cancelled,\n"
+        "                                              skipped)\n"
         "  --id=ID                                     id\n"
         "\n"
         "plan: ask the controller for the plan (dry_run) and print the waves, the\n"
         "skipped hosts, the hosts already on the target release (left alone unless\n"
         "--force) and the expected duration. create: create the rollout and print its\n"
-        "id. --output=json prints the controller's Plan or Rollout document.\n";
+        "id. retry: create a rollout with rollout ID's spec for the hosts it did not\n"
+        "update (its hosts list and id dropped, only_failed_of: ID), the options over it.\n"
+        "--output=json prints the controller's Plan or Rollout document.\n";
 
 enum {
         SP_KERNEL_URL = 0x200,
@@ -226,6 +232,7 @@ enum {
         SP_WINDOW,
         SP_AUTO_ROLLBACK,
         SP_FORCE,
+        SP_ONLY_FAILED_OF,
         SP_ID,
 };
 
@@ -389,6 +396,9 @@ static int spec_opt(int c, const char *arg, void *userdata)
         case SP_FORCE:
                 spec_set(a->flags, "force", json_true());
                 return 0;
+        case SP_ONLY_FAILED_OF:
+                spec_set(a->flags, "only_failed_of", json_string(arg));
+                return 0;
         case SP_ID:
                 spec_set(a->flags, "id", json_string(arg));
                 return 0;
@@ -417,7 +427,11 @@ static void merge(json_t *spec, json_t *flags)
         }
 }
 
-static int rollout_spec_cmd(struct cli *cli, bool plan, int argc, char **argv)
+static int rollout_get(struct cli *cli, const char *id, json_t **ret);
+
+/* plan, create, and retry ID (retry: the spec of rollout ID, its "hosts" and "id" dropped,
+ * "only_failed_of": ID, the options over it; then create). */
+static int rollout_spec_cmd(struct cli *cli, bool plan, bool retry, int argc, char **argv)
 {
         static const struct option opts[] = {
                 { "file", required_argument, NULL, 'f' },
@@ -440,6 +454,7 @@ static int rollout_spec_cmd(struct cli *cli, bool plan, int argc, char **argv)
                 { "window", required_argument, NULL, SP_WINDOW },
                 { "auto-rollback", no_argument, NULL, SP_AUTO_ROLLBACK },
                 { "force", no_argument, NULL, SP_FORCE },
+                { "only-failed-of", required_argument, NULL, SP_ONLY_FAILED_OF },
                 { "id", required_argument, NULL, SP_ID },
                 {},
         };
@@ -455,15 +470,44 @@ static int rollout_spec_cmd(struct cli *cli, bool plan, int argc, char **argv)
         r = cli_parse(cli, argc, argv, "f:", opts, spec_opt, &a, spec_usage, &first);
         if (r)
                 goto out;
+        const char *retry_id = retry && first < argc ? argv[first++] : NULL;
+        if (retry && !retry_id) {
+                cli_usage_error("rollout retry", "which rollout? (ID)");
+                r = EXIT_USAGE;
+                goto out;
+        }
+        if (retry && a.file) {
+                cli_usage_error("rollout retry", "-f: the spec is rollout %s's", retry_id);
+                r = EXIT_USAGE;
+                goto out;
+        }
         if (first != argc) {
                 cli_usage_error("rollout", "unexpected argument '%s'", argv[first]);
                 r = EXIT_USAGE;
                 goto out;
         }
-        r = need_controller(cli, plan ? "rollout plan" : "rollout create");
+        r = need_controller(cli, plan    ? "rollout plan"
+                                 : retry ? "rollout retry"
+                                         : "rollout create");
         if (r)
                 goto out;
-        if (a.file) {
+        if (retry) {
+                json_t *old = NULL;
+                r = rollout_get(cli, retry_id, &old);
+                if (r)
+                        goto out;
+                spec = json_deep_copy(json_object_get(old, "spec"));
+                json_decref(old);
+                if (!json_is_object(spec)) {
+                        fprintf(stderr, "luofleetctl: rollout %s: no spec in the answer\n",
+                                retry_id);
+                        r = EXIT_FAILED;
+                        goto out;
+                }
+                json_object_del(spec, "id");
+                json_object_del(spec, "hosts");
+                json_object_set_new(spec, "only_failed_of", json_string(retry_id));
+        } else if (a.file) {
                 json_error_t e;
                 spec = strcmp(a.file, "-") == 0
                                ? json_loadf(stdin, JSON_REJECT_DUPLICATES, &e)
@@ -682,7 +726,14 @@ static void print_rollout(const json_t *ro)
                 const json_t *e = json_object_get(h, "error");
                 snprintf(w, sizeof(w), "%lld",
                          (long long)json_integer_value(json_object_get(h, "wave")));
-                if (json_is_object(e))
+                const json_t *now = json_object_get(h, "now");
+                if (json_is_object(e) && json_is_object(now))
+                        /* what it runs now, and whether a retry would stage again */
+                        snprintf(err, sizeof(err), "%s: %s (now %s on %s, target %sstaged)",
+                                 json_str(e, "code") ?: "?", json_str(e, "detail") ?: "",
+                                 json_str(now, "state") ?: "?", json_str(now, "kernel") ?: "?",
+                                 json_is_true(json_object_get(now, "target_staged")) ? "" : "not ");
+                else if (json_is_object(e))
                         snprintf(err, sizeof(err), "%s: %s", json_str(e, "code") ?: "?",
                                  json_str(e, "detail") ?: "");
                 else
@@ -1143,6 +1194,7 @@ static int rollout_watch(struct cli *cli, int argc, char **argv)
 
 static const char rollout_usage[] =
         "Usage: luofleetctl rollout plan|create [-f FILE|-] [SPEC OPTIONS]\n"
+        "       luofleetctl rollout retry ID [SPEC OPTIONS]\n"
         "       luofleetctl rollout status [ID]\n"
         "       luofleetctl rollout watch ID\n"
         "       luofleetctl rollout pause|resume|abort ID [--reason=TEXT]\n"
@@ -1157,16 +1209,17 @@ int cmd_rollout(struct cli *cli, int argc, char **argv)
         const char *sub = argc >= 2 ? argv[1] : NULL;
 
         if (!sub) {
-                cli_usage_error("rollout", "which subcommand? (plan, create, status, watch, "
-                                           "pause, resume, abort)");
+                cli_usage_error("rollout", "which subcommand? (plan, create, retry, status, "
+                                           "watch, pause, resume, abort)");
                 return EXIT_USAGE;
         }
         if (strcmp(sub, "--help") == 0 || strcmp(sub, "-h") == 0 || strcmp(sub, "help") == 0) {
                 fputs(rollout_usage, stdout);
                 return EXIT_OK;
         }
-        if (strcmp(sub, "plan") == 0 || strcmp(sub, "create") == 0)
-                return rollout_spec_cmd(cli, strcmp(sub, "plan") == 0, argc - 1, argv + 1);
+        if (strcmp(sub, "plan") == 0 || strcmp(sub, "create") == 0 || strcmp(sub, "retry") == 0)
+                return rollout_spec_cmd(cli, strcmp(sub, "plan") == 0, strcmp(sub, "retry") == 0,
+                                        argc - 1, argv + 1);
         if (strcmp(sub, "status") == 0)
                 return rollout_status(cli, argc - 1, argv + 1);
         if (strcmp(sub, "watch") == 0)

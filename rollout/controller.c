@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "controller.h"
@@ -94,6 +95,27 @@ static json_t *host_json(const struct host *h)
         return o;
 }
 
+/*
+ * The host as the controller sees it now (its fleet view, not the rollout's record): the
+ * state and the kernel it runs, and whether the rollout's target kernel is staged there,
+ * so that a failed host says what it runs and whether a retry would stage again. null when
+ * the host left the inventory or was never seen.
+ */
+static json_t *rhost_now_json(const struct rhost *rh)
+{
+        const json_t *st = rh->host ? rh->host->rec.state : NULL;
+        if (!json_is_object(st))
+                return json_null();
+        const char *want = json_string_value(json_object_get(
+                json_object_get(json_object_get(rh->ro->rec.spec, "target"), "kernel"), "sha256"));
+        const char *staged = json_string_value(json_object_get(
+                json_object_get(json_object_get(st, "staged"), "kernel"), "sha256"));
+        return json_pack("{s:b, s:O, s:O, s:b}", "reachable", rh->host->rec.reachable, "state",
+                         json_object_get(st, "state") ?: json_null(), "kernel",
+                         json_object_get(st, "kernel") ?: json_null(), "target_staged",
+                         want && staged && strcasecmp(want, staged) == 0);
+}
+
 static json_t *rhost_json(const struct rhost *rh)
 {
         json_t *o = json_object();
@@ -114,6 +136,7 @@ static json_t *rhost_json(const struct rhost *rh)
                             rh->rec.error && phase_terminal(rh->phase)
                                     ? json_deep_copy(rh->rec.error)
                                     : json_null());
+        json_object_set_new(o, "now", rhost_now_json(rh));
         return o;
 }
 
@@ -672,6 +695,59 @@ static int plan_already_current(struct controller *c, const json_t *spec, json_t
         return 0;
 }
 
+/*
+ * "only_failed_of": ID: the hosts of rollout ID that were not updated (failed, cancelled,
+ * skipped), intersected with "hosts" when given, become the spec's "hosts". 0, or -1 with
+ * p (422 unknown-rollout, 422 no-hosts). Called with c->lock held.
+ */
+static int retry_hosts(struct controller *c, json_t *spec, struct ctl_problem *p)
+{
+        const char *prev = json_string_value(json_object_get(spec, "only_failed_of"));
+        const json_t *given = json_object_get(spec, "hosts"), *v;
+        json_t *names;
+        size_t k;
+
+        if (!prev)
+                return 0;
+        struct rollout *old = engine_rollout_find(c, prev);
+        if (!old) {
+                problem(p, 422, "unknown-rollout", "only_failed_of", "no rollout %s", prev);
+                return -1;
+        }
+        names = json_array();
+        if (!names) {
+                problem(p, 500, "internal-error", NULL, "out of memory");
+                return -1;
+        }
+        for (size_t i = 0; i < old->nhosts; i++) {
+                const struct rhost *rh = &old->hosts[i];
+                bool wanted = !json_is_array(given);
+                if (rh->phase != PH_FAILED && rh->phase != PH_CANCELLED && rh->phase != PH_SKIPPED)
+                        continue;
+                json_array_foreach (given, k, v)
+                        wanted = wanted || (json_is_string(v) &&
+                                            strcmp(json_string_value(v), rh->rec.name) == 0);
+                if (wanted && json_array_append_new(names, json_string(rh->rec.name)) < 0) {
+                        json_decref(names);
+                        problem(p, 500, "internal-error", NULL, "out of memory");
+                        return -1;
+                }
+        }
+        if (json_array_size(names) == 0) {
+                json_decref(names);
+                problem(p, 422, "no-hosts", "only_failed_of",
+                        "rollout %s left no host to retry: none failed, was cancelled or "
+                        "skipped%s",
+                        prev, json_is_array(given) ? " among the hosts given" : "");
+                return -1;
+        }
+        if (json_object_set_new(spec, "hosts", names) < 0) {
+                problem(p, 500, "internal-error", NULL, "out of memory");
+                return -1;
+        }
+        return 0;
+}
+
 /* The release a host of the plan's "already_current" runs, or NULL. */
 static const char *current_kernel(const json_t *plan, const char *host)
 {
@@ -701,6 +777,8 @@ int controller_rollout_create(struct controller *c, const json_t *spec, json_t *
                 return -1;
 
         pthread_mutex_lock(&c->lock);
+        if (retry_hosts(c, norm, p) < 0)
+                goto out;
         inv = json_array();
         for (size_t i = 0; i < c->nhosts; i++)
                 json_array_append_new(inv, json_pack("{s:s, s:O}", "name", c->hosts[i]->rec.name,

@@ -515,7 +515,7 @@ static int check_timeouts(const json_t *t, json_t *out, struct ctl_problem *p)
 static const char *const spec_members[] = { "id",      "target",        "selector",
                                             "hosts",   "strategy",      "timeouts",
                                             "windows", "lease_seconds", "auto_rollback",
-                                            "dry_run", "force" };
+                                            "dry_run", "force",         "only_failed_of" };
 
 static int normalize(const json_t *in, json_t *out, struct ctl_problem *p)
 {
@@ -560,6 +560,12 @@ static int normalize(const json_t *in, json_t *out, struct ctl_problem *p)
         json_t *dry = json_object_get(in, "dry_run");
         if (dry && !json_is_boolean(dry))
                 return invalid(p, "dry_run", "dry_run is a boolean");
+        const json_t *retry = json_object_get(in, "only_failed_of");
+        if (retry && !id_ok(retry))
+                return invalid(p, "only_failed_of",
+                               "only_failed_of is a rollout id: 1 to %d characters of "
+                               "[A-Za-z0-9._-]",
+                               ROLLOUT_ID_MAX);
         json_t *force = json_object_get(in, "force");
         if (force && !json_is_boolean(force))
                 return invalid(p, "force", "force is a boolean");
@@ -587,6 +593,8 @@ static int normalize(const json_t *in, json_t *out, struct ctl_problem *p)
                 return problem(p, 500, "internal-error", NULL, "out of memory");
         /* Kept only when true: specs stored before it existed stay equal to their own. */
         if (json_is_true(force) && json_object_set_new(out, "force", json_true()) < 0)
+                return problem(p, 500, "internal-error", NULL, "out of memory");
+        if (retry && json_object_set_new(out, "only_failed_of", json_deep_copy(retry)) < 0)
                 return problem(p, 500, "internal-error", NULL, "out of memory");
         v = json_object_get(in, "id");
         if (v && json_object_set_new(out, "id", json_deep_copy(v)) < 0)

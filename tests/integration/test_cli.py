@@ -909,6 +909,33 @@ class RolloutCommandTest(CtlMixin, AgentTestCase):
                        "initrd": {"url": "https://dl/i", "sha256": "d" * 64}},
             "windows": [{"start": "03:00", "end": "04:00"}]})
 
+    def test_retry(self):
+        old = rollout_doc("r-1", "completed")
+        old["spec"].update({"id": "r-1", "hosts": ["web1", "web2"], "auto_rollback": True})
+        self.fc.routes[("GET", "/v1/rollouts/r-1")] = (200, old)
+        self.fc.routes[("POST", "/v1/rollouts")] = (201, rollout_doc("r-2", "pending"))
+        out = self.ok("rollout", "retry", "r-1", "--batch=1", "--force", env=self.env)
+        self.assertEqual(out, "r-2\n")
+        self.assertEqual(self.fc.last("POST", "/v1/rollouts")["body"], {
+            "target": {"kernel": {"url": "https://dl/vmlinuz", "sha256": "a" * 64},
+                       "release": "6.12.9-luo"},
+            "auto_rollback": True, "only_failed_of": "r-1", "strategy": {"batch": 1},
+            "force": True})
+        n = len(self.fc.requests)
+        for args, msg in (([], "which rollout? (ID)"),
+                          (["r-1", "-f", "/dev/null"], "the spec is rollout r-1's"),
+                          (["r-1", "r-2"], "unexpected argument 'r-2'")):
+            rc, out, err = self.ctl("rollout", "retry", *args, env=self.env)
+            self.assertEqual((rc, out), (2, ""), (args, err))
+            self.assertIn(msg, err, args)
+        self.assertEqual(len(self.fc.requests), n)
+        # An unknown rollout: the controller's 404, exit 1, nothing created.
+        self.fc.routes[("GET", "/v1/rollouts/r-9")] = (404, problem(404, "not-found", "no r-9"))
+        rc, out, err = self.ctl("rollout", "retry", "r-9", env=self.env)
+        self.assertEqual((rc, out), (1, ""), err)
+        self.assertIn("404 not-found: no r-9", err)
+        self.assertEqual([r for r in self.fc.requests[n:] if r["method"] == "POST"], [])
+
     def test_create_refused_and_usage(self):
         n = len(self.fc.requests)
         for args, msg in (

@@ -821,6 +821,54 @@ class TestRollouts(RolloutTestCase):
         self.assertEqual((ro["status"], ro["hosts"][0]["phase"]), ("completed", "done"), ro)
         self.assertNotEqual(agents[0].direct().state()["boot_id"], boots["a"])
 
+    def test_retry_only_the_failed_hosts(self):
+        # b may stage only from a folder the target is not in: its staging fails (422).
+        elsewhere = os.path.join(self.tmp, "elsewhere")
+        os.mkdir(elsewhere)
+        agents = [self.agent(port=0, name="agent-a"),
+                  self.agent("--staging-dir=" + elsewhere, port=0, name="agent-b"),
+                  self.agent(port=0, name="agent-c")]
+        names = ["a", "b", "c"]
+        inv = write_inventory(os.path.join(self.tmp, "inventory.json"), list(zip(names, agents)))
+        ctl = self.controller("--inventory=" + inv, "--retry-min=50ms", "--retry-max=500ms",
+                              "--poll-wait=2s")
+        cl = ctl.client()
+        target = self.target("6.99.3-luo-test")
+        spec = {"id": "r1", "target": target,
+                "strategy": {"canary": 0, "batch": 3, "max_unavailable": 3, "max_failures": 1}}
+        self.assertEqual(cl.post("/v1/rollouts", spec).status, 201)
+        ro = self.wait_rollout(cl, "r1")
+        self.assertEqual(ro["status"], "completed", json.dumps(ro, indent=1))
+        by_name = {h["name"]: h for h in ro["hosts"]}
+        self.assertEqual([by_name[n]["phase"] for n in names], ["done", "failed", "done"])
+        # The failed host says what it runs now and that the target is not staged there.
+        old = agents[1].direct().state()["kernel"]
+        self.assertEqual(by_name["b"]["now"], {"reachable": True, "state": "normal",
+                                               "kernel": old, "target_staged": False})
+        self.assertEqual(by_name["a"]["now"]["kernel"], target["release"])
+        # Unknown rollout, and a retry of a rollout that left nothing to retry.
+        t = {"target": target}
+        self.assertProblem(cl.post("/v1/rollouts", dict(t, only_failed_of="r9")), 422,
+                           "unknown-rollout", field="only_failed_of")
+        self.assertProblem(cl.post("/v1/rollouts", dict(t, only_failed_of="bad id")), 400,
+                           "invalid-field", field="only_failed_of")
+        self.assertProblem(cl.post("/v1/rollouts", dict(t, only_failed_of="r1", hosts=["a"])),
+                           422, "no-hosts", field="only_failed_of")
+        # b fixed (its staging folder allows the target again): the retry takes b only.
+        agents[1].stop()
+        agents[1].restart(args=[])
+        r = cl.post("/v1/rollouts", dict(t, id="r2", only_failed_of="r1", dry_run=True))
+        self.assertEqual(r.status, 200, r)
+        self.assertEqual([w["hosts"] for w in r.json["waves"]], [["b"]])
+        r = cl.post("/v1/rollouts", dict(t, id="r2", only_failed_of="r1"))
+        self.assertEqual(r.status, 201, r)
+        self.assertEqual((r.json["spec"]["hosts"], r.json["spec"]["only_failed_of"]),
+                         (["b"], "r1"))
+        ro = self.wait_rollout(cl, "r2")
+        self.assertEqual((ro["status"], [h["name"] for h in ro["hosts"]],
+                          ro["hosts"][0]["phase"]), ("completed", ["b"], "done"), ro)
+        self.assertEqual(agents[1].direct().state()["kernel"], target["release"])
+
     def test_rolling_rollout_to_completion_and_events(self):
         ctl, agents, names = self.fleet(3)
         cl = ctl.client()
