@@ -691,10 +691,14 @@ static void print_counters(const json_t *c)
                                             "unavailable", "done",    "failed",
                                             "cancelled",   "skipped", "already_current" };
         printf("hosts:");
-        for (size_t i = 0; i < ELEMENTSOF(keys); i++)
-                printf(" %s %lld%s", keys[i],
-                       (long long)json_integer_value(json_object_get(c, keys[i])),
-                       i + 1 < ELEMENTSOF(keys) ? "," : "\n");
+        for (size_t i = 0; i < ELEMENTSOF(keys); i++) {
+                const json_t *v = json_object_get(c, keys[i]);
+                /* a controller older than a counter does not send it */
+                if (v || i < ELEMENTSOF(keys) - 1)
+                        printf("%s %s %lld", i ? "," : "", keys[i],
+                               (long long)json_integer_value(v));
+        }
+        putchar('\n');
 }
 
 static void print_rollout(const json_t *ro)

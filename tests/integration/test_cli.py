@@ -774,7 +774,7 @@ HOSTS = [
 ]
 
 COUNTERS = {"total": 3, "pending": 1, "in_progress": 1, "unavailable": 1, "done": 1,
-            "failed": 0, "cancelled": 0, "skipped": 0}
+            "failed": 0, "cancelled": 0, "skipped": 0, "already_current": 2}
 
 PLAN = {"hosts": 3, "waves": [{"index": 0, "canary": True, "hosts": ["web1"]},
                               {"index": 1, "canary": False, "hosts": ["web2", "db-primary"]}],
@@ -798,7 +798,9 @@ def rollout_doc(rid, status, reason=None, hosts=None):
             {"name": "web2", "wave": 1, "phase": "failed", "step": "prepare", "attempts": 3,
              "boot_id_before": "x", "boot_id_after": None, "kernel": "6.12.8-luo",
              "blackout_ms": None, "started_at": None, "finished_at": None,
-             "error": {"code": "kernel-error", "detail": "prepare failed: EBUSY"}},
+             "error": {"code": "kernel-error", "detail": "prepare failed: EBUSY"},
+             "now": {"reachable": True, "state": "normal", "kernel": "6.12.8-luo",
+                     "target_staged": True}},
             {"name": "db-primary", "wave": 1, "phase": "rebooting", "step": "reboot",
              "attempts": 1, "boot_id_before": "x", "boot_id_after": None, "kernel": None,
              "blackout_ms": None, "started_at": None, "finished_at": None, "error": None}]}
@@ -1000,12 +1002,13 @@ class RolloutCommandTest(CtlMixin, AgentTestCase):
             "target: https://dl/vmlinuz, release 6.12.9-luo\n"
             "created 2026-11-25T10:00:00.000Z, updated 2026-11-25T10:05:00.000Z\n"
             "hosts: total 3, pending 1, in_progress 1, unavailable 1, done 1, failed 0, "
-            "cancelled 0, skipped 0\n"
+            "cancelled 0, skipped 0, already_current 2\n"
             "reason: failure-budget-exhausted: 2 of 10 hosts failed\n"
             "\n") + table([
                 ["HOST", "WAVE", "PHASE", "KERNEL", "BLACKOUT", "ERROR"],
                 ["web1", "0", "done", "6.12.9-luo", "412ms", "-"],
-                ["web2", "1", "failed", "6.12.8-luo", "-", "kernel-error: prepare failed: EBUSY"],
+                ["web2", "1", "failed", "6.12.8-luo", "-",
+                 "kernel-error: prepare failed: EBUSY (now normal on 6.12.8-luo, target staged)"],
                 ["db-primary", "1", "rebooting", "-", "-", "-"]]))
         for status, code in (("completed", 0), ("running", 0), ("failed", 3), ("aborted", 5),
                              ("blocked", 4)):
