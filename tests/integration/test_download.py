@@ -330,7 +330,13 @@ class DownloadTest(AgentTestCase):
     def test_file_url(self):
         a = self.dl_agent()
         c = a.client()
-        kpath, ksha = _srv["kernel"]
+        served, ksha = _srv["kernel"]
+        # file:/// is read only inside the staging directories (the test's folder): a file
+        # elsewhere is refused like a path elsewhere, before any operation exists.
+        r = c.put("/v1/kernel", json_body={"kernel": {"url": "file://" + served, "sha256": ksha}})
+        self.assertProblem(r, 422, "path-not-allowed", field="kernel")
+        self.assertIsNone(c.state()["operation"])
+        kpath = shutil.copy(served, os.path.join(self.tmp, "vmlinuz-file-url"))
         op = self.stage(c, {"kernel": {"url": "file://" + kpath, "sha256": ksha}}, "dl-file")
         self.assertEqual(op["status"], "succeeded", op)
         self.assertEqual(c.state()["staged"]["kernel"]["url"], "file://" + kpath)
