@@ -155,6 +155,8 @@ struct table *table_new(size_t ncols, const char *const *headers);
 /* Add a row of ncols strings (copied; NULL prints "-"). */
 int table_add(struct table *t, const char *const *cells);
 void table_print(const struct table *t, FILE *f);
+/* The terminal columns of a UTF-8 string (wide CJK and emoji 2, combining marks 0). */
+size_t display_width(const char *s);
 struct table *table_free(struct table *t);
 
 /* Format helpers: write into buf, return buf. */

@@ -408,6 +408,14 @@ json_t *cli_stage_file(const char *cmd, const char *what, const char *loc, const
                 cli_usage_error(cmd, "--%s-sha256: expected 64 hex digits", what);
                 return NULL;
         }
+        if (!sha && !url && stat(loc, &st) < 0) {
+                /* the likely mistake first: a typo, not a file that is on the host only */
+                cli_usage_error(cmd,
+                                "--%s=%s: %s (a file that is on the host only needs "
+                                "--%s-sha256)",
+                                what, loc, strerror(errno), what);
+                return NULL;
+        }
         if (!sha && !local) {
                 cli_usage_error(cmd,
                                 "--%s-sha256 is needed: %s is %s, so its digest cannot be "

@@ -264,7 +264,20 @@ static int set_count(json_t *flags, const char *opt, const char *member, const c
         json_t *c = spec_count(v);
 
         if (!c) {
-                cli_usage_error("rollout", "--%s: expected a count (N) or a percentage (N%%)", opt);
+                size_t n = strlen(v);
+                uint64_t x;
+                bool pct = n > 1 && v[n - 1] == '%';
+                char num[24];
+                /* well-formed but too large: say so, not "expected a percentage" */
+                snprintf(num, sizeof(num), "%.*s", (int)(pct ? n - 1 : n), v);
+                if (n && strspn(num, "0123456789") == strlen(num) && *num &&
+                    (parse_u64(num, UINT64_MAX, &x) < 0 || x > (pct ? 100 : 1000000)))
+                        cli_usage_error("rollout", "--%s=%s: at most %s", opt, v,
+                                        pct ? "100%" : "1000000 hosts");
+                else
+                        cli_usage_error("rollout",
+                                        "--%s=%s: expected a count (N) or a percentage (N%%)", opt,
+                                        v);
                 return EXIT_USAGE;
         }
         spec_set(flags, member, c);
@@ -555,7 +568,7 @@ static int rollout_spec_cmd(struct cli *cli, bool plan, bool retry, int argc, ch
                 size_t i;
                 char dur[32];
                 json_array_foreach (json_object_get(doc, "waves"), i, w) {
-                        char idx[16], n[16], *names = NULL;
+                        char idx[24], n[24], *names = NULL;
                         json_t *hs = json_object_get(w, "hosts"), *h;
                         size_t j, len = 0;
                         FILE *f = open_memstream(&names, &len);
@@ -565,8 +578,9 @@ static int rollout_spec_cmd(struct cli *cli, bool plan, bool retry, int argc, ch
                         }
                         if (f)
                                 fclose(f);
+                        /* waves are numbered from 1 on screen, from 0 in the API */
                         snprintf(idx, sizeof(idx), "%lld",
-                                 (long long)json_integer_value(json_object_get(w, "index")));
+                                 (long long)json_integer_value(json_object_get(w, "index")) + 1);
                         snprintf(n, sizeof(n), "%zu", json_array_size(hs));
                         const char *cells[4] = { idx,
                                                  json_is_true(json_object_get(w, "canary")) ? "yes"
@@ -726,10 +740,10 @@ static void print_rollout(const json_t *ro)
                 printf("reason: %s\n", reason);
         t = table_new(ELEMENTSOF(headers), headers);
         json_array_foreach (json_object_get(ro, "hosts"), i, h) {
-                char w[16], bo[32], err[320];
+                char w[24], bo[32], err[320];
                 const json_t *e = json_object_get(h, "error");
                 snprintf(w, sizeof(w), "%lld",
-                         (long long)json_integer_value(json_object_get(h, "wave")));
+                         (long long)json_integer_value(json_object_get(h, "wave")) + 1);
                 const json_t *now = json_object_get(h, "now");
                 if (json_is_object(e) && json_is_object(now))
                         /* what it runs now, and whether a retry would stage again */
@@ -846,6 +860,7 @@ struct watch {
         const char *id;
         json_t *ro; /* the Rollout document, updated by the events */
         bool live;
+        bool color;     /* SGR colours (not with NO_COLOR) */
         unsigned drawn; /* lines of the last drawing */
         char last[512]; /* the newest event, as a line */
         int result;     /* -1: go on */
@@ -893,7 +908,7 @@ static void event_line(const json_t *ev, char *buf, size_t size)
         if ((v = json_object_get(ev, "host")) && json_is_string(v))
                 fprintf(f, " host=%s", json_string_value(v));
         if ((v = json_object_get(ev, "wave")) && json_is_integer(v))
-                fprintf(f, " wave=%lld", (long long)json_integer_value(v));
+                fprintf(f, " wave=%lld", (long long)json_integer_value(v) + 1);
         if ((v = json_object_get(ev, "phase")) && json_is_string(v))
                 fprintf(f, " phase=%s", json_string_value(v));
         if ((v = json_object_get(ev, "status")) && json_is_string(v))
@@ -926,7 +941,7 @@ static int cmp_ll(const void *a, const void *b)
  * One line for a wave: every host with its phase when they fit, else the counts and
  * the hosts that are in progress or failed (as many as fit). Returns 1 (lines).
  */
-static unsigned draw_wave(FILE *f, json_t *ro, long long wv, unsigned width)
+static unsigned draw_wave(FILE *f, json_t *ro, long long wv, unsigned width, bool use_color)
 {
         unsigned n_all = 0, len_all = 0, done = 0, pending = 0, active = 0, failed = 0;
         char head[96];
@@ -960,7 +975,8 @@ static unsigned draw_wave(FILE *f, json_t *ro, long long wv, unsigned width)
         json_array_foreach (json_object_get(ro, "hosts"), i, h) {
                 char cell[160];
                 const char *p = json_str(h, "phase") ?: "pending";
-                const char *color = strcmp(p, "done") == 0     ? "\033[32m"
+                const char *color = !use_color                 ? ""
+                                    : strcmp(p, "done") == 0   ? "\033[32m"
                                     : strcmp(p, "failed") == 0 ? "\033[31m"
                                     : phase_in_progress(p)     ? "\033[33m"
                                                                : "";
@@ -1025,7 +1041,8 @@ static void watch_draw(struct watch *w)
                         bo[nb++] = json_integer_value(b);
         }
         wave_text(w->ro, wave, sizeof(wave));
-        fprintf(f, "\033[1mrollout %.*s\033[0m  %s  wave %s\n", (int)MAX(width, 48u) - 40, w->id,
+        fprintf(f, "%srollout %.*s%s  %s  wave %s\n", w->color ? "\033[1m" : "",
+                (int)MAX(width, 48u) - 40, w->id, w->color ? "\033[0m" : "",
                 json_str(w->ro, "status") ?: "?", wave);
         fprintf(f, "hosts %zu: done %u, in progress %u, pending %u, failed %u, other %u\n", nh,
                 done, active, pending, failed, other);
@@ -1048,7 +1065,7 @@ static void watch_draw(struct watch *w)
                 to = MIN(waves, from + room - 1);
         }
         for (long long wv = from; wv < to; wv++)
-                lines += draw_wave(f, w->ro, wv, width);
+                lines += draw_wave(f, w->ro, wv, width, w->color);
         if (to < waves || from > 0) {
                 fprintf(f, "(waves %lld-%lld of %lld shown)\n", from + 1, to, waves);
                 lines++;
@@ -1144,7 +1161,12 @@ static int rollout_watch(struct cli *cli, int argc, char **argv)
         r = rollout_get(cli, w.id, &w.ro);
         if (r)
                 return r;
-        w.live = cli->output == OUTPUT_TABLE && isatty(STDOUT_FILENO);
+        /* Redrawing in place needs a terminal that moves the cursor (not TERM=dumb); colour
+         * also honours NO_COLOR (https://no-color.org: set and not empty). */
+        const char *term = getenv("TERM"), *no_color = getenv("NO_COLOR");
+        w.live = cli->output == OUTPUT_TABLE && isatty(STDOUT_FILENO) &&
+                 !(term && strcmp(term, "dumb") == 0);
+        w.color = w.live && !(no_color && *no_color);
         cli_catch_signals();
         if (w.live) {
                 printf("\033[?25l"); /* hide the cursor while redrawing */

@@ -48,14 +48,60 @@ int table_add(struct table *t, const char *const *cells)
                                 free(t->cells[t->nrows * t->ncols + i]);
                         return -ENOMEM;
                 }
-                /* one line per row: a newline or tab inside a cell becomes a space */
+                /* one line per row: a newline or tab inside a cell becomes a space; other
+                 * control characters (an escape sequence in a server's text) a '?' */
                 for (char *p = s; *p; p++)
                         if (*p == '\n' || *p == '\t' || *p == '\r')
                                 *p = ' ';
+                        else if ((unsigned char)*p < 0x20 || *p == 0x7f)
+                                *p = '?';
                 t->cells[t->nrows * t->ncols + i] = s;
         }
         t->nrows++;
         return 0;
+}
+
+/* The columns a code point takes on a terminal: 0 for combining marks, 2 for the East
+ * Asian wide and fullwidth ranges and emoji, else 1 (no locale needed). */
+static unsigned cp_width(uint32_t c)
+{
+        if ((c >= 0x300 && c <= 0x36f) || (c >= 0x200b && c <= 0x200f) || c == 0xfe0f)
+                return 0;
+        if ((c >= 0x1100 && c <= 0x115f) || (c >= 0x2e80 && c <= 0xa4cf && c != 0x303f) ||
+            (c >= 0xac00 && c <= 0xd7a3) || (c >= 0xf900 && c <= 0xfaff) ||
+            (c >= 0xfe30 && c <= 0xfe4f) || (c >= 0xff00 && c <= 0xff60) ||
+            (c >= 0xffe0 && c <= 0xffe6) || (c >= 0x1f300 && c <= 0x1f64f) ||
+            (c >= 0x1f680 && c <= 0x1f6ff) || (c >= 0x1f900 && c <= 0x1f9ff) ||
+            (c >= 0x20000 && c <= 0x3fffd))
+                return 2;
+        return 1;
+}
+
+size_t display_width(const char *s)
+{
+        const unsigned char *p = (const unsigned char *)s;
+        size_t w = 0;
+
+        while (*p) {
+                uint32_t c = *p;
+                int n = c < 0x80             ? 0
+                        : (c & 0xe0) == 0xc0 ? 1
+                        : (c & 0xf0) == 0xe0 ? 2
+                        : (c & 0xf8) == 0xf0 ? 3
+                                             : -1;
+                if (n < 0) { /* not a lead byte: one column, as a terminal shows U+FFFD */
+                        w++;
+                        p++;
+                        continue;
+                }
+                c &= n ? 0x3fu >> n : 0x7fu;
+                p++;
+                int i;
+                for (i = 0; i < n && (*p & 0xc0) == 0x80; i++, p++)
+                        c = (c << 6) | (*p & 0x3fu);
+                w += i == n ? cp_width(c) : 1;
+        }
+        return w;
 }
 
 void table_print(const struct table *t, FILE *f)
@@ -64,14 +110,18 @@ void table_print(const struct table *t, FILE *f)
 
         for (size_t r = 0; r < t->nrows; r++)
                 for (size_t c = 0; c < t->ncols && c < ELEMENTSOF(w); c++)
-                        w[c] = MAX(w[c], strlen(t->cells[r * t->ncols + c]));
+                        w[c] = MAX(w[c], display_width(t->cells[r * t->ncols + c]));
         for (size_t r = 0; r < t->nrows; r++) {
                 for (size_t c = 0; c < t->ncols; c++) {
                         const char *s = t->cells[r * t->ncols + c];
-                        if (c + 1 == t->ncols)
-                                fprintf(f, "%s\n", s);
-                        else
-                                fprintf(f, "%-*s  ", (int)w[MIN(c, ELEMENTSOF(w) - 1)], s);
+                        fputs(s, f);
+                        if (c + 1 == t->ncols) {
+                                fputc('\n', f);
+                                continue;
+                        }
+                        /* padded by display columns, not bytes: UTF-8 cells align */
+                        for (size_t k = display_width(s); k < w[MIN(c, ELEMENTSOF(w) - 1)] + 2; k++)
+                                fputc(' ', f);
                 }
         }
 }

@@ -165,8 +165,8 @@ class HostCommandTest(CtlMixin, AgentTestCase):
         self.assertRegex(err, r"^luofleetctl: %s: \d{3} [a-z-]+: .+\n$" % re.escape(h))
         # usage errors: a URL or a missing file without a digest, a bad digest, no --kernel
         for args, msg in (
-                (["--kernel=https://example.invalid/vmlinuz"], "--kernel-sha256 is needed"),
-                (["--kernel=/nonexistent/vmlinuz"], "--kernel-sha256 is needed"),
+                (["--kernel=https://127.0.0.1:1/vmlinuz"], "--kernel-sha256 is needed"),
+                (["--kernel=/nonexistent/vmlinuz"], "No such file or directory"),
                 (["--kernel=" + path, "--kernel-sha256=abc"], "expected 64 hex digits"),
                 (["--cmdline=x"], "--kernel=URL|PATH is required"),
                 (["--kernel=" + path, "--signature=/nonexistent"], "signature file")):
@@ -395,6 +395,10 @@ class HostCommandTest(CtlMixin, AgentTestCase):
             (["history", h, "--limit=0"], "--limit"),
             (["state", h, "--cert=/x.pem"], "needs its key"),
             (["--controller=ftp://x", "state", h], "expected an http:// or https:// URL"),
+            (["stage", h, "--kernel=/no/such/vmlinuz"],
+             "--kernel=/no/such/vmlinuz: No such file or directory (a file that is on the host "
+             "only needs --kernel-sha256)"),
+            (["stage", h, "--kernel=/no/such/vmlinuz", "--kernel-sha256=12"], "64 hex digits"),
         ]
         for args, msg in cases:
             rc, out, err = self.ctl(*args)
@@ -943,7 +947,8 @@ class RolloutCommandTest(CtlMixin, AgentTestCase):
         for args, msg in (
                 ([], "no kernel"),
                 (["--kernel-url=https://k", "--batch=abc"], "--batch"),
-                (["--kernel-url=https://k", "--batch=101%"], "--batch"),
+                (["--kernel-url=https://k", "--batch=101%"], "--batch=101%: at most 100%"),
+                (["--kernel-url=https://k", "--canary=2000000"], "--canary=2000000: at most"),
                 (["--kernel-url=https://k", "--soak=5 minutes"], "--soak"),
                 (["--kernel-url=https://k", "--mode=yolo"], "--mode"),
                 (["--kernel-url=https://k", "--window=mon-xyz 02:00-03:00"], "--window"),
@@ -973,8 +978,8 @@ class RolloutCommandTest(CtlMixin, AgentTestCase):
             "target": {"kernel": {"url": "https://dl/k", "sha256": "c" * 64}},
             "selector": {"zone": "a"}, "dry_run": True})
         self.assertEqual(out, table([["WAVE", "CANARY", "HOSTS", "NAMES"],
-                                     ["0", "yes", "1", "web1"],
-                                     ["1", "no", "2", "web2,db-primary"]])
+                                     ["1", "yes", "1", "web1"],
+                                     ["2", "no", "2", "web2,db-primary"]])
                          + "skipped: old1 (unreachable)\n"
                          + "3 hosts in 2 waves, expected duration 12m34s\n")
         out = self.ok("rollout", "plan", "--kernel-url=https://dl/k", "--output=json",
@@ -1006,10 +1011,10 @@ class RolloutCommandTest(CtlMixin, AgentTestCase):
             "reason: failure-budget-exhausted: 2 of 10 hosts failed\n"
             "\n") + table([
                 ["HOST", "WAVE", "PHASE", "KERNEL", "BLACKOUT", "ERROR"],
-                ["web1", "0", "done", "6.12.9-luo", "412ms", "-"],
-                ["web2", "1", "failed", "6.12.8-luo", "-",
+                ["web1", "1", "done", "6.12.9-luo", "412ms", "-"],
+                ["web2", "2", "failed", "6.12.8-luo", "-",
                  "kernel-error: prepare failed: EBUSY (now normal on 6.12.8-luo, target staged)"],
-                ["db-primary", "1", "rebooting", "-", "-", "-"]]))
+                ["db-primary", "2", "rebooting", "-", "-", "-"]]))
         for status, code in (("completed", 0), ("running", 0), ("failed", 3), ("aborted", 5),
                              ("blocked", 4)):
             self.fc.routes[("GET", "/v1/rollouts/r-3")] = (200, rollout_doc("r-3", status))
@@ -1054,9 +1059,9 @@ class RolloutCommandTest(CtlMixin, AgentTestCase):
             self.assertEqual(out, (
                 "2026-11-25T10:00:00.000Z rollout-created\n"
                 "2026-11-25T10:00:01.000Z rollout-status status=running\n"
-                "2026-11-25T10:00:02.000Z wave-started wave=0\n"
-                "2026-11-25T10:00:03.000Z host-action host=web1 wave=0 detail=\"reboot\"\n"
-                "2026-11-25T10:00:04.000Z host-phase host=web1 wave=0 phase=done "
+                "2026-11-25T10:00:02.000Z wave-started wave=1\n"
+                "2026-11-25T10:00:03.000Z host-action host=web1 wave=1 detail=\"reboot\"\n"
+                "2026-11-25T10:00:04.000Z host-phase host=web1 wave=1 phase=done "
                 "blackout=412ms\n"
                 "2026-11-25T10:00:05.000Z rollout-status status=%s\n" % final), rid)
         # json: the events' documents, one per line
@@ -1087,11 +1092,12 @@ class RolloutCommandTest(CtlMixin, AgentTestCase):
         self.assertEqual(reqs[1]["headers"].get("Last-Event-ID"), "3")
         self.assertEqual(reqs[1]["headers"].get("Accept"), "text/event-stream")
 
-    def test_watch_live_display(self):
+    def watch_on_a_terminal(self, **env_extra):
         self.watch_setup("r-live", "completed")
         pid, fd = pty.fork()
         if pid == 0:
             env = self.ctl_env(self.env)
+            env.update(env_extra)
             argv = ctl_argv("rollout", "watch", "r-live")
             os.execvpe(argv[0], argv, env)
         out = b""
@@ -1110,7 +1116,12 @@ class RolloutCommandTest(CtlMixin, AgentTestCase):
         _, status = os.waitpid(pid, 0)
         os.close(fd)
         self.assertEqual(os.waitstatus_to_exitcode(status), 0, out)
-        text = out.decode("utf-8", "replace")
+        return out.decode("utf-8", "replace")
+
+    def test_watch_live_display(self):
+        text = self.watch_on_a_terminal(TERM="xterm")
+        self.assertIn("\x1b[1mrollout r-live", text)   # bold, and colours
+        self.assertIn("\x1b[32m web1:done", text)
         self.assertIn("\x1b[?25l", text)   # cursor hidden while drawing
         self.assertIn("\x1b[J", text)      # redrawn in place
         self.assertTrue(text.endswith("\x1b[?25h"), repr(text[-80:]))
@@ -1119,6 +1130,18 @@ class RolloutCommandTest(CtlMixin, AgentTestCase):
         self.assertIn("completed", plain)
         self.assertIn("web1:done", plain)
         self.assertIn("blackout: min 412ms, median 412ms, max 412ms (1 hosts)", plain)
+
+    def test_watch_no_color_and_dumb_terminal(self):
+        # NO_COLOR: still redrawn in place, but no colour or bold
+        text = self.watch_on_a_terminal(TERM="xterm", NO_COLOR="1")
+        self.assertIn("\x1b[J", text)
+        self.assertEqual(re.findall(r"\x1b\[[0-9;]*m", text), [])
+        self.assertIn("web1:done", text)
+        # TERM=dumb: no escape sequence at all; the event lines, as into a pipe
+        text = self.watch_on_a_terminal(TERM="dumb")
+        self.assertNotIn("\x1b", text)
+        self.assertIn("wave-started wave=1", text)
+        self.assertIn("rollout-status status=completed", text)
 
     def test_controller_unreachable(self):
         env = {"LUOFLEET_CONTROLLER": "http://127.0.0.1:%d" % closed_port()}

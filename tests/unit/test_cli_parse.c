@@ -28,6 +28,39 @@ static void assert_json(json_t *j, const char *want)
         json_decref(j);
 }
 
+START_TEST(test_table_utf8_and_controls)
+{
+        static const char *const h[] = { "HOST", "KERNEL" };
+        static const char *const r1[] = { "h\xc3\xb6st", "6.1" }; /* hoest: 4 columns */
+        static const char *const r2[] = { "\xe6\x9c\xba\xe5\x99\xa8", "6.2" }; /* 2 wide: 4 */
+        static const char *const r3[] = { "a\x1b[31mb", "x\ty" };              /* ESC shown as ? */
+        struct table *t = table_new(2, h);
+        char *out = NULL;
+        size_t len = 0;
+        FILE *f = open_memstream(&out, &len);
+
+        ck_assert_uint_eq(display_width("abc"), 3);
+        ck_assert_uint_eq(display_width("h\xc3\xb6st"), 4);
+        ck_assert_uint_eq(display_width("\xe6\x9c\xba\xe5\x99\xa8"), 4);
+        ck_assert_uint_eq(display_width("e\xcc\x81"), 1);        /* e + combining acute */
+        ck_assert_uint_eq(display_width("\xf0\x9f\x9a\x80"), 2); /* rocket */
+        ck_assert_uint_eq(display_width("\xff\xc3"), 2);         /* broken bytes: 1 each */
+        ck_assert_ptr_nonnull(t);
+        ck_assert_int_eq(table_add(t, r1), 0);
+        ck_assert_int_eq(table_add(t, r2), 0);
+        ck_assert_int_eq(table_add(t, r3), 0);
+        table_print(t, f);
+        fclose(f);
+        /* the widest cell is "a?[31mb" (7 columns): every first cell padded to 9 */
+        ck_assert_str_eq(out, "HOST     KERNEL\n"
+                              "h\xc3\xb6st     6.1\n"
+                              "\xe6\x9c\xba\xe5\x99\xa8     6.2\n"
+                              "a?[31mb  x y\n");
+        free(out);
+        table_free(t);
+}
+END_TEST
+
 START_TEST(test_count)
 {
         assert_json(spec_count("3"), "3");
@@ -392,6 +425,7 @@ static Suite *cli_suite(void)
         tcase_add_test(tc, test_session_args);
         tcase_add_test(tc, test_session_find);
         tcase_add_test(tc, test_session_record_detail);
+        tcase_add_test(tc, test_table_utf8_and_controls);
         suite_add_tcase(s, tc);
         return s;
 }
