@@ -694,6 +694,107 @@ START_TEST(test_unavailable_budget_blocks)
 }
 END_TEST
 
+/*
+ * Step timeouts (the spec's timeouts, here the defaults: stage 10 min, prepare 2 min): a host
+ * that does not answer its step fails with timeout-<step> once the limit has passed, not a
+ * millisecond before; the other host goes on. (tests/mutation: engine-step-timeout-never.)
+ */
+START_TEST(test_step_timeouts)
+{
+        struct controller *c = fake_new();
+        add_host(c, "h1", "a", "boot-1");
+        add_host(c, "h2", "a", "boot-1");
+        struct rollout *ro = create(c, "{\"canary\": 0, \"batch\": 2, \"max_unavailable\": 2, "
+                                       "\"max_failures\": 5}");
+        int64_t t0 = c->test_now_wall_ms;
+        pass(c, ro);
+        ck_assert_int_eq(nsent, 2);
+        struct rhost *h1 = rh_of(ro, "h1"), *h2 = rh_of(ro, "h2");
+        ck_assert_int_eq(ro->lim.stage_ms, 10 * 60 * 1000);
+        ck_assert_int_eq(ro->lim.prepare_ms, 2 * 60 * 1000);
+
+        /* h2 is staged at once and starts its prepare; h1 never answers its stage */
+        answer(c, h2, 200, doc(2, "normal", "boot-1", "lf:r1:h2:stage", "succeeded"));
+        c->test_now_wall_ms = t0 + 1000;
+        pass(c, ro);
+        ck_assert_str_eq(h2->rec.step, "prepare");
+        int64_t t_prep = c->test_now_wall_ms;
+
+        /* h2's prepare has its own clock: 2 min from when it was sent */
+        c->test_now_wall_ms = t_prep + ro->lim.prepare_ms - 1;
+        pass(c, ro);
+        ck_assert_int_eq(h2->phase, PH_STAGING);
+        ck_assert_ptr_null(h2->rec.error);
+        c->test_now_wall_ms = t_prep + ro->lim.prepare_ms;
+        pass(c, ro);
+        ck_assert_int_eq(h2->phase, PH_FAILED);
+        ck_assert_str_eq(json_string_value(json_object_get(h2->rec.error, "code")),
+                         "timeout-prepare");
+
+        /* h1's stage: 10 min from when it was sent */
+        ck_assert_int_eq(h1->phase, PH_STAGING);
+        c->test_now_wall_ms = t0 + ro->lim.stage_ms - 1;
+        pass(c, ro);
+        ck_assert_int_eq(h1->phase, PH_STAGING);
+        ck_assert_ptr_null(h1->rec.error);
+        c->test_now_wall_ms = t0 + ro->lim.stage_ms;
+        pass(c, ro);
+        ck_assert_int_eq(h1->phase, PH_FAILED);
+        ck_assert_str_eq(json_string_value(json_object_get(h1->rec.error, "code")),
+                         "timeout-stage");
+        controller_stop(c);
+}
+END_TEST
+
+/*
+ * Hosts prepared within the budget, then another selected host goes away: of the two prepared,
+ * only as many reboot as max_unavailable still allows (2 - 1 = 1); the other waits prepared.
+ * (tests/mutation: engine-max-unavailable-reboot.)
+ */
+START_TEST(test_unavailable_budget_holds_reboots)
+{
+        struct controller *c = fake_new();
+        add_host(c, "h1", "a", "boot-1");
+        add_host(c, "h2", "a", "boot-1");
+        add_host(c, "h3", "a", "boot-1");
+        struct rollout *ro = create(c, "{\"canary\": 0, \"batch\": 2, \"max_unavailable\": 2, "
+                                       "\"max_failures\": 5}");
+        pass(c, ro);
+        ck_assert_int_eq(nsent, 2);
+        struct rhost *h1 = rh_of(ro, "h1"), *h2 = rh_of(ro, "h2");
+        answer(c, h1, 200, doc(2, "normal", "boot-1", "lf:r1:h1:stage", "succeeded"));
+        answer(c, h2, 200, doc(2, "normal", "boot-1", "lf:r1:h2:stage", "succeeded"));
+        pass(c, ro);
+        ck_assert_str_eq(h1->rec.step, "prepare");
+        ck_assert_str_eq(h2->rec.step, "prepare");
+        answer(c, h1, 200, NULL);
+        answer(c, h2, 200, NULL);
+        ck_assert_int_eq(h1->phase, PH_PREPARED);
+        ck_assert_int_eq(h2->phase, PH_PREPARED);
+
+        /* h3 (the next wave) stops answering: one of the two slots is taken */
+        struct host *h3 = engine_host_find(c, "h3");
+        h3->rec.reachable = false;
+        h3->rec.error = strdup("Connection refused");
+        struct rollout_counts n;
+        engine_count(ro, -1, &n);
+        ck_assert_uint_eq(n.unavailable, 1);
+
+        int before = nsent;
+        pass(c, ro);
+        ck_assert_int_eq(nsent, before + 1);
+        ck_assert_int_eq(sent[nsent - 1].step, STEP_REBOOT);
+        ck_assert_int_eq(h1->phase, PH_REBOOTING);
+        ck_assert_int_eq(h2->phase, PH_PREPARED);
+        /* and it stays so while h1 is down */
+        answer(c, h1, 202, NULL);
+        pass(c, ro);
+        ck_assert_int_eq(nsent, before + 1);
+        ck_assert_int_eq(h2->phase, PH_PREPARED);
+        controller_stop(c);
+}
+END_TEST
+
 static Suite *suite(void)
 {
         Suite *s = suite_create("rollout_engine");
@@ -712,6 +813,8 @@ static Suite *suite(void)
         tcase_add_test(tick, test_verify_fails_rollback);
         tcase_add_test(tick, test_window_blocks);
         tcase_add_test(tick, test_unavailable_budget_blocks);
+        tcase_add_test(tick, test_step_timeouts);
+        tcase_add_test(tick, test_unavailable_budget_holds_reboots);
         suite_add_tcase(s, tick);
         return s;
 }
