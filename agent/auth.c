@@ -482,11 +482,12 @@ void auth_done(void)
         policy.anonymous = 0;
 }
 
-int auth_chown_socket(const char *path)
+int auth_chown_socket(int file_fd)
 {
         if (!policy.has_unix_gid)
                 return 0;
-        if (chown(path, (uid_t)-1, policy.unix_gid) < 0)
+        /* The inode itself (an O_PATH descriptor), never a name that may have been replaced. */
+        if (fchownat(file_fd, "", (uid_t)-1, policy.unix_gid, AT_EMPTY_PATH) < 0)
                 return -errno;
         return 0;
 }

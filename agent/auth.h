@@ -75,8 +75,12 @@ int auth_setup(const struct agent_config *cfg, char *err, size_t err_size);
 /* SIGHUP: reread the tokens file; on error the old table stays. */
 int auth_reload(char *err, size_t err_size);
 void auth_done(void);
-/* Give the Unix socket at path to --unix-group (no-op without it). 0 or -errno. */
-int auth_chown_socket(const char *path);
+/*
+ * Give the Unix socket to --unix-group (no-op without it): file_fd is its
+ * file, opened O_PATH and checked to be the socket just bound (server.c).
+ * 0 or -errno.
+ */
+int auth_chown_socket(int file_fd);
 /* Tokens or client certificates configured: TCP callers must authenticate. */
 bool auth_required(void);
 /* Number of tokens loaded now (for /metrics and logs). */

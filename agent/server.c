@@ -33,7 +33,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <linux/sockios.h>
 #include <sys/fsuid.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -56,6 +58,11 @@
 #include "staging.h"
 #include "tls.h"
 #include "worker.h"
+
+/* <linux/un.h>, which clashes with <sys/un.h>: O_PATH descriptor of a bound socket's file. */
+#ifndef SIOCUNIXFILE
+#define SIOCUNIXFILE (SIOCPROTOPRIVATE + 0)
+#endif
 
 struct server_listener {
         struct server *srv;
@@ -900,6 +907,11 @@ static void notify_connection(void *cls, struct MHD_Connection *conn, void **soc
 static struct {
         int fd;
         char url[160];
+        /* A Unix socket bound here: its directory (O_PATH) and inode, so that a failure
+         * before server_start() removes that socket and nothing a swapped path names. */
+        int dir_fd;
+        dev_t dev;
+        ino_t ino;
 } bound[CONFIG_MAX_LISTEN];
 static unsigned n_bound;
 static const struct agent_config *bound_cfg;
@@ -935,28 +947,106 @@ static int tcp_url(int fd, char *url, size_t url_size)
         return n < 0 || (size_t)n >= url_size ? -ENAMETOOLONG : 0;
 }
 
-static int listen_socket(const struct listen_addr *la, char *url, size_t url_size)
+/*
+ * The file a Unix socket (fd) was just bound to as dir_fd/name, opened
+ * O_PATH and checked to be that very socket: its group is then set on this
+ * inode, never through the name, which whoever may write the directory can
+ * replace in between (a root chmod and chown of the path once followed a
+ * link planted right after bind() and gave a root-only file to
+ * --unix-group). The kernel's own descriptor of the bound file when it has
+ * one (SIOCUNIXFILE, which needs CAP_NET_ADMIN), and the name must still
+ * hold it; otherwise the name opened without following a link, which must
+ * be a socket of this process's file system uid (nobody else can make one).
+ * Returns the descriptor, -ESTALE when the name no longer holds the socket,
+ * or -errno.
+ */
+static int bound_socket_file(int fd, int dir_fd, const char *name)
+{
+        _cleanup_close_ int file_fd = -1;
+        struct stat st, at;
+
+        file_fd = ioctl(fd, SIOCUNIXFILE);
+        if (file_fd >= 0) {
+                if (fstat(file_fd, &st) < 0)
+                        return negative_errno();
+                if (fstatat(dir_fd, name, &at, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISSOCK(st.st_mode) ||
+                    at.st_dev != st.st_dev || at.st_ino != st.st_ino)
+                        return -ESTALE;
+                return TAKE_FD(file_fd);
+        }
+        file_fd = openat(dir_fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        if (file_fd < 0)
+                return errno == ENOENT ? -ESTALE : negative_errno();
+        if (fstat(file_fd, &st) < 0)
+                return negative_errno();
+        /* setfsuid() with an invalid id changes nothing and returns the current one. */
+        if (!S_ISSOCK(st.st_mode) || st.st_uid != (uid_t)setfsuid((uid_t)-1))
+                return -ESTALE;
+        return TAKE_FD(file_fd);
+}
+
+/*
+ * A Unix listener at la->path, created with mode 0660 by the umask at bind()
+ * (a chmod after it would act on whatever the name holds by then; main
+ * thread, before the HTTP threads exist). A stale socket there is replaced,
+ * never anything else (bind() refuses an existing name, a link included).
+ * *ret_file_fd: bound_socket_file(), for the chown to --unix-group;
+ * *ret_dir_fd: the directory it is in (O_PATH).
+ */
+static int unix_listen_socket(const struct listen_addr *la, int *ret_file_fd, int *ret_dir_fd)
+{
+        _cleanup_close_ int fd = -1, dir_fd = -1, file_fd = -1;
+        struct sockaddr_un sun = { .sun_family = AF_UNIX };
+        const char *name = strrchr(la->path, '/');
+        char dir[sizeof(la->path)];
+        struct stat st;
+        mode_t old;
+        int r;
+
+        if (strlen(la->path) >= sizeof(sun.sun_path))
+                return -ENAMETOOLONG;
+        if (!name || !name[1])
+                return -EINVAL;
+        name++;
+        snprintf(dir, sizeof(dir), "%.*s", name - la->path > 1 ? (int)(name - la->path - 1) : 1,
+                 la->path);
+        memcpy(sun.sun_path, la->path, strlen(la->path) + 1);
+        dir_fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (dir_fd < 0)
+                return negative_errno();
+        fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                return negative_errno();
+        if (fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISSOCK(st.st_mode))
+                (void)unlinkat(dir_fd, name, 0);
+        old = umask(0117);
+        r = bind(fd, (struct sockaddr *)&sun, sizeof(sun));
+        umask(old);
+        if (r < 0)
+                return negative_errno();
+        file_fd = bound_socket_file(fd, dir_fd, name);
+        if (file_fd < 0)
+                return file_fd;
+        if (listen(fd, 1024) < 0)
+                return negative_errno();
+        *ret_file_fd = TAKE_FD(file_fd);
+        *ret_dir_fd = TAKE_FD(dir_fd);
+        return TAKE_FD(fd);
+}
+
+/* A listening socket for la; for a Unix one also its file and directory (unix_listen_socket()). */
+static int listen_socket(const struct listen_addr *la, char *url, size_t url_size, int *ret_file_fd,
+                         int *ret_dir_fd)
 {
         _cleanup_close_ int fd = -1;
         int one = 1;
 
+        *ret_file_fd = *ret_dir_fd = -1;
         if (la->is_unix) {
-                struct sockaddr_un sun = { .sun_family = AF_UNIX };
-                struct stat st;
-
-                if (strlen(la->path) >= sizeof(sun.sun_path))
-                        return -ENAMETOOLONG;
-                memcpy(sun.sun_path, la->path, strlen(la->path) + 1);
-                fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-                if (fd < 0)
-                        return negative_errno();
-                /* A stale socket from a previous run; never remove anything else. */
-                if (lstat(la->path, &st) == 0 && S_ISSOCK(st.st_mode))
-                        (void)unlink(la->path);
-                if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0)
-                        return negative_errno();
-                (void)chmod(la->path, 0660);
-                snprintf(url, url_size, "unix:%s", la->path);
+                int r = unix_listen_socket(la, ret_file_fd, ret_dir_fd);
+                if (r >= 0)
+                        snprintf(url, url_size, "unix:%s", la->path);
+                return r;
         } else {
                 struct addrinfo hints = { .ai_family = AF_UNSPEC,
                                           .ai_socktype = SOCK_STREAM,
@@ -1057,15 +1147,34 @@ static void take_inherited(int fds[CONFIG_MAX_LISTEN])
         (void)unsetenv(SERVER_LISTEN_FDS_ENV);
 }
 
+/* Remove the Unix socket bound[i] bound: in its directory, only that inode. */
+static void bound_unlink(unsigned i)
+{
+        const char *path = bound_cfg->listen[i].path, *name = strrchr(path, '/') + 1;
+        struct stat st;
+
+        if (bound[i].dir_fd < 0) { /* inherited: no root privilege involved */
+                (void)unlink(path);
+                return;
+        }
+        if (fstatat(bound[i].dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISSOCK(st.st_mode) &&
+            st.st_dev == bound[i].dev && st.st_ino == bound[i].ino)
+                (void)unlinkat(bound[i].dir_fd, name, 0);
+}
+
 static void bound_close(void)
 {
-        for (unsigned i = 0; i < n_bound; i++)
+        for (unsigned i = 0; i < n_bound; i++) {
                 if (bound[i].fd >= 0) {
                         close(bound[i].fd);
                         bound[i].fd = -1;
                         if (bound_cfg->listen[i].is_unix)
-                                (void)unlink(bound_cfg->listen[i].path);
+                                bound_unlink(i);
                 }
+                if (bound[i].dir_fd >= 0)
+                        close(bound[i].dir_fd);
+                bound[i].dir_fd = -1;
+        }
         n_bound = 0;
         bound_cfg = NULL;
 }
@@ -1081,9 +1190,11 @@ int server_bind(const struct agent_config *cfg)
         bound_cfg = cfg;
         for (unsigned i = 0; i < cfg->n_listen && i < CONFIG_MAX_LISTEN; i++) {
                 const struct listen_addr *la = &cfg->listen[i];
+                _cleanup_close_ int file_fd = -1; /* a Unix socket's file (O_PATH) */
+                struct stat st;
                 bool fresh = true;
 
-                bound[i].fd = -1;
+                bound[i].fd = bound[i].dir_fd = -1;
                 n_bound = i + 1;
                 r = -EBADF;
                 if (inherited[i] >= 0) {
@@ -1094,7 +1205,8 @@ int server_bind(const struct agent_config *cfg)
                         fresh = r < 0;
                 }
                 if (fresh)
-                        r = listen_socket(la, bound[i].url, sizeof(bound[i].url));
+                        r = listen_socket(la, bound[i].url, sizeof(bound[i].url), &file_fd,
+                                          &bound[i].dir_fd);
                 if (fresh && r < 0 && la->is_unix && bind_user_set && geteuid() == 0 &&
                     (r == -EACCES || r == -EPERM || r == -EADDRINUSE)) {
                         /*
@@ -1107,11 +1219,19 @@ int server_bind(const struct agent_config *cfg)
                         int k;
                         (void)setfsgid(bind_gid);
                         (void)setfsuid(bind_uid);
-                        k = listen_socket(la, bound[i].url, sizeof(bound[i].url));
+                        k = listen_socket(la, bound[i].url, sizeof(bound[i].url), &file_fd,
+                                          &bound[i].dir_fd);
                         (void)setfsuid(geteuid());
                         (void)setfsgid(getegid());
                         if (k >= 0)
                                 r = k;
+                }
+                if (r == -ESTALE) {
+                        log_error("Failed to listen on %s: the socket file was replaced or "
+                                  "moved right after it was bound (who else may write to its "
+                                  "directory?); nothing was changed through the new name",
+                                  la->path);
+                        goto fail;
                 }
                 if (r < 0) {
                         log_error_errno(r, "Failed to listen on %s%s%s: %m",
@@ -1120,8 +1240,12 @@ int server_bind(const struct agent_config *cfg)
                         goto fail;
                 }
                 bound[i].fd = r;
+                if (file_fd >= 0 && fstat(file_fd, &st) == 0) {
+                        bound[i].dev = st.st_dev;
+                        bound[i].ino = st.st_ino;
+                }
                 if (la->is_unix && fresh) {
-                        r = auth_chown_socket(la->path);
+                        r = auth_chown_socket(file_fd);
                         if (r < 0) {
                                 log_error_errno(r, "Failed to give %s to --unix-group=%s: %m",
                                                 la->path, cfg->unix_group);
@@ -1272,6 +1396,9 @@ int server_start(struct server *s)
                 /* server_bind()'s socket is the listener's now (closed or unlinked by it). */
                 lis->fd = bound[i].fd;
                 bound[i].fd = -1;
+                if (bound[i].dir_fd >= 0)
+                        close(bound[i].dir_fd);
+                bound[i].dir_fd = -1;
                 memcpy(lis->url, bound[i].url, sizeof(lis->url));
                 if (lis->fd < 0)
                         return log_error_errno(EBADF, "No socket bound for %s", lis->url);
