@@ -15,6 +15,7 @@
 #include "config.h"
 #include "luofleet/log.h"
 #include "luofleet/util.h"
+#include "websec.h"
 
 static void usage(FILE *f)
 {
@@ -66,6 +67,12 @@ static void usage(FILE *f)
               "                          metrics, readyz to callers without credentials\n"
               "                          (default none; /healthz is always open)\n"
               "  --insecure              allow a non-loopback listener without TLS and auth\n"
+              "  --allowed-host=NAME     a name besides localhost, 127.0.0.0/8 and [::1] that\n"
+              "                          requests to a loopback listener may carry in Host\n"
+              "                          (against DNS rebinding); repeatable\n"
+              "  --allowed-origin=URL    a browser origin (https://dash.example:3000) whose\n"
+              "                          requests are served; any other Origin header is\n"
+              "                          refused (default: none); repeatable\n"
               "  --staging-dir=DIR       kernel images may be staged from under DIR only\n"
               "                          (default /boot and STATE_DIR/kernels); repeatable\n"
               "  --privsep=yes|no        kernel calls in a separate privileged process (yes)\n"
@@ -214,6 +221,8 @@ enum {
         ARG_UNIX_GROUP,
         ARG_ANONYMOUS,
         ARG_INSECURE,
+        ARG_ALLOWED_HOST,
+        ARG_ALLOWED_ORIGIN,
         ARG_PRIVSEP,
         ARG_USER,
         ARG_CA_BUNDLE,
@@ -355,6 +364,8 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 { "unix-group", required_argument, NULL, ARG_UNIX_GROUP },
                 { "anonymous", required_argument, NULL, ARG_ANONYMOUS },
                 { "insecure", no_argument, NULL, ARG_INSECURE },
+                { "allowed-host", required_argument, NULL, ARG_ALLOWED_HOST },
+                { "allowed-origin", required_argument, NULL, ARG_ALLOWED_ORIGIN },
                 { "privsep", required_argument, NULL, ARG_PRIVSEP },
                 { "user", required_argument, NULL, ARG_USER },
                 { "ca-bundle", required_argument, NULL, ARG_CA_BUNDLE },
@@ -645,6 +656,28 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 case ARG_INSECURE:
                         cfg->insecure = true;
                         break;
+                case ARG_ALLOWED_HOST:
+                case ARG_ALLOWED_ORIGIN: {
+                        bool host = c == ARG_ALLOWED_HOST;
+                        char norm[WEBSEC_ORIGIN_MAX + 1];
+                        char **list = host ? cfg->allowed_hosts : cfg->allowed_origins;
+                        unsigned *n = host ? &cfg->n_allowed_hosts : &cfg->n_allowed_origins;
+                        r = host ? websec_parse_allowed_host(optarg, norm, sizeof(norm))
+                                 : websec_parse_allowed_origin(optarg, norm, sizeof(norm));
+                        if (r < 0)
+                                return bad(host ? "--allowed-host" : "--allowed-origin", optarg,
+                                           host ? "expected a host name or an IP address, "
+                                                  "without a port"
+                                                : "expected an origin: http:// or https://, a "
+                                                  "host and an optional port, nothing after it");
+                        if (*n >= CONFIG_MAX_ALLOWED)
+                                return bad(host ? "--allowed-host" : "--allowed-origin", optarg,
+                                           "at most 16 of them");
+                        if (set_str(&list[*n], norm) < 0)
+                                return -ENOMEM;
+                        (*n)++;
+                        break;
+                }
                 case ARG_PRIVSEP:
                         if (strcmp(optarg, "yes") == 0)
                                 cfg->privsep = true;
@@ -898,6 +931,11 @@ void config_done(struct agent_config *cfg)
         free(cfg->tls_client_ca);
         free(cfg->tokens_file);
         free(cfg->unix_group);
+        for (unsigned i = 0; i < cfg->n_allowed_hosts; i++)
+                free(cfg->allowed_hosts[i]);
+        for (unsigned i = 0; i < cfg->n_allowed_origins; i++)
+                free(cfg->allowed_origins[i]);
+        cfg->n_allowed_hosts = cfg->n_allowed_origins = 0;
         free(cfg->run_user);
         free(cfg->ca_bundle);
         free(cfg->trusted_keys_dir);

@@ -14,6 +14,7 @@
 #define CONFIG_MAX_LISTEN 8
 #define STATE_DIR_DEFAULT "/var/lib/luofleet"
 #define CONFIG_MAX_STAGING_DIRS 8
+#define CONFIG_MAX_ALLOWED 16 /* --allowed-host, --allowed-origin */
 
 /* --anonymous: read endpoints open without credentials when auth is on. */
 enum {
@@ -74,6 +75,11 @@ struct agent_config {
         char *unix_group;    /* group whose members are operators on the Unix socket */
         unsigned anonymous;  /* ANON_* bits: endpoints open without credentials */
         bool insecure;       /* non-loopback without TLS and auth allowed */
+        /* Browsers (websec.c): more Host names for loopback listeners, Origins accepted. */
+        char *allowed_hosts[CONFIG_MAX_ALLOWED]; /* normalized by websec_parse_allowed_host */
+        unsigned n_allowed_hosts;
+        char *allowed_origins[CONFIG_MAX_ALLOWED]; /* normalized by websec_parse_allowed_origin */
+        unsigned n_allowed_origins;
 
         /* Kernel staging from URLs (download.c) and signatures. */
         char *ca_bundle;              /* PEM CA bundle for https downloads; NULL = system */
