@@ -142,9 +142,15 @@ static CURL *easy_new(const struct cli *cli, const char *method, const char *url
                 curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
                 t = curl_slist_append(h, "Content-Type: application/json");
                 h = t ?: h;
-        } else if (strcmp(method, "POST") == 0) {
-                curl_easy_setopt(e, CURLOPT_POSTFIELDS, "");
-                curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, 0L);
+        } else if (strcmp(method, "GET") != 0) {
+                /* The agent wants the media type on every mutating request, also without a
+                 * body (against cross-site requests from browsers: docs/security.md). */
+                if (strcmp(method, "POST") == 0) {
+                        curl_easy_setopt(e, CURLOPT_POSTFIELDS, "");
+                        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, 0L);
+                }
+                t = curl_slist_append(h, "Content-Type: application/json");
+                h = t ?: h;
         }
         t = curl_slist_append(h, sse ? "Accept: text/event-stream"
                                      : "Accept: application/json, application/problem+json");

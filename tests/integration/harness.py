@@ -423,6 +423,11 @@ class Client:
         if json_body is not _MISSING:
             body = json.dumps(json_body).encode()
             hdrs.setdefault("Content-Type", "application/json")
+        elif (body is None and method in ("POST", "PUT", "DELETE", "PATCH") and
+              not any(k.lower() == "content-type" for k in hdrs)):
+            # The agent wants application/json on every mutating TCP request, a body-less one
+            # too (against cross-site requests from browsers: docs/security.md).
+            hdrs["Content-Type"] = "application/json"
         if isinstance(body, str):
             body = body.encode()
         conn = self.connection(timeout)
