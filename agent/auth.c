@@ -780,6 +780,8 @@ static const char *const denied_codes[] = {
         "invalid-credentials",
         "client-certificate-required",
         "forbidden",
+        "origin-not-allowed", /* server.c: a browser's request (websec.h) */
+        "host-not-allowed",
 };
 static atomic_uint_fast64_t denied[ELEMENTSOF(denied_codes)];
 

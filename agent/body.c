@@ -8,7 +8,7 @@
 
 #include "body.h"
 
-static bool media_type_is_json(const char *ct)
+bool body_media_type_is_json(const char *ct)
 {
         static const char want[] = "application/json";
         size_t n = sizeof(want) - 1;
@@ -39,7 +39,7 @@ int body_parse(struct http_req *req, struct http_reply *rep, bool required, json
                 }
                 return 1;
         }
-        if (!media_type_is_json(req->content_type)) {
+        if (!body_media_type_is_json(req->content_type)) {
                 http_reply_problem(rep, 415, "unsupported-media-type",
                                    "Content-Type must be application/json, not %s",
                                    req->content_type ? req->content_type : "(none)");

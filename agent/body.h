@@ -12,6 +12,12 @@
 #include "http.h"
 
 /*
+ * Is this Content-Type application/json (any case, parameters allowed)?
+ * server.c asks it of every mutating request, with a body or not.
+ */
+bool body_media_type_is_json(const char *ct);
+
+/*
  * Decode the body. *ret is NULL when there is no body (allowed only when
  * !required). Returns 1 ok, 0 when rep holds a 400/415 answer.
  */

@@ -51,6 +51,8 @@ static const struct {
         { "invalid-credentials", "Invalid credentials" },
         { "client-certificate-required", "A TLS client certificate is required" },
         { "forbidden", "The caller's role may not do this" },
+        { "origin-not-allowed", "Origin not allowed" },
+        { "host-not-allowed", "Host not allowed" },
         { "hook-veto", "A workload hook vetoed the action" },
         { "hook-failed", "A workload hook failed after the action" },
         { "health-check-failed", "A post-update health check hook is failing" },

@@ -43,6 +43,16 @@ void router_init(void)
                 routes[i].metrics_id = metrics_route_register(routes[i].path);
 }
 
+bool router_has_route(enum http_method method, const char *path)
+{
+        enum http_method m = method == HTTP_HEAD ? HTTP_GET : method;
+
+        for (size_t i = 0; i < ELEMENTSOF(routes); i++)
+                if (routes[i].method == m && strcmp(routes[i].path, path) == 0)
+                        return true;
+        return false;
+}
+
 int router_dispatch(struct http_req *req, struct http_reply *rep)
 {
         enum http_method m = req->method == HTTP_HEAD ? HTTP_GET : req->method;

@@ -5,9 +5,13 @@
  */
 #pragma once
 
+#include <stdbool.h>
+
 #include "http.h"
 
 void router_init(void);
+/* Is there a handler for method on path? (server.c: checks before the body is read) */
+bool router_has_route(enum http_method method, const char *path);
 /* Dispatch req; fills rep. Returns the route's metrics id (-1 unmatched). */
 int router_dispatch(struct http_req *req, struct http_reply *rep);
 
