@@ -537,6 +537,53 @@ static void hook_env_locked(struct agent *a, enum hook_phase phase, char *kernel
         *ret_index = a->index;
 }
 
+int hooks_check(const char *dir, char *msg, size_t size)
+{
+        struct stat st;
+        int dfd;
+
+        if (!dir)
+                return 0;
+        /* The tree as this process sees it (the network side, after the drop): what it
+         * cannot read, it cannot run. */
+        dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd < 0) {
+                int r = -errno;
+                if (r == -EACCES)
+                        snprintf(msg, size,
+                                 "--hooks-dir=%s: %s (this process, uid %u, cannot read it: "
+                                 "make it readable and searchable for that user)",
+                                 dir, strerror(-r), (unsigned)geteuid());
+                else
+                        snprintf(msg, size, "--hooks-dir=%s: %s", dir, strerror(-r));
+                return r;
+        }
+        if (fstat(dfd, &st) < 0 || !owner_ok(st.st_uid) || (st.st_mode & 022)) {
+                snprintf(msg, size,
+                         "--hooks-dir=%s is writable by group or others, or not owned by root or "
+                         "uid %u",
+                         dir, (unsigned)geteuid());
+                close(dfd);
+                return -EPERM;
+        }
+        close(dfd);
+        for (int p = 0; p < _HOOK_PHASE_MAX; p++) {
+                char **names = NULL;
+                size_t n = 0;
+                int r = hooks_scan(dir, (enum hook_phase)p, &names, &n);
+                hooks_names_free(names);
+                if (r < 0) {
+                        snprintf(msg, size, "%s/%s.d: %s: its hooks cannot run", dir,
+                                 hook_phase_to_string((enum hook_phase)p),
+                                 r == -EPERM ? "writable by group or others, or not owned by "
+                                               "root or this user"
+                                             : strerror(-r));
+                        return r;
+                }
+        }
+        return 0;
+}
+
 int hooks_phase(struct agent *a, enum hook_phase phase, const char *op_id, bool stop_on_failure,
                 struct hook_result *ret_failed)
 {
@@ -549,10 +596,8 @@ int hooks_phase(struct agent *a, enum hook_phase phase, const char *op_id, bool 
         if (!cfg || !cfg->hooks_dir)
                 return 0;
         r = hooks_scan(cfg->hooks_dir, phase, &names, &n);
-        if (r == -ENOMEM)
-                return r;
         if (r < 0)
-                return 0; /* refused directory: logged, no hooks */
+                return r; /* fail closed: a phase whose hooks cannot be read is not passed */
         for (size_t i = 0; i < n; i++) {
                 char path[4096], kernel[4096], what[96];
                 struct hook_result hr;

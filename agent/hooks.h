@@ -75,6 +75,13 @@ void hook_result_done(struct hook_result *r);
  * NULL-terminated array of malloc'ed names (free with hooks_names_free).
  */
 int hooks_scan(const char *dir, enum hook_phase phase, char ***ret_names, size_t *ret_n);
+/*
+ * The hooks tree, checked as this process sees it: dir (NULL: no hooks) can be opened, is
+ * not writable by group or others, and every existing <phase>.d can be read. 0, or a
+ * negative errno with msg saying what is wrong and where. At start-up (refused: a
+ * configuration error) and, through hooks_phase(), before each phase.
+ */
+int hooks_check(const char *dir, char *msg, size_t size);
 char **hooks_names_free(char **names);
 
 /*
@@ -98,8 +105,10 @@ void hook_result_describe(const struct hook_result *r, char *buf, size_t size);
  * "hook"), index moved, listeners notified. With stop_on_failure, the first
  * failing hook ends the phase and is returned in *ret_failed (caller calls
  * hook_result_done); returns 1 then, 0 when every hook succeeded (or there
- * are none), -errno on an internal failure. Without stop_on_failure every
- * hook runs and failures are only logged and journaled (returns 0).
+ * are none), -errno on an internal failure or when the phase's directory
+ * cannot be read (fail closed: hooks_check() says why). Without
+ * stop_on_failure every hook runs and failures are only logged and journaled
+ * (returns 0, or that -errno when the directory cannot be read).
  */
 int hooks_phase(struct agent *a, enum hook_phase phase, const char *op_id, bool stop_on_failure,
                 struct hook_result *ret_failed);

@@ -42,6 +42,7 @@
 #include "agent.h"
 #include "auth.h"
 #include "config.h"
+#include "hooks.h"
 #include "journal.h"
 #include "luofleet/log.h"
 #include "luofleet/macro.h"
@@ -766,6 +767,17 @@ static int run(void)
         if (r != 0)
                 return r;
         the_backend = backend;
+        {
+                /* After the drop: the hooks as the process that runs them sees them. A hooks
+                 * tree it cannot read would let every veto hook be skipped: refused. */
+                char why[640];
+                r = hooks_check(cfg.hooks_dir, why, sizeof(why));
+                if (r < 0) {
+                        log_error("Refusing to start: %s", why);
+                        ret = EXIT_USAGE;
+                        goto out;
+                }
+        }
         int self = backend->ops->self_check(backend, &ks_ioctl, &ks_sysfs);
 
         r = journal_open(dir_fd, "journal", cfg.journal_max_bytes, &journal, &rep);

@@ -498,11 +498,21 @@ static bool op_hooks_before(struct op_job *job, struct stage_result *sr)
         if (k == 0)
                 return false;
         if (k < 0) {
+                char why[320];
                 sr->status = 500;
-                sr->code = "internal-error";
-                snprintf(sr->detail, sizeof(sr->detail),
-                         "the %s hooks could not be run: %s was not done",
-                         hook_phase_to_string(phase), action);
+                /* Fail closed: a veto hook that cannot be read protects nothing. */
+                if (k != -ENOMEM && hooks_check(a->cfg->hooks_dir, why, sizeof(why)) < 0) {
+                        sr->code = "hooks-unreadable";
+                        snprintf(sr->detail, sizeof(sr->detail),
+                                 "the %s hooks cannot run: %s; %s "
+                                 "was not done",
+                                 hook_phase_to_string(phase), why, action);
+                } else {
+                        sr->code = "internal-error";
+                        snprintf(sr->detail, sizeof(sr->detail),
+                                 "the %s hooks could not be run: %s was not done",
+                                 hook_phase_to_string(phase), action);
+                }
                 return true;
         }
         hook_result_describe(&hr, what, sizeof(what));

@@ -12,7 +12,9 @@ The agents run as root and drop to nobody: hooks run as nobody, so the hooks dir
 directory beside it."""
 
 import os
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -343,16 +345,61 @@ class HooksTest(AgentTestCase):
         self.assertIn("world-writable is writable by group or others", log)
         self.assertNotIn("backup~", log)
 
-    def test_writable_phase_directory_refused(self):
-        self.hook("pre-prepare", "veto", "exit 1\n")
-        os.chmod(os.path.join(self.hooks, "pre-prepare.d"), 0o777)
-        a = self.hooked_agent()
-        d = self.assertStateDoc(a.client().post("/v1/prepare"))
-        self.assertEqual(d["state"], "prepared")
-        self.assertIn("its hooks are refused", a.log())
+    def start_refused(self, hooks_dir, name):
+        """The agent with --hooks-dir=hooks_dir: refused at start-up (exit 2); its stderr."""
+        a = self.agent("--hooks-dir=" + hooks_dir, start=False, name=name)
+        p = subprocess.run(a.command(), capture_output=True, timeout=30 * harness.SCALE)
+        self.assertEqual(p.returncode, 2, p.stderr.decode())
+        return p.stderr.decode()
 
-    def test_no_hooks_directory(self):
-        a = self.agent("--hooks-dir=%s" % os.path.join(self.hooks, "absent"))
+    def test_writable_phase_directory_refused(self):
+        # Fail closed: a veto hook in a directory anyone may write is not trusted, and the
+        # phase is not passed without it.
+        self.hook("pre-prepare", "veto", "exit 1\n")
+        phase_dir = os.path.join(self.hooks, "pre-prepare.d")
+        os.chmod(phase_dir, 0o777)
+        err = self.start_refused(self.hooks, "writable")
+        self.assertIn("Refusing to start: %s: writable by group or others, or not owned by root "
+                      "or this user: its hooks cannot run" % phase_dir, err)
+        # Made writable while the agent runs: the prepare is refused, nothing changes.
+        os.chmod(phase_dir, 0o755)
+        a = self.hooked_agent()
+        os.chmod(phase_dir, 0o777)
+        r = a.client().post("/v1/prepare", json_body={"operation_id": "h-w"})
+        self.assertProblem(r, 500, "hooks-unreadable")
+        self.assertIn(phase_dir, r.json["detail"])
+        self.assertTrue(r.json["detail"].endswith("; prepare was not done"), r.json["detail"])
+        self.assertEqual(a.client().state()["state"], "normal")
+        self.assertEqual(a.sim_kernel()["state"], "normal")
+
+    def test_unreadable_hooks_directory_refused(self):
+        # The network side runs as nobody: a root-only hooks tree is one it cannot read,
+        # which used to mean "no hooks" and a prepare nobody vetoed.
+        if os.geteuid() != 0:
+            self.skipTest("needs root: the agent drops its network side to nobody")
+        self.hook("pre-prepare", "veto", "exit 1\n")
+        os.chmod(self.hooks, 0o700)
+        err = self.start_refused(self.hooks, "private")
+        self.assertRegex(err, r"Refusing to start: --hooks-dir=%s: Permission denied \(this "
+                              r"process, uid \d+, cannot read it" % re.escape(self.hooks))
+        # A phase directory that becomes unreadable while the agent runs: refused.
+        os.chmod(self.hooks, 0o755)
+        a = self.hooked_agent()
+        os.chmod(os.path.join(self.hooks, "pre-prepare.d"), 0o700)
+        r = a.client().post("/v1/prepare", json_body={"operation_id": "h-u"})
+        self.assertProblem(r, 500, "hooks-unreadable")
+        self.assertIn("pre-prepare.d: Permission denied", r.json["detail"])
+        self.assertEqual(a.client().state()["state"], "normal")
+
+    def test_missing_hooks_directory_refused(self):
+        absent = os.path.join(self.hooks, "absent")
+        err = self.start_refused(absent, "absent")
+        self.assertIn("Refusing to start: --hooks-dir=%s: No such file or directory" % absent,
+                      err)
+
+    def test_no_phase_directories(self):
+        # An empty hooks tree: no hooks, every action goes through.
+        a = self.hooked_agent()
         c = a.client()
         self.assertStateDoc(c.post("/v1/prepare"))
         self.assertStateDoc(c.post("/v1/cancel"))
