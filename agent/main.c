@@ -500,6 +500,10 @@ static void helper_files(struct privsep_files *f)
                 },
                 .staging_dirs = cfg.staging_dirs,
                 .n_staging_dirs = cfg.n_staging_dirs,
+                /* the helper checks signatures itself: a compromised network side cannot
+                 * load an unsigned kernel under --require-signature */
+                .trusted_keys_dir = cfg.trusted_keys_dir,
+                .require_signature = cfg.require_signature,
         };
         for (unsigned i = 0; i < cfg.n_listen && i < PRIVSEP_MAX_SOCKETS; i++)
                 if (cfg.listen[i].is_unix)

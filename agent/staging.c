@@ -684,7 +684,11 @@ static int staging_fetch(struct agent *a, struct op_request *rq, struct stage_re
                                     .max_bytes = cfg->download_max_bytes,
                                     .connect_ms = cfg->download_connect_ms,
                                     .timeout_ms = cfg->download_timeout_ms,
-                                    .retries = cfg->download_retries };
+                                    .retries = cfg->download_retries,
+                                    /* file:/// read beneath the staging directories only,
+                                     * at the read itself too (not only at the request) */
+                                    .file_dirs = cfg->staging_dirs,
+                                    .n_file_dirs = cfg->n_staging_dirs };
         n = snprintf(dir, sizeof(dir), "%s/kernels", cfg->state_dir);
         if (n < 0 || (size_t)n >= sizeof(dir) - 96) {
                 fail(res, 500, "internal-error", "state directory path too long");

@@ -307,10 +307,8 @@ class HelperPolicyTest(AgentTestCase):
                            capture_output=True)
         return json.loads(p.stdout)
 
-    # Needs main.c to hand --trusted-keys and --require-signature to the helper at its fork
-    # (privsep_files.trusted_keys_dir, .require_signature): until then the helper does not
-    # know signatures are required, and this attack still loads. Remove the decorator then.
-    @unittest.expectedFailure
+    # main.c hands --trusted-keys and --require-signature to the helper at its fork
+    # (privsep_files.trusted_keys_dir, .require_signature): the helper itself refuses.
     def test_unsigned_kernel_refused_when_signatures_are_required(self):
         if not OPENSSL:
             raise AssertionError("needs openssl(1)")
