@@ -18,6 +18,7 @@
 #include "cli.h"
 
 #include "luofleet/macro.h"
+#include "luofleet/util.h"
 
 #define BODY_MAX (32u * 1024 * 1024)
 #define SSE_LINE_MAX (1024u * 1024)
@@ -162,7 +163,14 @@ static CURL *easy_new(const struct cli *cli, const char *method, const char *url
                 if (n > 0 && (size_t)n < sizeof(line) && (t = curl_slist_append(h, line)))
                         h = t;
         }
-        if (cli->token) {
+        /* The token never crosses a network in clear text, whoever chose the URL (a name
+         * the controller resolved included): https, or http to a loopback literal. */
+        if (cli->token && !url_may_carry_token(url))
+                fprintf(stderr,
+                        "luofleetctl: not sending the token to %s: plain http off "
+                        "loopback (use https://)\n",
+                        url);
+        else if (cli->token) {
                 n = snprintf(line, sizeof(line), "Authorization: Bearer %s", cli->token);
                 if (n > 0 && (size_t)n < sizeof(line) && (t = curl_slist_append(h, line)))
                         h = t;

@@ -14,12 +14,20 @@
 #include "luofleet/macro.h"
 #include "luofleet/util.h"
 
+/* By the literal only (luofleet/util.h): 127.evil.example is not loopback. */
 static bool is_loopback(const char *host, size_t n)
 {
-        if ((n == 9 && strncmp(host, "localhost", 9) == 0) ||
-            (n == 5 && strncmp(host, "[::1]", 5) == 0))
-                return true;
-        return n >= 4 && strncmp(host, "127.", 4) == 0;
+        char h[256];
+
+        if (n >= 2 && host[0] == '[' && host[n - 1] == ']') {
+                host++;
+                n -= 2;
+        }
+        if (n == 0 || n >= sizeof(h))
+                return false;
+        memcpy(h, host, n);
+        h[n] = 0;
+        return host_is_loopback(h);
 }
 
 int target_parse(const char *arg, char **ret_url)

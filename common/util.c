@@ -12,6 +12,9 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -383,4 +386,62 @@ _Noreturn void exit_now(int status)
 {
         leak_check_now();
         _exit(status);
+}
+
+int url_host(const char *url, char *out, size_t size)
+{
+        const char *p, *end;
+        size_t n;
+
+        if (!url || !size)
+                return -EINVAL;
+        if (strncasecmp(url, "http://", 7) == 0)
+                p = url + 7;
+        else if (strncasecmp(url, "https://", 8) == 0)
+                p = url + 8;
+        else
+                return -EINVAL;
+        end = p + strcspn(p, "/?#");
+        if (memchr(p, '@', (size_t)(end - p)))
+                return -EINVAL; /* user info: never sent, never shown */
+        if (*p == '[') {
+                const char *close = memchr(p, ']', (size_t)(end - p));
+                if (!close)
+                        return -EINVAL;
+                p++;
+                n = (size_t)(close - p);
+        } else {
+                n = strcspn(p, ":/?#");
+        }
+        if (n == 0 || n >= size)
+                return -EINVAL;
+        for (size_t i = 0; i < n; i++)
+                out[i] = (char)((p[i] >= 'A' && p[i] <= 'Z') ? p[i] + ('a' - 'A') : p[i]);
+        out[n] = 0;
+        return 0;
+}
+
+bool host_is_loopback(const char *host)
+{
+        struct in_addr a4;
+        struct in6_addr a6;
+
+        if (!host)
+                return false;
+        if (strcmp(host, "localhost") == 0)
+                return true;
+        if (inet_pton(AF_INET, host, &a4) == 1)
+                return (ntohl(a4.s_addr) >> 24) == 127;
+        if (inet_pton(AF_INET6, host, &a6) == 1)
+                return IN6_IS_ADDR_LOOPBACK(&a6);
+        return false;
+}
+
+bool url_may_carry_token(const char *url)
+{
+        char host[256];
+
+        if (url && strncasecmp(url, "https://", 8) == 0)
+                return url_host(url, host, sizeof(host)) == 0;
+        return url_host(url, host, sizeof(host)) == 0 && host_is_loopback(host);
 }

@@ -14,6 +14,7 @@
 
 #include "agentclient.h"
 #include "luofleet/macro.h"
+#include "luofleet/util.h"
 
 #define AC_BODY_MAX (4u << 20) /* an agent's answer larger than this is refused */
 
@@ -202,6 +203,9 @@ int ac_start(struct agentclient *ac, enum ac_kind kind, const char *method, cons
         curl_easy_setopt(e, CURLOPT_WRITEDATA, q);
         curl_easy_setopt(e, CURLOPT_ERRORBUFFER, q->errbuf);
         curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+        /* the agent's identity: its certificate must name the URL's host */
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                          (long)(ac->o.connect_timeout_ms ? ac->o.connect_timeout_ms : 3000));
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS,
@@ -217,7 +221,11 @@ int ac_start(struct agentclient *ac, enum ac_kind kind, const char *method, cons
                 curl_easy_setopt(e, CURLOPT_SSLCERT, ac->o.tls.client_cert);
         if (ac->o.tls.client_key)
                 curl_easy_setopt(e, CURLOPT_SSLKEY, ac->o.tls.client_key);
-        if (ac->auth_header && !(q->headers = curl_slist_append(q->headers, ac->auth_header)))
+        /* The fleet-wide token only where it cannot be read on the way: https (the agent's
+         * certificate verified for the URL's host), or http to a loopback literal. An
+         * http:// agent elsewhere (--allow-http-agents) gets no token (and answers 401). */
+        if (ac->auth_header && url_may_carry_token(url) &&
+            !(q->headers = curl_slist_append(q->headers, ac->auth_header)))
                 goto oom;
         if (if_match >= 0) {
                 snprintf(hdr, sizeof(hdr), "If-Match: \"%lld\"", (long long)if_match);

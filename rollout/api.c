@@ -15,6 +15,7 @@
 
 #include "api.h"
 #include "controller.h"
+#include "luofleet/log.h"
 #include "luofleet/macro.h"
 #include "luofleet/util.h"
 #include "problem.h"
@@ -431,6 +432,10 @@ static void h_host(struct api_req *req, const struct route_match *m, struct api_
                         reply_ctl_problem(rep, &p);
                         return;
                 }
+                /* Audited: who pointed a host (and with it the agent token) where. */
+                log_notice("Host %s %s by %s: url %s", name, created ? "added" : "changed",
+                           req->who ? req->who : "?",
+                           json_string_value(json_object_get(ret, "url")) ?: "?");
                 reply_json(rep, created ? 201 : 200, ret);
                 if (created)
                         snprintf(rep->location, sizeof(rep->location), "/v1/hosts/%s", name);
@@ -444,6 +449,7 @@ static void h_host(struct api_req *req, const struct route_match *m, struct api_
                                 reply_ctl_problem(rep, &p);
                         return;
                 }
+                log_notice("Host %s deleted by %s", name, req->who ? req->who : "?");
                 api_reply_clear(rep);
                 rep->status = 204;
                 return;

@@ -65,7 +65,8 @@ struct api_req {
         const char *last_event_id; /* header, or NULL */
         const char *body;          /* NULL when none */
         size_t body_len;
-        int fd; /* the connection's socket: an event stream notices a hang-up */
+        int fd;          /* the connection's socket: an event stream notices a hang-up */
+        const char *who; /* the authenticated caller ("token:ops"), for the audit log */
 };
 
 struct api_stream;

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "hostpolicy.h"
 #include "luofleet/log.h"
 #include "luofleet/macro.h"
 #include "luofleet/util.h"
@@ -38,7 +39,13 @@ static void usage(FILE *f)
               "  --agent-ca-bundle=FILE  CA certificates for https agents (default: the system's)\n"
               "  --agent-cert=FILE       client certificate (PEM) presented to the agents\n"
               "  --agent-key=FILE        and its private key\n"
-              "  --agent-token-file=FILE bearer token for the agents (first line of FILE)\n"
+              "  --agent-token-file=FILE bearer token for the agents (first line of FILE);\n"
+              "                          sent only over https, or http to a loopback address\n"
+              "  --agent-allow=PATTERN   agent URLs must name a host matching one of these:\n"
+              "                          NAME, *.DOMAIN, ADDRESS or ADDRESS/PREFIX; repeatable\n"
+              "                          or comma-separated (default: any host)\n"
+              "  --allow-http-agents     accept http:// agent URLs off loopback (default: https\n"
+              "                          only; the agent token is never sent over them)\n"
               "  --poll-wait=DURATION    long-poll wait asked of the agents (default 30s)\n"
               "  --retry-min=DURATION    first retry delay for an unreachable agent (500ms)\n"
               "  --retry-max=DURATION    longest retry delay (default 10s)\n"
@@ -95,6 +102,8 @@ enum {
         ARG_AGENT_CERT,
         ARG_AGENT_KEY,
         ARG_AGENT_TOKEN_FILE,
+        ARG_AGENT_ALLOW,
+        ARG_ALLOW_HTTP_AGENTS,
         ARG_TLS_CERT,
         ARG_TLS_KEY,
         ARG_TLS_CLIENT_CA,
@@ -122,6 +131,8 @@ static const struct option options[] = {
         { "agent-cert", required_argument, NULL, ARG_AGENT_CERT },
         { "agent-key", required_argument, NULL, ARG_AGENT_KEY },
         { "agent-token-file", required_argument, NULL, ARG_AGENT_TOKEN_FILE },
+        { "agent-allow", required_argument, NULL, ARG_AGENT_ALLOW },
+        { "allow-http-agents", no_argument, NULL, ARG_ALLOW_HTTP_AGENTS },
         { "tls-cert", required_argument, NULL, ARG_TLS_CERT },
         { "tls-key", required_argument, NULL, ARG_TLS_KEY },
         { "tls-client-ca", required_argument, NULL, ARG_TLS_CLIENT_CA },
@@ -243,6 +254,39 @@ static int apply(struct rollout_config *cfg, int id, const char *flag, const cha
                 return set_path(flag, &cfg->agent_key, v);
         case ARG_AGENT_TOKEN_FILE:
                 return set_path(flag, &cfg->agent_token_file, v);
+        case ARG_AGENT_ALLOW: {
+                const char *p = v;
+                while (p && *p) {
+                        size_t n = strcspn(p, ",");
+                        char pat[256];
+                        if (n == 0 || n >= sizeof(pat))
+                                return bad(flag, v,
+                                           "expected NAME, *.DOMAIN, ADDRESS or "
+                                           "ADDRESS/PREFIX, comma-separated");
+                        memcpy(pat, p, n);
+                        pat[n] = 0;
+                        if (!allow_pattern_valid(pat))
+                                return bad(flag, pat,
+                                           "expected NAME, *.DOMAIN, ADDRESS or "
+                                           "ADDRESS/PREFIX");
+                        if (cfg->n_agent_allow >= ROLLOUT_AGENT_ALLOW_MAX)
+                                return bad(flag, pat, "too many patterns (at most 64)");
+                        cfg->agent_allow[cfg->n_agent_allow] = strdup(pat);
+                        if (!cfg->agent_allow[cfg->n_agent_allow])
+                                return -ENOMEM;
+                        cfg->n_agent_allow++;
+                        p += n + (p[n] == ',');
+                }
+                return 0;
+        }
+        case ARG_ALLOW_HTTP_AGENTS:
+                if (!v || strcmp(v, "yes") == 0 || strcmp(v, "true") == 0 || strcmp(v, "1") == 0)
+                        cfg->allow_http_agents = true;
+                else if (strcmp(v, "no") == 0 || strcmp(v, "false") == 0 || strcmp(v, "0") == 0)
+                        cfg->allow_http_agents = false;
+                else
+                        return bad(flag, v, "expected yes or no");
+                return 0;
         case ARG_TLS_CERT:
                 return set_path(flag, &cfg->tls_cert, v);
         case ARG_TLS_KEY:
@@ -580,4 +624,9 @@ void rollout_config_done(struct rollout_config *cfg)
                 free(*strs[i]);
                 *strs[i] = NULL;
         }
+        for (unsigned i = 0; i < cfg->n_agent_allow; i++) {
+                free(cfg->agent_allow[i]);
+                cfg->agent_allow[i] = NULL;
+        }
+        cfg->n_agent_allow = 0;
 }

@@ -22,6 +22,8 @@
 #define ROLLOUT_CONFIG_ENV "LUOFLEET_ROLLOUT_CONFIG"
 #define ROLLOUT_TIME_OFFSET_ENV "LUOFLEET_TEST_TIME_OFFSET"
 
+#define ROLLOUT_AGENT_ALLOW_MAX 64
+
 struct rollout_config {
         struct listen_addr listen[ROLLOUT_CONFIG_MAX_LISTEN];
         unsigned n_listen;
@@ -32,6 +34,9 @@ struct rollout_config {
 
         /* How the controller reaches the agents. */
         char *agent_ca_bundle, *agent_cert, *agent_key, *agent_token_file;
+        bool allow_http_agents; /* http:// agent URLs off loopback (the token never goes) */
+        char *agent_allow[ROLLOUT_AGENT_ALLOW_MAX]; /* names, *.suffix, CIDRs; none: any */
+        unsigned n_agent_allow;
         uint64_t poll_wait_ms, retry_min_ms, retry_max_ms;
         uint64_t connect_timeout_ms, request_timeout_ms;
         unsigned max_agent_connections;

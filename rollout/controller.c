@@ -272,12 +272,6 @@ static bool name_valid(const char *s, size_t max)
         return true;
 }
 
-static bool url_valid(const char *u)
-{
-        return u && (strncmp(u, "http://", 7) == 0 || strncmp(u, "https://", 8) == 0) &&
-               strlen(u) < 1024;
-}
-
 static bool labels_valid(const json_t *l)
 {
         const char *k;
@@ -312,10 +306,16 @@ static int load_inventory(struct controller *c, const char *path, char *err, siz
                 const char *name = json_string_value(json_object_get(e, "name"));
                 const char *url = json_string_value(json_object_get(e, "url"));
                 const json_t *labels = json_object_get(e, "labels");
-                if (!name || !name_valid(name, STORE_NAME_MAX - 1) || !url_valid(url) ||
+                char why[320];
+                if (!name || !name_valid(name, STORE_NAME_MAX - 1) ||
                     (labels && !labels_valid(labels))) {
                         snprintf(err, err_size, "%s: host %zu: needs a valid name and url", path,
                                  i);
+                        json_decref(doc);
+                        return -EINVAL;
+                }
+                if (host_url_check(&c->host_policy, url, why, sizeof(why)) < 0) {
+                        snprintf(err, err_size, "%s: host %s: %s", path, name, why);
                         json_decref(doc);
                         return -EINVAL;
                 }
@@ -420,6 +420,7 @@ int controller_start(const struct ctl_options *opts, struct controller **ret, ch
         if (c->retry_max_ms < c->retry_min_ms)
                 c->retry_max_ms = c->retry_min_ms;
         c->time_offset_s = opts->time_offset_s;
+        c->host_policy = opts->hosts;
         c->store_ok = true;
         srandom((unsigned)(now_real_usec() ^ (uint64_t)getpid()));
 
@@ -541,9 +542,9 @@ int controller_host_put(struct controller *c, const char *name, const json_t *bo
         const char *url = json_string_value(json_object_get(body, "url"));
         const json_t *labels = json_object_get(body, "labels");
         const char *bname = json_string_value(json_object_get(body, "name"));
-        if (!url_valid(url)) {
-                problem(p, 400, "invalid-field", "url",
-                        "url must be an http:// or https:// URL of the agent");
+        char why[320];
+        if (host_url_check(&c->host_policy, url, why, sizeof(why)) < 0) {
+                problem(p, 400, "invalid-field", "url", "%s", why);
                 return -1;
         }
         if (labels && !labels_valid(labels)) {

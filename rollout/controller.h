@@ -91,6 +91,8 @@
  */
 #pragma once
 
+#include "hostpolicy.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -119,6 +121,9 @@ struct ctl_options {
         const char *db_path;        /* SQLite file (created 0600); ":memory:" for unit tests */
         const char *inventory_path; /* hosts file (JSON, see docs/rollout.md) or NULL */
         struct ctl_agent_tls agent;
+        /* Which agent URLs are accepted (hostpolicy.h; the patterns are not copied: they
+         * must outlive the controller). */
+        struct host_policy hosts;
         /* Long-poll wait asked of the agents (ms; default 30000). */
         unsigned poll_wait_ms;
         /* Unreachable-host retry backoff: first and cap (ms; defaults 500 and 10000). */

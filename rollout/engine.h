@@ -151,6 +151,7 @@ struct controller {
         /* options (strings copied) */
         char name[32];
         char *db_path, *inventory_path;
+        struct host_policy host_policy; /* patterns owned by the caller (ctl_options) */
         unsigned poll_wait_ms, retry_min_ms, retry_max_ms;
         int64_t time_offset_s;
 

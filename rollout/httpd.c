@@ -124,6 +124,7 @@ struct conn {
         bool allowed;
         struct api_reply denial; /* the 401/403 when !allowed */
         const char *www_authenticate;
+        char who[160]; /* the caller, as logs name it ("token:ops", "anonymous") */
 };
 
 static enum api_method method_of(const char *m)
@@ -185,6 +186,7 @@ static bool authenticate(struct conn *c, struct MHD_Connection *conn, const char
                 return c->allowed;
         c->authed = true;
         c->allowed = true;
+        snprintf(c->who, sizeof(c->who), "anonymous");
         if (!auth_required())
                 return true;
         arq.authorization = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
@@ -196,8 +198,10 @@ static bool authenticate(struct conn *c, struct MHD_Connection *conn, const char
                 arq.cert_name = cert_name;
         }
         v = auth_check(&arq, &who, &code, detail, sizeof(detail));
-        if (v == AUTH_ALLOW)
+        if (v == AUTH_ALLOW) {
+                auth_identity_string(&who, c->who, sizeof(c->who));
                 return true;
+        }
         c->allowed = false;
         auth_count_denied(v, code);
         if (v == AUTH_UNAUTHENTICATED) {
@@ -378,6 +382,7 @@ static enum MHD_Result access_handler(void *cls, struct MHD_Connection *conn, co
                 .body = c->body,
                 .body_len = c->len,
                 .fd = -1,
+                .who = c->who,
         };
         struct api_reply rep;
         const union MHD_ConnectionInfo *ci =

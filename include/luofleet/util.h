@@ -90,3 +90,18 @@ void leak_check_now(void);
  */
 struct sockaddr_un;
 int unix_sockaddr(const char *path, struct sockaddr_un *ret, int *ret_dir_fd);
+
+/*
+ * The host part of an http:// or https:// URL into out (brackets of an IPv6 literal
+ * removed, lower-cased): 0, or -EINVAL (another scheme, user info, empty or too long).
+ */
+int url_host(const char *url, char *out, size_t size);
+/*
+ * Is host (as url_host() gives it) the loopback interface by its literal: an IPv4 address
+ * in 127.0.0.0/8, ::1, or "localhost"? A name that merely starts with "127." is not
+ * (127.evil.example resolves wherever its owner wants).
+ */
+bool host_is_loopback(const char *host);
+/* A bearer token may go to url: https (its certificate is verified), or http to a loopback
+ * literal; never in clear text across a network. */
+bool url_may_carry_token(const char *url);

@@ -479,6 +479,27 @@ class HostCommandTest(CtlMixin, AgentTestCase):
         self.assertEqual((rc, out), (1, ""))
         self.assertEqual(err, "luofleetctl: nope: 404 not-found: no host named nope\n")
 
+    def test_token_never_in_clear_text_off_loopback(self):
+        # A controller's operator points a name at a listener of theirs, over plain http: the
+        # CLI's token does not go there. [::ffff:127.0.0.1] is loopback traffic, but not a
+        # loopback literal, which is what the CLI trusts (as it does not trust 127.evil.example).
+        evil = FakeController(self)
+        evil.routes[("GET", "/v1/state")] = (401, problem(401, "authentication-required",
+                                                          "a token, please"))
+        port = int(evil.url.rsplit(":", 1)[1].split("/")[0])
+        fc = FakeController(self)
+        mapped = "http://[::ffff:127.0.0.1]:%d" % port
+        fc.routes[("GET", "/v1/hosts/web2")] = (200, {"name": "web2", "url": mapped})
+        env = {"LUOFLEET_TOKEN": "cli-secret-token"}
+        rc, out, err = self.ctl("state", "web2", "--controller=" + fc.url, env=env)
+        self.assertEqual((rc, out), (1, ""))
+        self.assertIn("luofleetctl: not sending the token to %s/v1/state: plain http off "
+                      "loopback (use https://)\n" % mapped, err)
+        self.assertEqual([r["headers"].get("Authorization") for r in evil.requests], [None])
+        # The controller on a loopback literal does get it (the control).
+        self.assertEqual([r["headers"].get("Authorization") for r in fc.requests],
+                         ["Bearer cli-secret-token"])
+
 
 # ---------------------------------------------------------------------------------------------
 # The fake controller

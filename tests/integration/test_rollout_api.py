@@ -27,6 +27,7 @@ LUOFLEET_TEST_TMP, LUOFLEET_TEST_KEEP, LUOFLEET_TEST_TIMEOUT_SCALE (harness.py).
 
 import hashlib
 import http.client
+import http.server
 import json
 import os
 import re
@@ -36,6 +37,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import unittest
 
@@ -698,9 +700,10 @@ class TestHosts(RolloutTestCase):
                            field="url")
         self.assertProblem(cl.put("/v1/hosts/e", {"url": "http://x:1", "colour": "red"}),
                            400, "invalid-field", field="colour")
-        self.assertProblem(cl.put("/v1/hosts/e", {"url": "http://x:1", "name": "f"}),
+        self.assertProblem(cl.put("/v1/hosts/e", {"url": "http://127.0.0.1:1", "name": "f"}),
                            400, "invalid-field", field="name")
-        self.assertProblem(cl.put("/v1/hosts/e", {"url": "http://x:1", "labels": {"k": 1}}),
+        self.assertProblem(cl.put("/v1/hosts/e", {"url": "http://127.0.0.1:1",
+                                                  "labels": {"k": 1}}),
                            400, "invalid-field", field="labels")
         # Persisted: a restart on the same store still has the API's host.
         cl.put("/v1/hosts/g", {"url": "http://127.0.0.1:3"})
@@ -711,6 +714,89 @@ class TestHosts(RolloutTestCase):
                          % r)
         self.assertEqual(r.json["source"], "api", r)
         self.assertProblem(ctl.client().get("/v1/hosts/d"), 404, "not-found")
+
+    def test_agent_urls_and_the_token(self):
+        # The attack: an operator of the controller points a host at a listener of theirs to
+        # collect the fleet-wide agent token. http:// is refused off loopback; with
+        # --allow-http-agents it is accepted but the token does not go there.
+        token = "agent-secret-" + "x" * 32
+        tf = os.path.join(self.tmp, "agent.token")
+        with open(tf, "w") as f:
+            f.write(token + "\n")
+        os.chmod(tf, 0o600)
+        seen = []
+
+        class FakeAgent(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                seen.append((self.headers.get("Host"), self.headers.get("Authorization")))
+                body = json.dumps({"state": "normal", "index": 1, "boot_id": "b" * 8,
+                                   "kernel": "6.1", "backend": "sim", "staged": None,
+                                   "operation": None}).encode()
+                time.sleep(0.05)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeAgent)
+        srv.daemon_threads = True
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        self.addCleanup(srv.server_close)
+        self.addCleanup(srv.shutdown)
+        port = srv.server_address[1]
+        mapped = "http://[::ffff:127.0.0.1]:%d" % port   # loopback traffic, not a loopback literal
+
+        ctl = self.controller("--agent-token-file=" + tf, "--retry-min=50ms", "--poll-wait=1s")
+        cl = ctl.client()
+        r = cl.put("/v1/hosts/evil", {"url": mapped})
+        self.assertProblem(r, 400, "invalid-field", field="url")
+        self.assertIn("http:// only to a loopback address", r.json["detail"])
+        self.assertProblem(cl.put("/v1/hosts/evil", {"url": "http://127.evil.example:1"}), 400,
+                           "invalid-field", field="url")
+        self.assertProblem(cl.put("/v1/hosts/evil", {"url": "https://ops:pw@agent.example"}),
+                           400, "invalid-field", field="url")
+        self.assertProblem(cl.get("/v1/hosts/evil"), 404, "not-found")
+        ctl.stop()
+
+        ctl = self.controller("--agent-token-file=" + tf, "--retry-min=50ms", "--poll-wait=1s",
+                              "--allow-http-agents")
+        cl = ctl.client()
+        self.assertEqual(cl.put("/v1/hosts/evil", {"url": mapped}).status, 201)
+        self.assertEqual(cl.put("/v1/hosts/lo", {"url": "http://127.0.0.1:%d" % port}).status,
+                         201)
+        hosts = {"[::ffff:127.0.0.1]:%d" % port: "evil", "127.0.0.1:%d" % port: "lo"}
+        harness.wait_for(lambda: {hosts.get(h) for h, _ in seen} >= {"evil", "lo"} or None,
+                         timeout=20 * SCALE, what="the controller to watch both hosts")
+        auth = {}
+        for h, a in list(seen):
+            auth.setdefault(hosts.get(h), set()).add(a)
+        self.assertEqual(auth["evil"], {None})
+        self.assertEqual(auth["lo"], {"Bearer " + token})
+        log = ctl.log()
+        self.assertIn("Host evil added by anonymous: url " + mapped, log)
+        self.assertNotIn(token, log)
+        self.assertEqual(cl.delete("/v1/hosts/evil").status, 204)
+        ctl.stop()
+        self.assertIn("Host evil deleted by anonymous", ctl.log())
+
+        # --agent-allow: only hosts that match (no DNS: a literal matches a literal).
+        ctl = self.controller("--agent-allow=127.0.0.1,*.example.net", "--poll-wait=1s")
+        cl = ctl.client()
+        r = cl.put("/v1/hosts/x", {"url": "http://localhost:%d" % port})
+        self.assertProblem(r, 400, "invalid-field", field="url")
+        self.assertEqual(r.json["detail"], "url: the host localhost matches no --agent-allow "
+                                           "pattern")
+        self.assertEqual(cl.put("/v1/hosts/y", {"url": "https://hv1.example.net:7470"}).status,
+                         201)
+        self.assertEqual(cl.put("/v1/hosts/z", {"url": "http://127.0.0.1:%d" % port}).status,
+                         201)
+        rc, _, err = run_rollout(["--agent-allow=a b", "--db=" + os.path.join(self.tmp, "x")])
+        self.assertEqual(rc, 2, err)
+        self.assertIn("--agent-allow", err if isinstance(err, str) else err.decode())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -157,6 +157,9 @@ START_TEST(test_target)
         assert_target("10.0.0.1:7470", 0, "https://10.0.0.1:7470");
         assert_target("host7.example:7470", 0, "https://host7.example:7470");
         assert_target("[2001:db8::1]:7470", 0, "https://[2001:db8::1]:7470");
+        /* loopback by the literal only: a name that starts with 127. is anyone's */
+        assert_target("127.evil.example:7470", 0, "https://127.evil.example:7470");
+        assert_target("[::ffff:127.0.0.1]:7470", 0, "https://[::ffff:127.0.0.1]:7470");
         assert_target("web1", -ENOENT, NULL);
         assert_target("web-1.rack_2", -ENOENT, NULL);
         assert_target("", -EINVAL, NULL);
