@@ -1,10 +1,13 @@
 # The two README commands, and a few conveniences. The build itself is CMake.
-#   make run    install dependencies, build, run the agent on the simulated kernel
+#   make run    install what building and running need, build, run the agent on the
+#               simulated kernel (the test toolchain comes with make test)
 #   make test   install dependencies, build (plain, ASan+UBSan, TSan), run every suite (VM included)
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 LISTEN ?= 127.0.0.1:8421
+PREFIX ?= /usr/local
 
-.PHONY: all deps build run test test-vm test-fleet bench bench-fleet bench-live-update format clean
+.PHONY: all deps build run test test-vm test-fleet bench bench-fleet bench-live-update format clean \
+	install
 
 all: build
 
@@ -30,13 +33,16 @@ test-vm: build
 	cd build && ctest --output-on-failure -L vm
 
 test-fleet: build
+	scripts/install-deps --with-tests
 	cd build && ctest --output-on-failure -L fleet
 
 bench: build
+	scripts/install-deps --with-tests
 	bench/run
 
 # 100 and 1,000 real agents in one rollout (docs/benchmarks.md, "Fleet rollout").
 bench-fleet: build
+	scripts/install-deps --with-tests
 	bench/fleet-rollout 100 1000
 
 # The blackout a workload sees through the agent beside the raw kernel figure, on a real
@@ -44,6 +50,10 @@ bench-fleet: build
 bench-live-update: build
 	scripts/install-deps --with-vm
 	bench/live-update 64 1024
+
+# Into PREFIX (default /usr/local; DESTDIR stages it): docs/install.md. Builds first.
+install: build
+	cmake --install build --prefix $(PREFIX)
 
 format:
 	scripts/check-source --fix
