@@ -246,9 +246,11 @@ int main(int argc, char **argv)
                         die("the agent is in state %s: use a fresh --state-dir", state);
                 arm_waiters(index);
                 settle();
-                n = snprintf(req, sizeof(req),
-                             "POST /v1/%s HTTP/1.1\r\nHost: %s\r\nContent-Length: 0\r\n\r\n",
-                             action, hostport);
+                n = snprintf(
+                        req, sizeof(req),
+                        "POST /v1/%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                        "Content-Length: 0\r\n\r\n",
+                        action, hostport);
                 bconn_reset(&ctl);
                 t0 = now_ns();
                 bconn_send(&ctl, req, (size_t)n);

@@ -5,18 +5,16 @@
  * Sends one request (Connection: close), reads the answer and prints the
  * status code on the first line, then the body (de-chunked). With -i the
  * response headers are printed between the status line and the body.
- * -d BODY sends a JSON body (Content-Type: application/json); "-d @FILE" reads
- * it from FILE. -t bounds the whole exchange (default 30 s): on expiry the
- * client prints what it has and exits 3 (so a long-poll or an event stream
- * can be cut off). -e N stops after N complete Server-Sent Events (blank-line
- * terminated blocks with a data: line) and exits 0. -T prints one timing line
- * on stderr at the end: "lfc-time sent_us=S answer_us=R elapsed_us=R-S", S the
- * CLOCK_MONOTONIC time (µs) when the request was completely written, R when
- * the first byte of the answer arrived (0 if none), so that two clients in the
- * same guest can be compared (a POST's S against a long-poll's R).
- * Exit status: 0 an answer was read, 1 connection/IO error, 2 usage,
- * 3 timeout, 4 connection closed before any status line (e.g. a kexec).
- * Only http://IPv4:PORT/PATH URLs (the guest talks to its own loopback).
+ * -d BODY sends a JSON body; every request but GET says Content-Type: application/json; "-d @FILE"
+ * reads it from FILE. -t bounds the whole exchange (default 30 s): on expiry the client prints what
+ * it has and exits 3 (so a long-poll or an event stream can be cut off). -e N stops after N
+ * complete Server-Sent Events (blank-line terminated blocks with a data: line) and exits 0. -T
+ * prints one timing line on stderr at the end: "lfc-time sent_us=S answer_us=R elapsed_us=R-S", S
+ * the CLOCK_MONOTONIC time (µs) when the request was completely written, R when the first byte of
+ * the answer arrived (0 if none), so that two clients in the same guest can be compared (a POST's S
+ * against a long-poll's R). Exit status: 0 an answer was read, 1 connection/IO error, 2 usage, 3
+ * timeout, 4 connection closed before any status line (e.g. a kexec). Only http://IPv4:PORT/PATH
+ * URLs (the guest talks to its own loopback).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -211,11 +209,14 @@ int main(int argc, char **argv)
         }
         char *req;
         size_t bl = body ? strlen(body) : 0;
-        int rl = asprintf(&req,
-                          "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nUser-Agent: lfc\r\n"
-                          "%s%s%s\r\n",
-                          method, path, host, headers,
-                          body ? "Content-Type: application/json\r\n" : "", "");
+        int rl = asprintf(
+                &req,
+                "%s %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\nUser-Agent: lfc\r\n"
+                "%s%s%s\r\n",
+                method, path, host, headers,
+                /* every mutating request, also without a body (the agent
+                 * refuses it otherwise: docs/security.md, cross-site requests) */
+                body || strcmp(method, "GET") != 0 ? "Content-Type: application/json\r\n" : "", "");
         if (rl < 0)
                 return 1;
         if (body) {

@@ -216,7 +216,8 @@ class MalformedHTTPTest(BadInputTestCase):
              "invalid-query"),
             # A NUL in a header value: MHD keeps what precedes it; the precondition holds.
             (b"POST /v1/prepare HTTP/1.1\r\nHost: x\r\nIf-Match: \"999\"\x00\"%d\"\r\n"
-             b"Content-Length: 0\r\n\r\n" % n, 412, "precondition-failed"),
+             b"Content-Type: application/json\r\nContent-Length: 0\r\n\r\n" % n, 412,
+             "precondition-failed"),
         ]
         for data, status, code in cases:
             with self.subTest(data=data):

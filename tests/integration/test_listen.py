@@ -133,7 +133,7 @@ class IPv6Test(harness.AgentTestCase):
         self.assertEqual(r.status, 200)
         self.assertEqual(json.loads(body)["state"], "normal")
         c = http.client.HTTPConnection("::1", int(m.group(1)), timeout=10)
-        c.request("POST", "/v1/prepare")
+        c.request("POST", "/v1/prepare", headers={"Content-Type": "application/json"})
         r = c.getresponse()
         doc = json.loads(r.read())
         c.close()

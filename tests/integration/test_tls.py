@@ -109,8 +109,11 @@ class TLSTest(harness.AgentTestCase):
     def request(self, a, method, path, ctx=None, headers=None, body=None, timeout=10):
         c = http.client.HTTPSConnection("127.0.0.1", a.port, context=ctx or self.context(),
                                         timeout=timeout)
+        headers = dict(headers or {})
+        if method in ("POST", "PUT", "DELETE"):
+            headers.setdefault("Content-Type", "application/json")  # also without a body
         try:
-            c.request(method, path, body=body, headers=headers or {})
+            c.request(method, path, body=body, headers=headers)
             r = c.getresponse()
             data = r.read()
             peer = c.sock.getpeercert(binary_form=True)
