@@ -274,11 +274,12 @@ class HostCommandTest(CtlMixin, AgentTestCase):
             if r.get("kind") == "operation" and r["operation"]["id"] not in ops:
                 ops.append(r["operation"]["id"])
         self.assertEqual(ops, [prefix + ":stage", prefix + ":prepare", prefix + ":reboot"])
-        # The host comes back in its new boot: converge finishes it, then says converged.
-        wait_for(lambda: self.doc(a)["boot_id"] != before["boot_id"] or None, timeout=30,
-                 what="the simulated kexec")
-        wait_for(lambda: self.doc(a)["state"] == "updated" or None, what="state updated")
-        after = self.doc(a)
+        # The host comes back in its new boot (wait_ready polls through the simulated kexec's
+        # blackout): converge finishes it, then says converged.
+        wait_for(lambda: a.wait_ready(timeout=30)["boot_id"] != before["boot_id"] or None,
+                 timeout=30, what="the simulated kexec")
+        after = a.wait_ready(timeout=30)
+        self.assertEqual(after["state"], "updated")
         self.assertEqual(after["kernel"], rel)
         out = self.ok("converge", h, "--kernel=" + path, timeout=60)
         self.assertEqual(out, "%s: finished the update to %s\n%s: runs %s, state normal: "
