@@ -17,9 +17,9 @@ bool allow_pattern_valid(const char *pat);
 bool host_allowed(char *const *pats, unsigned n, const char *host);
 
 struct host_policy {
-        bool allow_http;       /* --allow-http-agents */
-        char *const *allow;    /* --agent-allow patterns */
-        unsigned n_allow;      /* 0: any host */
+        bool allow_http;    /* --allow-http-agents */
+        char *const *allow; /* --agent-allow patterns */
+        unsigned n_allow;   /* 0: any host */
 };
 
 /* 0 when url may be an agent's; else -1 with why ("url": a sentence). */
