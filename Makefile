@@ -19,11 +19,14 @@ build: deps
 	cmake --build build -j $(JOBS)
 
 # The demo's staging directory (README, "The agent in five minutes"): kernels are staged only
-# from allowed directories (--staging-dir).
+# from allowed directories (--staging-dir). Run as root, the demo names the user its network
+# process drops to (nobody, unless RUN_USER says; an installed agent has its own, luofleet).
+RUN_USER ?= nobody
+RUN_AS := $(if $(filter 0,$(shell id -u)),--user=$(RUN_USER))
 run: build
 	mkdir -p $(CURDIR)/run-staging
 	exec build/bin/luofleet-agent --backend=sim --state-dir=$(CURDIR)/run-state --listen=$(LISTEN) \
-		--staging-dir=$(CURDIR)/run-staging
+		--staging-dir=$(CURDIR)/run-staging $(RUN_AS)
 
 test:
 	scripts/test

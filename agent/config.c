@@ -77,7 +77,7 @@ static void usage(FILE *f)
               "                          (default /boot and STATE_DIR/kernels); repeatable\n"
               "  --privsep=yes|no        kernel calls in a separate privileged process (yes)\n"
               "  --user=NAME             when started as root, the network-facing process\n"
-              "                          runs as NAME (default luofleet, else nobody)\n"
+              "                          runs as NAME (default luofleet, which must exist)\n"
               "\n"
               "Kernel staging from URLs:\n"
               "  --ca-bundle=FILE        CA certificates for https downloads (default: the\n"

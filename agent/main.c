@@ -61,7 +61,7 @@ enum {
         EXIT_BUSY = 4,
 };
 
-/* The run user when --user is not given: this one if it exists, else nobody. */
+/* The run user when --user is not given: it must exist (no silent fallback to nobody). */
 #define RUN_USER_DEFAULT "luofleet"
 #define RUN_USER_FALLBACK "nobody"
 /* How long the simulated kexec waits for the old helper to be gone. */
@@ -339,14 +339,21 @@ static int resolve_run_user(uid_t *ret_uid, gid_t *ret_gid, char *name, size_t n
         } else {
                 want = RUN_USER_DEFAULT;
                 pw = getpwnam(want);
-                if (!pw) {
-                        log_notice("No user %s on this host: the network process runs as %s "
-                                   "(create a %s user, or pass --user=NAME)",
-                                   RUN_USER_DEFAULT, RUN_USER_FALLBACK, RUN_USER_DEFAULT);
-                        want = RUN_USER_FALLBACK;
-                        errno = 0;
-                        pw = getpwnam(want);
-                }
+                /*
+                 * No silent fallback to nobody: an identity other daemons share could
+                 * signal the network process or write its files. The user is created by the
+                 * package (sysusers); elsewhere say which one.
+                 */
+                if (!pw)
+                        return log_error_errno(errno ? errno : ENOENT,
+                                               "No user %s on this host: refusing to run the "
+                                               "network process as %s, an identity other "
+                                               "daemons share. Create the user (systemd-sysusers "
+                                               "luofleet.sysusers.conf, or useradd --system "
+                                               "%s), or choose one with --user=NAME "
+                                               "(--user=%s if you accept sharing it)",
+                                               RUN_USER_DEFAULT, RUN_USER_FALLBACK,
+                                               RUN_USER_DEFAULT, RUN_USER_FALLBACK);
         }
         /* Refused rather than staying root unasked: create the user, or choose one. */
         if (!pw)
@@ -656,8 +663,8 @@ static int open_backend(int dir_fd, struct backend **ret)
         } else {
                 if (root) {
                         r = resolve_run_user(&pc.drop_uid, &pc.drop_gid, user, sizeof(user));
-                        if (r < 0)
-                                return EXIT_RUNTIME;
+                        if (r < 0) /* no such user, or none chosen: configuration */
+                                return r == -ENOMEM ? EXIT_RUNTIME : EXIT_USAGE;
                         pc.drop = r == 0;
                 } else if (cfg.run_user)
                         log_notice("--user=%s has no effect: not started as root", cfg.run_user);
@@ -691,14 +698,17 @@ static int open_backend(int dir_fd, struct backend **ret)
                 secfile_set_opener(open_config_file, *ret);
         if (pc.drop)
                 server_set_bind_user(pc.drop_uid, pc.drop_gid);
+        /* A TLS or tokens file refused (owner, mode, content) is a configuration error:
+         * exit 2, which the unit does not restart on; a port in use is not. */
         r = server_security_setup(&cfg);
+        bool config_error = r < 0 && r != -ENOMEM;
         if (r >= 0)
                 r = server_bind(&cfg);
         if (r < 0) {
                 secfile_set_opener(NULL, NULL);
                 server_unbind();
                 *ret = backend_free(*ret);
-                return EXIT_RUNTIME;
+                return config_error ? EXIT_USAGE : EXIT_RUNTIME;
         }
         if (!cfg.privsep)
                 return 0;

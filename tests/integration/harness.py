@@ -724,8 +724,10 @@ class Agent:
     """One luofleet-agent process (and its restarts) on one state directory."""
 
     def __init__(self, workdir, state_dir=None, args=(), port=0, backend="sim", name="agent",
-                 binary=None):
+                 binary=None, default_user=False):
         self.workdir = workdir
+        # True: no --user=nobody added (the agent chooses its run user itself)
+        self.default_user = default_user
         self.name = name
         self.state_dir = state_dir or os.path.join(workdir, name + "-state")
         self.args = list(args)
@@ -802,6 +804,12 @@ class Agent:
         # directory, so allow that one unless the test chose its own.
         if not any(a.startswith("--staging-dir") for a in args):
             cmd.append("--staging-dir=%s" % os.path.realpath(self.workdir))
+        # As root the agent needs a run user: its own (luofleet, if this machine has one) or
+        # one named. The suites name nobody unless a test chooses, so that they behave the
+        # same whether or not a luofleet user exists here (scripts/test-packages creates one).
+        if os.geteuid() == 0 and not any(a.startswith("--user") or a == "--privsep=no"
+                                         for a in args) and not self.default_user:
+            cmd.append("--user=nobody")
         # Run as root, the agent drops its network process to --user (default luofleet, else
         # nobody), as in production: listeners, TLS files, tokens and staged kernels are all
         # opened with root's privileges (before the drop, or by the privileged helper).
@@ -908,9 +916,14 @@ class Agent:
                          % (self.name, timeout, last, self.log()))
 
 
-def run_agent(args, timeout=START_TIMEOUT, binary=None):
-    """Run the binary to completion (for flag errors and refusals): (rc, stdout, stderr)."""
-    p = subprocess.run([binary or agent_path()] + list(args), stdin=subprocess.DEVNULL,
+def run_agent(args, timeout=START_TIMEOUT, binary=None, default_user=False):
+    """Run the binary to completion (for flag errors and refusals): (rc, stdout, stderr).
+    As root, --user=nobody is added unless args choose (see Agent.command) or default_user."""
+    args = list(args)
+    if (os.geteuid() == 0 and not default_user and args and args[0] != "token" and
+            not any(a.startswith("--user") or a == "--privsep=no" for a in args)):
+        args.append("--user=nobody")
+    p = subprocess.run([binary or agent_path()] + args, stdin=subprocess.DEVNULL,
                        capture_output=True, timeout=timeout)
     return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
 

@@ -252,22 +252,31 @@ class PrivsepTest(AgentTestCase):
 
     @unittest.skipUnless(IS_ROOT, ROOT_ONLY)
     def test_root_default_user(self):
+        # Without --user the network process runs as luofleet, and never silently as nobody
+        # (an identity other daemons share): without a luofleet user the start is refused.
         try:
             want = pwd.getpwnam("luofleet")
         except KeyError:
-            want = pwd.getpwnam("nobody")
-        # --privsep=yes: a run without --user (the harness may add --user=root otherwise).
-        a = self.agent("--privsep=yes")
-        self.assertEqual(ids(status(a.pid), "Uid"), [want.pw_uid] * 4)
-        if want.pw_name == "nobody":
-            self.assertIn("No user luofleet on this host", a.log())
+            want = None
+        if want:
+            a = self.agent("--privsep=yes", default_user=True)
+            self.assertEqual(ids(status(a.pid), "Uid"), [want.pw_uid] * 4)
+            return
+        sd = os.path.join(self.tmp, "st-default")
+        rc, out, err = run_agent(["--backend=sim", "--state-dir=%s" % sd,
+                                  "--listen=127.0.0.1:0", "--privsep=yes"], default_user=True)
+        self.assertEqual(rc, 2, err)
+        self.assertIn("No user luofleet on this host: refusing to run the network process as "
+                      "nobody, an identity other daemons share. Create the user", err)
+        self.assertIn("--user=nobody if you accept sharing it", err)
+        self.assertNotIn("listening on", out)
 
     @unittest.skipUnless(IS_ROOT, ROOT_ONLY)
     def test_root_refuses_an_unknown_user(self):
         sd = os.path.join(self.tmp, "st")
         rc, out, err = run_agent(["--backend=sim", "--state-dir=%s" % sd,
                                   "--listen=127.0.0.1:0", "--user=no-such-user-lf"])
-        self.assertEqual(rc, 1, err)
+        self.assertEqual(rc, 2, err)  # a configuration error: the unit does not restart
         self.assertIn("no-such-user-lf", err)
         self.assertNotIn("listening on", out)
 

@@ -58,6 +58,8 @@ class ReadmeFiveMinutesTest(harness.AgentTestCase):
         for line in make_run_recipe():
             line = line.replace("$(CURDIR)", checkout).replace("$(LISTEN)",
                                                                "127.0.0.1:%d" % port)
+            # RUN_AS: --user=$(RUN_USER) (default nobody) when make runs as root, else nothing
+            line = line.replace("$(RUN_AS)", "--user=nobody" if os.geteuid() == 0 else "")
             words = shlex.split(line)
             if words[0] == "exec":
                 agent = words[1:]
