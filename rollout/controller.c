@@ -374,6 +374,73 @@ static int load_inventory(struct controller *c, const char *path, char *err, siz
 
 /* ---- lifecycle -------------------------------------------------------------------- */
 
+/*
+ * One line per unfinished rollout at start-up, from the store (before any
+ * agent was asked): where it resumes. Waves are numbered from 1, as luofleetctl
+ * prints them. The current wave's hosts that have not ended are named with
+ * their phase and, when one is recorded, their step: "done" when the store
+ * says it completed (the agent's answer; for a reboot, the new boot seen),
+ * "to confirm" when only its intent is stored (the engine reads the host's
+ * state first, and sends the step again with the same operation id only if it
+ * did not happen). At most RESUME_NAMES hosts are named: the line stays short
+ * on big waves.
+ */
+#define RESUME_NAMES 8
+
+static void log_resumed(const struct rollout *ro)
+{
+        char hosts[1024] = "";
+        size_t len = 0;
+        unsigned named = 0, unnamed = 0, ended = 0, later = 0;
+        int wave = ro->rec.current_wave;
+
+        for (size_t i = 0; i < ro->nhosts; i++) {
+                const struct rhost *rh = &ro->hosts[i];
+                char step[64] = "";
+                int n;
+
+                if (phase_terminal(rh->phase)) {
+                        ended++;
+                        continue;
+                }
+                if (wave < 0 || rh->rec.wave > wave) {
+                        later++;
+                        continue;
+                }
+                if (named >= RESUME_NAMES) {
+                        unnamed++;
+                        continue;
+                }
+                if (rh->step != STEP_NONE)
+                        snprintf(step, sizeof(step), " (%s %s)", step_to_string(rh->step),
+                                 rh->rec.step_done ? "done" : "to confirm");
+                n = snprintf(hosts + len, sizeof(hosts) - len, "%s%s %s%s", named ? ", " : "",
+                             rh->rec.name, phase_to_string(rh->phase), step);
+                if (n < 0 || (size_t)n >= sizeof(hosts) - len) {
+                        hosts[len] = '\0'; /* cut before this host: counted below */
+                        unnamed++;
+                        named = RESUME_NAMES;
+                        continue;
+                }
+                len += (size_t)n;
+                named++;
+        }
+        const char *reason = json_string_value(json_object_get(ro->rec.reason, "code"));
+        char where[64];
+        if (wave < 0)
+                snprintf(where, sizeof(where), "before wave 1/%d", ro->nwaves);
+        else
+                snprintf(where, sizeof(where), "at wave %d/%d", wave + 1, ro->nwaves);
+        char more[64] = "";
+        if (unnamed)
+                snprintf(more, sizeof(more), " and %u more", unnamed);
+        log_info("Resuming rollout %s (%s%s%s%s) %s: %s%s%s%u of %zu hosts ended, %u in later "
+                 "waves",
+                 ro->rec.id, rstatus_to_string(ro->status), reason ? ": " : "",
+                 reason ? reason : "", ro->rec.aborting ? ", aborting" : "", where, hosts, more,
+                 named || unnamed ? "; " : "", ended, ro->nhosts, later);
+}
+
 static void controller_free(struct controller *c)
 {
         if (!c)
@@ -454,6 +521,9 @@ int controller_start(const struct ctl_options *opts, struct controller **ret, ch
                 for (size_t i = 0; i < c->nrollouts; i++)
                         engine_attach(c, c->rollouts[i], true);
         }
+        for (size_t i = 0; i < c->nrollouts; i++)
+                if (!rstatus_finished(c->rollouts[i]->status))
+                        log_resumed(c->rollouts[i]);
         atomic_store(&c->last_pass_ms, engine_now_mono_ms(c));
         r = -pthread_create(&c->thread, NULL, engine_thread, c);
         if (r < 0) {
