@@ -472,7 +472,9 @@ def main():
             ports[p] = q
     back = {v: k for k, v in ports.items()}
 
-    base = os.environ.get("LUOFLEET_TEST_TMP") or None
+    # Under /tmp, not the build tree: the documents make Unix sockets below it, and a
+    # checkout at a deep path would take them past the 107-byte limit of a socket's path.
+    base = os.environ.get("LUOFLEET_DOC_TMP") or None
     if base:
         os.makedirs(base, exist_ok=True)
     name = os.path.splitext(os.path.basename(rules.doc))[0]
