@@ -1719,7 +1719,10 @@ static void watch_hosts(struct controller *c, int64_t now, int64_t *next)
                 if (h->watch)
                         continue;
                 bool watched = host_watched(h);
-                if (!watched && h->refresh_at && now < h->refresh_at) {
+                /* An idle host that answers is read again after the idle refresh; one that
+                 * does not is retried with the backoff (watch_at), so that its return is
+                 * seen in seconds, not minutes (a plan, already-current, need its state). */
+                if (!watched && h->rec.reachable && h->refresh_at && now < h->refresh_at) {
                         *next = MIN(*next, h->refresh_at);
                         continue;
                 }

@@ -715,6 +715,22 @@ class TestHosts(RolloutTestCase):
         self.assertEqual(r.json["source"], "api", r)
         self.assertProblem(ctl.client().get("/v1/hosts/d"), 404, "not-found")
 
+    def test_a_host_down_at_start_is_seen_when_it_comes_back(self):
+        # An idle host (no rollout) the controller could not reach at start is retried with
+        # the backoff (--retry-max), not only at the 5-minute idle refresh.
+        a = self.agent(port=harness.free_port(), name="late", start=False)
+        inv = write_inventory(os.path.join(self.tmp, "inventory.json"), [("late", a)])
+        ctl = self.controller("--inventory=" + inv, "--retry-min=50ms", "--retry-max=500ms")
+        cl = ctl.client()
+        harness.wait_for(lambda: cl.get("/v1/hosts/late").json["error"] or None,
+                         timeout=20 * SCALE, what="the first, failed contact")
+        self.assertFalse(cl.get("/v1/hosts/late").json["reachable"])
+        a.start()
+        h = harness.wait_for(lambda: (lambda d: d if d["reachable"] else None)(
+            cl.get("/v1/hosts/late").json), timeout=15 * SCALE, interval=0.1,
+            what="the controller to see the host back")
+        self.assertEqual(h["state"], "normal")
+
     def test_agent_urls_and_the_token(self):
         # The attack: an operator of the controller points a host at a listener of theirs to
         # collect the fleet-wide agent token. http:// is refused off loopback; with
