@@ -511,18 +511,36 @@ static int helper_open_config(const char *path)
         return fd;
 }
 
-/* A Unix listener's file, at the stop: only a socket is ever removed. */
+/*
+ * A Unix listener's file, at the stop: only a socket is ever removed. Its directory is
+ * opened once (O_PATH, not following a link in its place) and both the check and the
+ * unlink are relative to it, so a directory swapped for a link in between (the run user
+ * owns /run/luofleet) cannot point the unlink at another directory; what remains is the
+ * name inside that one directory, which holds only the agent's sockets.
+ */
 static int helper_unlink_socket(const char *path)
 {
+        _cleanup_close_ int dfd = -1;
+        char dir[PATH_MAX];
+        const char *slash, *name;
         struct stat st;
 
-        if (!path)
+        if (!path || path[0] != '/')
                 return -ENOENT;
-        if (lstat(path, &st) < 0)
+        slash = strrchr(path, '/');
+        name = slash + 1;
+        if (!*name || (size_t)(slash - path) >= sizeof(dir))
+                return -EINVAL;
+        memcpy(dir, path, (size_t)(slash - path));
+        dir[slash - path] = 0;
+        dfd = open(dir[0] ? dir : "/", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (dfd < 0)
+                return negative_errno();
+        if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
                 return negative_errno();
         if (!S_ISSOCK(st.st_mode))
                 return -ENOTSOCK;
-        return unlink(path) < 0 ? negative_errno() : 0;
+        return unlinkat(dfd, name, 0) < 0 ? negative_errno() : 0;
 }
 
 static int helper_file_op(const struct privsep_files *files, const struct privsep_req *q)
