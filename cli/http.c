@@ -389,10 +389,23 @@ void http_report_problem(const char *who, const struct http_resp *r)
 
         if (!detail)
                 detail = json_str(p, "title");
-        if (code)
-                fprintf(stderr, "luofleetctl: %s: %ld %s: %s\n", who, r->status, code,
+        if (code) {
+                const json_t *acts = json_object_get(p, "allowed_actions"), *v;
+                size_t i;
+                fprintf(stderr, "luofleetctl: %s: %ld %s: %s", who, r->status, code,
                         detail ? detail : "(no detail)");
-        else
+                /* the API's hint: what the host's state allows now */
+                if (json_is_array(acts)) {
+                        fputs(json_array_size(acts) ? " (allowed now:" : " (nothing is allowed now",
+                              stderr);
+                        json_array_foreach (acts, i, v)
+                                if (json_is_string(v))
+                                        fprintf(stderr, "%s %s", i ? "," : "",
+                                                json_string_value(v));
+                        fputc(')', stderr);
+                }
+                fputc('\n', stderr);
+        } else
                 fprintf(stderr, "luofleetctl: %s: HTTP %ld (not a problem document)\n", who,
                         r->status);
         json_decref(p);

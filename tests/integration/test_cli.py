@@ -213,8 +213,10 @@ class HostCommandTest(CtlMixin, AgentTestCase):
         problem = a.direct().post("/v1/prepare", json_body={}).json
         rc, out, err = self.ctl("prepare", h)
         self.assertEqual((rc, out), (1, ""))
-        self.assertEqual(err, "luofleetctl: %s: 409 invalid-transition: %s\n"
-                         % (h, problem["detail"]))
+        # ... with the API's hint of what the state allows now
+        self.assertEqual(problem["allowed_actions"], ["reboot", "cancel"])
+        self.assertEqual(err, "luofleetctl: %s: 409 invalid-transition: %s (allowed now: "
+                         "reboot, cancel)\n" % (h, problem["detail"]))
 
         # If-Match with a stale index: 412, exit 1
         rc, out, err = self.ctl("cancel", h, '--if-match="1"')
