@@ -56,6 +56,7 @@ static const struct {
         { "hook-veto", "A workload hook vetoed the action" },
         { "hook-failed", "A workload hook failed after the action" },
         { "health-check-failed", "A post-update health check hook is failing" },
+        { "hooks-unreadable", "The hooks of this phase cannot be read" },
         { "url-not-allowed", "URL scheme not allowed for staging" },
         { "download-failed", "The download failed" },
         { "download-too-large", "The download exceeds the size limit" },
@@ -185,7 +186,8 @@ int http_reply_json(struct http_reply *rep, int status, json_t *json)
 
 int http_reply_problem(struct http_reply *rep, int status, const char *code, const char *fmt, ...)
 {
-        char detail[512];
+        /* room for a detail that names paths (two staging directories at a deep place) */
+        char detail[2048];
         va_list ap;
 
         va_start(ap, fmt);
