@@ -110,9 +110,11 @@ static json_t *rhost_now_json(const struct rhost *rh)
                 json_object_get(json_object_get(rh->ro->rec.spec, "target"), "kernel"), "sha256"));
         const char *staged = json_string_value(json_object_get(
                 json_object_get(json_object_get(st, "staged"), "kernel"), "sha256"));
-        return json_pack("{s:b, s:O, s:O, s:b}", "reachable", rh->host->rec.reachable, "state",
-                         json_object_get(st, "state") ?: json_null(), "kernel",
-                         json_object_get(st, "kernel") ?: json_null(), "target_staged",
+        /* copies ("s?"), never the host's own JSON values: jansson objects are not shared
+         * across threads (the answer is written after the lock is released) */
+        return json_pack("{s:b, s:s?, s:s?, s:b}", "reachable", rh->host->rec.reachable, "state",
+                         json_string_value(json_object_get(st, "state")), "kernel",
+                         json_string_value(json_object_get(st, "kernel")), "target_staged",
                          want && staged && strcasecmp(want, staged) == 0);
 }
 
@@ -758,9 +760,12 @@ static int plan_already_current(struct controller *c, const json_t *spec, json_t
                         struct host *h = engine_host_find(c, json_string_value(hn));
                         if (!h || !h->rec.reachable || !engine_host_current(spec, h->rec.state))
                                 continue;
+                        /* copies: the plan outlives this lock, the host's state does not */
                         if (json_array_append_new(
-                                    list, json_pack("{s:O, s:O}", "host", hn, "kernel",
-                                                    json_object_get(h->rec.state, "kernel"))) < 0)
+                                    list,
+                                    json_pack("{s:s, s:s}", "host", json_string_value(hn), "kernel",
+                                              json_string_value(json_object_get(h->rec.state,
+                                                                                "kernel")))) < 0)
                                 return -ENOMEM;
                 }
         return 0;
