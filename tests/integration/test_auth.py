@@ -342,14 +342,18 @@ class SecureDefaultsTest(harness.AgentTestCase):
                  "    try:\n"
                  "        r=urllib.request.urlopen('http://127.0.0.1:%d/readyz',timeout=2);break\n"
                  "    except Exception: time.sleep(0.05)\n"
-                 "print(json.dumps(json.load(r)))\n" % port)
+                 "print('PROBE ' + json.dumps(json.load(r)), flush=True)\n" % port)
         script = ('ip link set lo up && { %s & } && pid=$! && %s -c "$PROBE"; s=$?; '
                   'kill -TERM $pid; wait $pid; exit $s') % (
                       " ".join("'%s'" % x for x in cmd), sys.executable)
         p = subprocess.run(["unshare", "--net", "sh", "-c", script], capture_output=True,
                            timeout=60, env=dict(os.environ, PROBE=probe))
         self.assertEqual(p.returncode, 0, p)
-        doc = json.loads(p.stdout.decode().strip().splitlines()[-1])
+        # The probe's line, wherever the agent's own stdout lines fall around it.
+        probe_lines = [ln for ln in p.stdout.decode().splitlines() if ln.startswith("PROBE ")]
+        self.assertEqual(len(probe_lines), 1, p.stdout)
+        # (the first JSON value on it: an agent's line written meanwhile may follow it)
+        doc, _ = json.JSONDecoder().raw_decode(probe_lines[0][len("PROBE "):])
         sec = [c for c in doc["checks"] if c["name"] == "security"][0]
         self.assertEqual(sec["detail"], "INSECURE (--insecure): a non-loopback listener without "
                                         "TLS and authentication")
