@@ -254,6 +254,47 @@ static int bad(const char *flag, const char *value, const char *want)
         return -EINVAL;
 }
 
+/* A duration for messages: "100ms", "60s", "10m", "24h", "7d". */
+static void fmt_duration(uint64_t ms, char *buf, size_t size)
+{
+        if (ms % (24 * 3600 * 1000ull) == 0 && ms >= 24 * 3600 * 1000ull)
+                snprintf(buf, size, "%llud", (unsigned long long)(ms / (24 * 3600 * 1000ull)));
+        else if (ms % 3600000 == 0 && ms)
+                snprintf(buf, size, "%lluh", (unsigned long long)(ms / 3600000));
+        else if (ms % 60000 == 0 && ms)
+                snprintf(buf, size, "%llum", (unsigned long long)(ms / 60000));
+        else if (ms % 1000 == 0)
+                snprintf(buf, size, "%llus", (unsigned long long)(ms / 1000));
+        else
+                snprintf(buf, size, "%llums", (unsigned long long)ms);
+}
+
+/*
+ * A duration flag, in the one grammar of every luofleet program (parse_duration_ms: "90s",
+ * "30m", "2h", "1h30m", "500ms", bare seconds), from min to max ms: 0, or -EINVAL after a
+ * message that says whether the form or the size is wrong.
+ */
+static int duration_arg(const char *flag, const char *v, uint64_t min, uint64_t max, uint64_t *ret)
+{
+        char lo[32], hi[32], want[128];
+        uint64_t ms;
+        int r = parse_duration_ms(v, max, &ms);
+
+        if (r == 0 && ms >= min) {
+                *ret = ms;
+                return 0;
+        }
+        fmt_duration(min, lo, sizeof(lo));
+        fmt_duration(max, hi, sizeof(hi));
+        if (r == -EINVAL)
+                snprintf(want, sizeof(want),
+                         "expected a duration such as 90s, 30m, 2h, 1h30m or 500ms (%s to %s)", lo,
+                         hi);
+        else
+                snprintf(want, sizeof(want), "out of range: %s to %s", lo, hi);
+        return bad(flag, v, want);
+}
+
 static int set_str(char **dst, const char *v)
 {
         char *s = strdup(v);
@@ -484,9 +525,8 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                         cfg->n_listen++;
                         break;
                 case ARG_MAX_WAIT:
-                        if (parse_duration_ms(optarg, 24ull * 3600 * 1000, &v) < 0 || v == 0)
-                                return bad("--max-wait", optarg,
-                                           "expected a duration like 30s or 10m, at most 24h");
+                        if (duration_arg("--max-wait", optarg, 1, 24ull * 3600 * 1000, &v) < 0)
+                                return -EINVAL;
                         cfg->max_wait_ms = v;
                         break;
                 case ARG_MAX_WAITERS:
@@ -503,15 +543,13 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                                 return -EINVAL;
                         break;
                 case ARG_SSE_HEARTBEAT:
-                        if (parse_duration_ms(optarg, 3600 * 1000, &v) < 0 || v < 100)
-                                return bad("--sse-heartbeat", optarg,
-                                           "expected a duration from 100ms to 1h");
+                        if (duration_arg("--sse-heartbeat", optarg, 100, 3600 * 1000, &v) < 0)
+                                return -EINVAL;
                         cfg->sse_heartbeat_ms = v;
                         break;
                 case ARG_REBOOT_DELAY:
-                        if (parse_duration_ms(optarg, 60 * 1000, &v) < 0)
-                                return bad("--reboot-delay", optarg,
-                                           "expected a duration of at most 60s");
+                        if (duration_arg("--reboot-delay", optarg, 0, 60 * 1000, &v) < 0)
+                                return -EINVAL;
                         cfg->reboot_delay_ms = v;
                         break;
                 case ARG_JOURNAL_MAX:
@@ -546,10 +584,9 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 case ARG_SIM_DOWNTIME:
                         if (strcmp(optarg, "never") == 0)
                                 cfg->sim_downtime_ms = SIM_DOWNTIME_NEVER;
-                        else if (parse_duration_ms(optarg, SIM_DOWNTIME_MAX_MS, &v) < 0)
-                                return bad("--sim-downtime", optarg,
-                                           "expected a duration like 2s or 500ms (at most 1h), "
-                                           "or never");
+                        else if (duration_arg("--sim-downtime", optarg, 0, SIM_DOWNTIME_MAX_MS,
+                                              &v) < 0)
+                                return -EINVAL;
                         else
                                 cfg->sim_downtime_ms = v;
                         break;
@@ -592,15 +629,14 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                         cfg->max_body_bytes = (size_t)v;
                         break;
                 case ARG_HEADER_TIMEOUT:
-                        if (parse_duration_ms(optarg, 3600 * 1000, &v) < 0 || v < 100)
-                                return bad("--header-timeout", optarg,
-                                           "expected a duration from 100ms to 1h");
+                        if (duration_arg("--header-timeout", optarg, 100, 3600 * 1000, &v) < 0)
+                                return -EINVAL;
                         cfg->header_timeout_ms = v;
                         break;
                 case ARG_IDLE_TIMEOUT:
-                        if (parse_duration_ms(optarg, 24ull * 3600 * 1000, &v) < 0 || v < 1000)
-                                return bad("--idle-timeout", optarg,
-                                           "expected a duration from 1s to 24h");
+                        if (duration_arg("--idle-timeout", optarg, 1000, 24ull * 3600 * 1000, &v) <
+                            0)
+                                return -EINVAL;
                         cfg->idle_timeout_ms = v;
                         break;
                 case ARG_STAGING_DIR:
@@ -720,15 +756,15 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                         cfg->download_max_bytes = v;
                         break;
                 case ARG_DOWNLOAD_CONNECT:
-                        if (parse_duration_ms(optarg, 10 * 60 * 1000, &v) < 0 || v < 100)
-                                return bad("--download-connect-timeout", optarg,
-                                           "expected a duration from 100ms to 10m");
+                        if (duration_arg("--download-connect-timeout", optarg, 100, 10 * 60 * 1000,
+                                         &v) < 0)
+                                return -EINVAL;
                         cfg->download_connect_ms = v;
                         break;
                 case ARG_DOWNLOAD_TIMEOUT:
-                        if (parse_duration_ms(optarg, 24ull * 3600 * 1000, &v) < 0 || v < 1000)
-                                return bad("--download-timeout", optarg,
-                                           "expected a duration from 1s to 24h");
+                        if (duration_arg("--download-timeout", optarg, 1000, 24ull * 3600 * 1000,
+                                         &v) < 0)
+                                return -EINVAL;
                         cfg->download_timeout_ms = v;
                         break;
                 case ARG_DOWNLOAD_RETRIES:
@@ -737,9 +773,8 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                                 return -EINVAL;
                         break;
                 case ARG_HOOK_TIMEOUT:
-                        if (parse_duration_ms(optarg, 3600 * 1000, &v) < 0 || v < 100)
-                                return bad("--hook-timeout", optarg,
-                                           "expected a duration from 100ms to 1h");
+                        if (duration_arg("--hook-timeout", optarg, 100, 3600 * 1000, &v) < 0)
+                                return -EINVAL;
                         cfg->hook_timeout_ms = v;
                         break;
                 case ARG_HOOK_OUTPUT_MAX:
@@ -749,9 +784,9 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                         cfg->hook_output_max = (size_t)v;
                         break;
                 case ARG_MAX_LEASE:
-                        if (parse_duration_ms(optarg, 7ull * 24 * 3600 * 1000, &v) < 0 || v < 1000)
-                                return bad("--max-lease", optarg,
-                                           "expected a duration from 1s to 7 days (e.g. 30m)");
+                        if (duration_arg("--max-lease", optarg, 1000, 7ull * 24 * 3600 * 1000, &v) <
+                            0)
+                                return -EINVAL;
                         cfg->max_lease_ms = v;
                         break;
                 case ARG_SESSIONS_SOCKET:
@@ -787,15 +822,14 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                                 return -ENOMEM;
                         break;
                 case ARG_WORKLOAD_CONFIRM_TIMEOUT:
-                        if (parse_duration_ms(optarg, 3600 * 1000, &v) < 0 || v < 100)
-                                return bad("--workload-confirm-timeout", optarg,
-                                           "expected a duration from 100ms to 1h");
+                        if (duration_arg("--workload-confirm-timeout", optarg, 100, 3600 * 1000,
+                                         &v) < 0)
+                                return -EINVAL;
                         cfg->workload_confirm_timeout_ms = (uint32_t)v;
                         break;
                 case ARG_WORKLOAD_REBOOT_TIMEOUT:
-                        if (parse_duration_ms(optarg, 60 * 1000, &v) < 0)
-                                return bad("--workload-reboot-timeout", optarg,
-                                           "expected a duration from 0 to 1m");
+                        if (duration_arg("--workload-reboot-timeout", optarg, 0, 60 * 1000, &v) < 0)
+                                return -EINVAL;
                         /* 0 is "do not wait": the broker's default is then not taken. */
                         cfg->workload_reboot_timeout_ms = v ? (uint32_t)v : 1;
                         break;

@@ -38,17 +38,10 @@ json_t *spec_count(const char *s)
 
 bool spec_duration_valid(const char *s)
 {
-        size_t n = 0;
+        uint64_t ms;
 
-        if (!s)
-                return false;
-        while (s[n] >= '0' && s[n] <= '9')
-                n++;
-        if (n == 0 || n > 9)
-                return false;
-        s += n;
-        return !*s || strcmp(s, "ms") == 0 || strcmp(s, "s") == 0 || strcmp(s, "m") == 0 ||
-               strcmp(s, "h") == 0;
+        /* the one grammar of every luofleet program (luofleet/util.h): 90s, 1h30m, 500ms */
+        return s && parse_duration_ms(s, UINT64_MAX, &ms) == 0;
 }
 
 static int day_index(const char *s, size_t n)

@@ -55,35 +55,60 @@ int parse_u64(const char *s, uint64_t max, uint64_t *ret)
 
 int parse_duration_ms(const char *s, uint64_t max_ms, uint64_t *ret_ms)
 {
-        char num[24];
-        size_t n = 0;
-        uint64_t v, mult;
-        int r;
+        /* units, and their rank: components largest first, each at most once */
+        static const struct {
+                const char *unit;
+                uint64_t ms;
+                int rank;
+        } units[] = { { "ms", 1, 3 }, { "h", 3600000, 0 }, { "m", 60000, 1 }, { "s", 1000, 2 } };
+        uint64_t total = 0;
+        int last = -1;
+        bool any = false;
 
-        if (!s)
+        if (!s || !*s)
                 return -EINVAL;
-        while (s[n] >= '0' && s[n] <= '9')
-                n++;
-        if (n == 0 || n >= sizeof(num))
-                return n == 0 ? -EINVAL : -ERANGE;
-        memcpy(num, s, n);
-        num[n] = 0;
-        const char *unit = s + n;
-        if (*unit == 0 || strcmp(unit, "s") == 0)
-                mult = 1000;
-        else if (strcmp(unit, "ms") == 0)
-                mult = 1;
-        else if (strcmp(unit, "m") == 0)
-                mult = 60000;
-        else
+        /* bare seconds */
+        if (strspn(s, "0123456789") == strlen(s)) {
+                uint64_t v;
+                int r = parse_u64(s, UINT64_MAX / 1000, &v);
+                if (r < 0)
+                        return r == -ERANGE ? -ERANGE : -EINVAL;
+                if (v * 1000 > max_ms)
+                        return -ERANGE;
+                *ret_ms = v * 1000;
+                return 0;
+        }
+        while (*s) {
+                char num[24];
+                size_t n = strspn(s, "0123456789"), u;
+                uint64_t v;
+
+                if (n == 0)
+                        return -EINVAL;
+                if (n >= sizeof(num))
+                        return -ERANGE;
+                memcpy(num, s, n);
+                num[n] = 0;
+                s += n;
+                for (u = 0; u < ELEMENTSOF(units); u++)
+                        if (strncmp(s, units[u].unit, strlen(units[u].unit)) == 0)
+                                break;
+                if (u == ELEMENTSOF(units) || units[u].rank <= last)
+                        return -EINVAL;
+                last = units[u].rank;
+                s += strlen(units[u].unit);
+                if (parse_u64(num, UINT64_MAX / units[u].ms, &v) < 0)
+                        return -ERANGE;
+                if (v * units[u].ms > UINT64_MAX - total)
+                        return -ERANGE;
+                total += v * units[u].ms;
+                any = true;
+        }
+        if (!any)
                 return -EINVAL;
-        r = parse_u64(num, UINT64_MAX / mult, &v);
-        if (r < 0)
-                return r;
-        v *= mult;
-        if (v > max_ms)
+        if (total > max_ms)
                 return -ERANGE;
-        *ret_ms = v;
+        *ret_ms = total;
         return 0;
 }
 

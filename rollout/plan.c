@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "luofleet/macro.h"
+#include "luofleet/util.h"
 #include "plan.h"
 #include "window.h"
 
@@ -158,12 +159,7 @@ int rollout_count_resolve(const json_t *count, unsigned total, unsigned *ret)
 
 int rollout_duration_parse(const json_t *v, int64_t *ret_ms)
 {
-        static const struct {
-                const char *unit;
-                int64_t ms;
-        } units[] = { { "h", 3600000 }, { "ms", 1 }, { "m", 60000 }, { "s", 1000 } };
-        /* Rank of each unit, largest first: components must come in this order, once each. */
-        static const int rank[] = { 0, 3, 1, 2 };
+        uint64_t ms;
 
         if (json_is_integer(v)) {
                 json_int_t s = json_integer_value(v);
@@ -172,37 +168,11 @@ int rollout_duration_parse(const json_t *v, int64_t *ret_ms)
                 *ret_ms = (int64_t)s * 1000;
                 return 0;
         }
+        /* the one grammar of every luofleet program (luofleet/util.h parse_duration_ms) */
         const char *s = plain_string(v, 32);
-        if (!s)
+        if (!s || parse_duration_ms(s, INT64_MAX, &ms) < 0)
                 return -EINVAL;
-        int64_t total = 0;
-        int last = -1;
-        while (*s) {
-                int64_t n = 0;
-                size_t digits = 0;
-                for (; *s >= '0' && *s <= '9'; s++, digits++) {
-                        if (digits >= 12) /* 10^12 h still fits, times 3.6e6 too */
-                                return -EINVAL;
-                        n = n * 10 + (*s - '0');
-                }
-                if (digits == 0)
-                        return -EINVAL;
-                size_t u;
-                for (u = 0; u < ELEMENTSOF(units); u++) {
-                        size_t len = strlen(units[u].unit);
-                        if (strncmp(s, units[u].unit, len) == 0 &&
-                            !(len == 1 && s[0] == 'm' && s[1] == 's'))
-                                break;
-                }
-                if (u == ELEMENTSOF(units) || rank[u] <= last)
-                        return -EINVAL;
-                last = rank[u];
-                s += strlen(units[u].unit);
-                if (n > (INT64_MAX - total) / units[u].ms)
-                        return -EINVAL;
-                total += n * units[u].ms;
-        }
-        *ret_ms = total;
+        *ret_ms = (int64_t)ms;
         return 0;
 }
 

@@ -17,8 +17,10 @@
 int parse_u64(const char *s, uint64_t max, uint64_t *ret);
 
 /*
- * Parse a duration "250ms", "30s", "5m" (a bare number means seconds) into
- * milliseconds; at most max_ms. Returns 0, -EINVAL or -ERANGE.
+ * Parse a duration into milliseconds, in the one grammar every luofleet program and API
+ * shares: components of a number and a unit, largest unit first, each unit at most once
+ * ("500ms", "90s", "30m", "2h", "1h30m", "2m30s"); or a bare number of seconds ("30").
+ * At most max_ms. Returns 0, -EINVAL (not a duration) or -ERANGE (too large).
  */
 int parse_duration_ms(const char *s, uint64_t max_ms, uint64_t *ret_ms);
 

@@ -494,7 +494,8 @@ class QueryErrorTest(AgentTestCase):
         for q in ("index=-1", "index=abc", "index=99999999999999999999",
                   "index=9223372036854775808",
                   "index=", "index=1.5", "index=0x10", "index=+1", "index=1&wait=10x",
-                  "index=1&wait=-1s", "index=1&wait=1h", "index=1&wait=1.5s", "index=1&wait=",
+                  "index=1&wait=-1s", "index=1&wait=1d", "index=1&wait=30m1h",
+                  "index=1&wait=1.5s", "index=1&wait=",
                   "wait=1s", "index=1&index=2", "index=1&wait=1s&wait=2s",
                   "index=1&wait=99999999999999999999999m"):
             with self.subTest(query=q):

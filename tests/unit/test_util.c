@@ -103,10 +103,22 @@ START_TEST(test_parse_duration)
         ck_assert_uint_eq(ms, 7000);
         ck_assert_int_eq(parse_duration_ms("1000ms", 1000, &ms), 0);
         ck_assert_uint_eq(ms, 1000);
+        /* the one grammar (agent, controller, CLI): components largest first, once each */
+        ck_assert_int_eq(parse_duration_ms("5h", UINT64_MAX, &ms), 0);
+        ck_assert_uint_eq(ms, 18000000);
+        ck_assert_int_eq(parse_duration_ms("1h30m", UINT64_MAX, &ms), 0);
+        ck_assert_uint_eq(ms, 5400000);
+        ck_assert_int_eq(parse_duration_ms("2m30s", UINT64_MAX, &ms), 0);
+        ck_assert_uint_eq(ms, 150000);
+        ck_assert_int_eq(parse_duration_ms("1s500ms", UINT64_MAX, &ms), 0);
+        ck_assert_uint_eq(ms, 1500);
+        ck_assert_int_eq(parse_duration_ms("2h0m5s", UINT64_MAX, &ms), 0);
+        ck_assert_uint_eq(ms, 7205000);
 
         ms = 42;
-        static const char *const bad[] = { "",    "ms",  "s",    "5h", "5 s", " 5s",  "-5s",
-                                           "+5s", "5s5", "1.5s", "5S", "5MS", "5msx", "0x5" };
+        static const char *const bad[] = { "",     "ms",  "s",     "5d",   "5 s",   " 5s",
+                                           "-5s",  "+5s", "5s5",   "1.5s", "5S",    "5MS",
+                                           "5msx", "0x5", "30m1h", "1h1h", "5ms5s", "1h 30m" };
         for (size_t i = 0; i < ELEMENTSOF(bad); i++)
                 ck_assert_msg(parse_duration_ms(bad[i], UINT64_MAX, &ms) == -EINVAL,
                               "accepted \"%s\"", bad[i]);
