@@ -289,7 +289,9 @@ static int file_open(const struct download_opts *o, const char *url, struct down
                 return fd;
         if (fd == -STAGEPATH_NOT_ALLOWED)
                 failf(err, 422, "path-not-allowed",
-                      "%s is not inside an allowed staging directory (symlinks resolved)", path);
+                      "%s is not inside an allowed staging directory "
+                      "(symbolic links are not followed)",
+                      path);
         else if (fd == -STAGEPATH_NOT_REGULAR)
                 failf(err, 422, "not-a-regular-file", "%s is not a regular file", path);
         else {

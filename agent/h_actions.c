@@ -256,10 +256,11 @@ static int file_url_allowed(const struct agent_config *cfg, const char *key, con
                 len += (size_t)k;
                 json_array_append_new(list, json_string(dirs[i]));
         }
-        http_reply_problem(rep, 422, "path-not-allowed",
-                           "%s: %s is not inside an allowed staging directory (symlinks "
-                           "resolved); allowed: %s (the agent's --staging-dir)",
-                           key, url, names[0] ? names : "none");
+        http_reply_problem(
+                rep, 422, "path-not-allowed",
+                "%s: %s is not inside an allowed staging directory "
+                "(symbolic links are not followed); allowed: %s (the agent's --staging-dir)",
+                key, url, names[0] ? names : "none");
         json_object_set_new(rep->json, "field", json_string(key));
         json_object_set_new(rep->json, "allowed_dirs", list ? list : json_array());
         return 0;

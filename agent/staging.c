@@ -243,7 +243,8 @@ static int stage_open(struct backend *b, const char *field, const char *path, co
                         json_array_append_new(list, json_string(allowed_dirs[i]));
                 }
                 fail(res, 422, "path-not-allowed",
-                     "%s: %s is not inside an allowed staging directory (symlinks resolved); "
+                     "%s: %s is not inside an allowed staging directory (symbolic links are not "
+                     "followed); "
                      "allowed: %s (the agent's --staging-dir)",
                      field, path, dirs[0] ? dirs : "none");
                 res->extra = json_pack("{s:s, s:o}", "field", field, "allowed_dirs",
@@ -351,7 +352,7 @@ static bool helper_refusal(int r, const struct op_request *rq, struct stage_resu
         case STAGEPATH_NOT_ALLOWED:
                 fail(res, 422, "path-not-allowed",
                      "the privileged helper refused the images: not inside its staging "
-                     "directories (symlinks resolved)");
+                     "directories (symbolic links are not followed)");
                 break;
         case STAGEPATH_NOT_REGULAR:
                 fail(res, 422, "not-a-regular-file",

@@ -859,7 +859,8 @@ int privsep_helper_kexec_open(const struct privsep_files *files, const struct pr
         fd = helper_as_root(files, helper_stage_open, &a, true);
         if (fd == -STAGEPATH_NOT_ALLOWED) {
                 backend_msgf(why, why_size,
-                             "the %s %s is not inside a staging directory (symlinks resolved) or "
+                             "the %s %s is not inside a staging directory (symbolic links are not "
+                             "followed) or "
                              "not a valid path",
                              field, path);
                 return fd;

@@ -483,8 +483,8 @@ class StagingPathTest(BadInputTestCase):
         # The problem names the allowed directories and the flag that sets them.
         self.assertEqual(r.json["allowed_dirs"], self.staging_dirs(a))
         self.assertEqual(r.json["detail"],
-                         "initrd: %s is not inside an allowed staging directory (symlinks "
-                         "resolved); allowed: %s (the agent's --staging-dir)"
+                         "initrd: %s is not inside an allowed staging directory (symbolic "
+                         "links are not followed); allowed: %s (the agent's --staging-dir)"
                          % (opath, ", ".join(self.staging_dirs(a))))
         # A NUL cannot even be said in JSON.
         r = a.direct().put("/v1/kernel", body=b'{"kernel":{"path":"%s\\u0000x","sha256":"%s"}}'

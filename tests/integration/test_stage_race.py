@@ -215,7 +215,7 @@ class StageRaceTest(AgentTestCase):
                                    allowed_dirs=allowed)
                 self.assertEqual(r.json["detail"],
                                  "kernel: %s is not inside an allowed staging directory "
-                                 "(symlinks resolved); allowed: %s (the agent's "
+                                 "(symbolic links are not followed); allowed: %s (the agent's "
                                  "--staging-dir)" % (url, ", ".join(allowed)))
                 self.assertNotIn("actual_sha256", r.json)
                 self.assertNotIn("size", r.json)
