@@ -584,9 +584,10 @@ int config_parse(struct agent_config *cfg, int argc, char **argv)
                 case ARG_SIM_DOWNTIME:
                         if (strcmp(optarg, "never") == 0)
                                 cfg->sim_downtime_ms = SIM_DOWNTIME_NEVER;
-                        else if (duration_arg("--sim-downtime", optarg, 0, SIM_DOWNTIME_MAX_MS,
-                                              &v) < 0)
-                                return -EINVAL;
+                        else if (parse_duration_ms(optarg, SIM_DOWNTIME_MAX_MS, &v) < 0)
+                                return bad("--sim-downtime", optarg,
+                                           "expected a duration such as 2s, 500ms or 1m30s (at "
+                                           "most 1h), or never");
                         else
                                 cfg->sim_downtime_ms = v;
                         break;

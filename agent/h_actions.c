@@ -230,7 +230,7 @@ static int file_url_allowed(const struct agent_config *cfg, const char *key, con
 {
         char *const *dirs = cfg ? cfg->staging_dirs : NULL;
         unsigned n = cfg ? cfg->n_staging_dirs : 0;
-        char path[4096], names[512] = "";
+        char path[4096], names[1536] = ""; /* the allowed directories, as the detail lists them */
         size_t len = 0;
         json_t *list;
         int fd;

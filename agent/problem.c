@@ -135,7 +135,7 @@ static void utf8_sanitize(const char *s, char *out, size_t size)
 
 json_t *problem_new(int status, const char *code, const char *detail)
 {
-        char type[96], clean[512];
+        char type[96], clean[2048]; /* a detail may name paths (deep folders) */
 
         utf8_sanitize(detail ? detail : "", clean, sizeof(clean));
         detail = clean;

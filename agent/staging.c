@@ -229,7 +229,7 @@ static int stage_open(struct backend *b, const char *field, const char *path, co
                 fd = stage_open_fd(b, path);
         if (fd == -STAGEPATH_NOT_ALLOWED) {
                 /* Name the directories and the flag: the operator's next step. */
-                char dirs[512] = "";
+                char dirs[1536] = ""; /* the allowed directories, listed in the detail */
                 size_t len = 0;
                 json_t *list = json_array();
                 for (unsigned i = 0; i < n_allowed_dirs; i++) {

@@ -14,12 +14,12 @@
 #define STAGING_MAX_FILE (1024ull * 1024 * 1024) /* 1 GiB per file */
 
 struct stage_result {
-        int status;       /* HTTP status of a failure, 0 on success */
-        const char *code; /* problem code of a failure */
-        char detail[512];
-        json_t *extra;  /* extension members for the problem, owned */
-        json_t *staged; /* on success: the Staged object, owned */
-        int err;        /* errno of a kernel failure, 0 otherwise */
+        int status;        /* HTTP status of a failure, 0 on success */
+        const char *code;  /* problem code of a failure */
+        char detail[2048]; /* names paths: the file and the allowed directories */
+        json_t *extra;     /* extension members for the problem, owned */
+        json_t *staged;    /* on success: the Staged object, owned */
+        int err;           /* errno of a kernel failure, 0 otherwise */
 };
 
 int staging_run(struct backend *b, const struct op_request *rq, struct stage_result *res);

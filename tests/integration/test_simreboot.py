@@ -256,8 +256,8 @@ class SimRebootTest(AgentTestCase):
         state = os.path.join(self.tmp, "bad-state")
         base = ["--backend=sim", "--state-dir=%s" % state, "--listen=127.0.0.1:0"]
         cases = [
-            (["--sim-downtime=soon"], "invalid --sim-downtime=soon: expected a duration like 2s "
-                                      "or 500ms (at most 1h), or never"),
+            (["--sim-downtime=soon"], "invalid --sim-downtime=soon: expected a duration such as "
+                                      "2s, 500ms or 1m30s (at most 1h), or never"),
             (["--sim-downtime=2h"], "invalid --sim-downtime=2h: expected a duration"),
             (["--sim-downtime="], "invalid --sim-downtime=: expected a duration"),
             (["--sim-downtime=2s", "--sim-reboot=exit"],
