@@ -260,6 +260,14 @@ int cmd_converge(struct cli *cli, int argc, char **argv);
  * message naming cmd); a JSON file (NULL after a message); following a host from the 202
  * of a reboot through the kexec to its new boot (an exit code; the outcome printed). */
 json_t *cli_stage_file(const char *cmd, const char *what, const char *loc, const char *sha);
+/* The staging options (--kernel k, --kernel-sha256 K, --initrd i, --initrd-sha256 I,
+ * --cmdline c, --signature s, --release r: cli_parse's callback) and the PUT /v1/kernel
+ * body they make (NULL after a usage message naming cmd). */
+struct stage_args {
+        const char *kernel, *kernel_sha, *initrd, *initrd_sha, *cmdline, *signature, *release;
+};
+int cli_stage_opt(int c, const char *arg, void *userdata);
+json_t *cli_stage_body(const char *cmd, const struct stage_args *a);
 json_t *cli_read_json_file(const char *path, const char *what);
 int cli_reboot_wait(struct cli *cli, const char *host, const char *base, json_t *accepted,
                     uint64_t limit_ms);

@@ -40,7 +40,7 @@ static const char converge_usage[] =
         "A host prepared for another kernel is left alone (exit 1: cancel it first).\n";
 
 struct converge_args {
-        const char *kernel, *kernel_sha, *initrd, *initrd_sha, *cmdline, *signature, *release;
+        struct stage_args stage; /* first: cli_stage_opt() fills it */
         const char *lease;
         bool wait;
         uint64_t wait_timeout_ms;
@@ -52,26 +52,13 @@ static int converge_opt(int c, const char *arg, void *userdata)
 
         switch (c) {
         case 'k':
-                a->kernel = arg;
-                break;
         case 'K':
-                a->kernel_sha = arg;
-                break;
         case 'i':
-                a->initrd = arg;
-                break;
         case 'I':
-                a->initrd_sha = arg;
-                break;
         case 'c':
-                a->cmdline = arg;
-                break;
         case 's':
-                a->signature = arg;
-                break;
         case 'r':
-                a->release = arg;
-                break;
+                return cli_stage_opt(c, arg, &a->stage);
         case 'l':
                 a->lease = arg;
                 break;
@@ -117,38 +104,17 @@ static int local_release(const char *path, char *out, size_t size)
         return 0;
 }
 
-/* The staging request; NULL after a message. */
+/* The staging request, with the release converge decided on; NULL after a message. */
 static json_t *stage_body(const struct cli *cli, const struct converge_args *a, const char *release)
 {
-        json_t *body = json_object(), *f;
+        struct stage_args st = a->stage;
+        json_t *body;
 
-        if (!body)
-                return NULL;
-        f = cli_stage_file("converge", "kernel", a->kernel, a->kernel_sha);
-        if (!f || json_object_set_new(body, "kernel", f) < 0)
-                goto fail;
-        if (a->initrd) {
-                f = cli_stage_file("converge", "initrd", a->initrd, a->initrd_sha);
-                if (!f || json_object_set_new(body, "initrd", f) < 0)
-                        goto fail;
-        }
-        if (a->cmdline)
-                json_object_set_new(body, "cmdline", json_string(a->cmdline));
-        json_object_set_new(body, "release", json_string(release));
-        if (a->signature) {
-                json_t *sig = cli_read_json_file(a->signature, "signature file");
-                if (!json_is_object(sig)) {
-                        json_decref(sig);
-                        goto fail;
-                }
-                json_object_set_new(body, "signature", sig);
-        }
-        if (cli->reason)
+        st.release = release;
+        body = cli_stage_body("converge", &st);
+        if (body && cli->reason)
                 json_object_set_new(body, "reason", json_string(cli->reason));
         return body;
-fail:
-        json_decref(body);
-        return NULL;
 }
 
 /* One request with {"operation_id": "<prefix>:<step>"} merged into body (may be NULL). */
@@ -250,11 +216,11 @@ int cmd_converge(struct cli *cli, int argc, char **argv)
                 return EXIT_USAGE;
         }
         const char *host = argv[first];
-        if (!a.kernel) {
+        if (!a.stage.kernel) {
                 cli_usage_error("converge", "--kernel=URL|PATH is required");
                 return EXIT_USAGE;
         }
-        if (!a.initrd && a.initrd_sha) {
+        if (!a.stage.initrd && a.stage.initrd_sha) {
                 cli_usage_error("converge", "--initrd-sha256 without --initrd");
                 return EXIT_USAGE;
         }
@@ -262,18 +228,18 @@ int cmd_converge(struct cli *cli, int argc, char **argv)
                 cli_usage_error("converge", "--wait-timeout without --wait");
                 return EXIT_USAGE;
         }
-        if (a.release) {
-                if (!*a.release || strlen(a.release) >= sizeof(release)) {
+        if (a.stage.release) {
+                if (!*a.stage.release || strlen(a.stage.release) >= sizeof(release)) {
                         cli_usage_error("converge", "--release: 1 to %zu characters",
                                         sizeof(release) - 1);
                         return EXIT_USAGE;
                 }
-                snprintf(release, sizeof(release), "%s", a.release);
-        } else if (strstr(a.kernel, "://")) {
+                snprintf(release, sizeof(release), "%s", a.stage.release);
+        } else if (strstr(a.stage.kernel, "://")) {
                 cli_usage_error("converge", "--release is required with a URL (the release "
                                             "the new boot must run)");
                 return EXIT_USAGE;
-        } else if ((r = local_release(a.kernel, release, sizeof(release))) != 0) {
+        } else if ((r = local_release(a.stage.kernel, release, sizeof(release))) != 0) {
                 return r;
         }
         body = stage_body(cli, &a, release);

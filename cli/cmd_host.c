@@ -313,11 +313,7 @@ static const char stage_usage[] =
         "file with the output of `luofleetctl sign` ({\"key_id\", \"ed25519\"}).\n"
         "--release: the release the new kernel must report after the reboot.\n";
 
-struct stage_args {
-        const char *kernel, *kernel_sha, *initrd, *initrd_sha, *cmdline, *signature, *release;
-};
-
-static int stage_opt(int c, const char *arg, void *userdata)
+int cli_stage_opt(int c, const char *arg, void *userdata)
 {
         struct stage_args *a = userdata;
 
@@ -496,6 +492,46 @@ static int send_to_hosts(struct cli *cli, int argc, char **argv, int first, cons
         return outcome_exit(&o);
 }
 
+json_t *cli_stage_body(const char *cmd, const struct stage_args *a)
+{
+        json_t *body = json_object(), *f;
+
+        if (!body)
+                return NULL;
+        f = cli_stage_file(cmd, "kernel", a->kernel, a->kernel_sha);
+        if (!f)
+                goto fail;
+        json_object_set_new(body, "kernel", f);
+        if (a->initrd) {
+                f = cli_stage_file(cmd, "initrd", a->initrd, a->initrd_sha);
+                if (!f)
+                        goto fail;
+                json_object_set_new(body, "initrd", f);
+        }
+        if (a->cmdline)
+                json_object_set_new(body, "cmdline", json_string(a->cmdline));
+        if (a->release)
+                json_object_set_new(body, "release", json_string(a->release));
+        if (a->signature) {
+                json_t *sig = cli_read_json_file(a->signature, "signature file");
+                if (!json_is_object(sig) || !json_is_string(json_object_get(sig, "key_id")) ||
+                    !json_is_string(json_object_get(sig, "ed25519"))) {
+                        if (sig)
+                                fprintf(stderr,
+                                        "luofleetctl: signature file %s: expected the output of "
+                                        "luofleetctl sign ({\"key_id\", \"ed25519\"})\n",
+                                        a->signature);
+                        json_decref(sig);
+                        goto fail;
+                }
+                json_object_set_new(body, "signature", sig);
+        }
+        return body;
+fail:
+        json_decref(body);
+        return NULL;
+}
+
 int cmd_stage(struct cli *cli, int argc, char **argv)
 {
         static const struct option opts[] = {
@@ -509,10 +545,10 @@ int cmd_stage(struct cli *cli, int argc, char **argv)
                 {},
         };
         struct stage_args a = { 0 };
-        json_t *body = NULL, *f;
+        json_t *body;
         int first, r;
 
-        r = cli_parse(cli, argc, argv, NULL, opts, stage_opt, &a, stage_usage, &first);
+        r = cli_parse(cli, argc, argv, NULL, opts, cli_stage_opt, &a, stage_usage, &first);
         if (r)
                 return r < 0 ? EXIT_OK : r;
         r = host_check(cli, "stage", argc, argv, first);
@@ -526,35 +562,9 @@ int cmd_stage(struct cli *cli, int argc, char **argv)
                 cli_usage_error("stage", "--initrd-sha256 without --initrd");
                 return EXIT_USAGE;
         }
-        body = json_object();
-        f = cli_stage_file("stage", "kernel", a.kernel, a.kernel_sha);
-        if (!body || !f)
-                goto usage;
-        json_object_set_new(body, "kernel", f);
-        if (a.initrd) {
-                f = cli_stage_file("stage", "initrd", a.initrd, a.initrd_sha);
-                if (!f)
-                        goto usage;
-                json_object_set_new(body, "initrd", f);
-        }
-        if (a.cmdline)
-                json_object_set_new(body, "cmdline", json_string(a.cmdline));
-        if (a.release)
-                json_object_set_new(body, "release", json_string(a.release));
-        if (a.signature) {
-                json_t *sig = cli_read_json_file(a.signature, "signature file");
-                if (!json_is_object(sig) || !json_is_string(json_object_get(sig, "key_id")) ||
-                    !json_is_string(json_object_get(sig, "ed25519"))) {
-                        if (sig)
-                                fprintf(stderr,
-                                        "luofleetctl: signature file %s: expected the output of "
-                                        "luofleetctl sign ({\"key_id\", \"ed25519\"})\n",
-                                        a.signature);
-                        json_decref(sig);
-                        goto usage;
-                }
-                json_object_set_new(body, "signature", sig);
-        }
+        body = cli_stage_body("stage", &a);
+        if (!body)
+                return EXIT_USAGE;
         if (add_common_body(cli, body) < 0) {
                 json_decref(body);
                 return EXIT_FAILED;
@@ -563,9 +573,6 @@ int cmd_stage(struct cli *cli, int argc, char **argv)
         r = send_to_hosts(cli, argc, argv, first, "PUT", "/v1/kernel", body, 200, 202);
         json_decref(body);
         return r;
-usage:
-        json_decref(body);
-        return EXIT_USAGE;
 }
 
 /* ---- prepare, cancel, reboot, finish, rollback ---------------------------------- */
